@@ -1,0 +1,1 @@
+"""The thin HTTP shim in front of the booking-core database functions."""

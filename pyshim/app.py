@@ -1,0 +1,70 @@
+"""The ASGI app: `uvicorn pyshim.app:app`, configured from the environment."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+import psycopg
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from .db import Database
+from .errors import HANDLERS, is_unavailable
+from .request_id import RequestIdMiddleware, request_id_of
+from .settings import ConfigError, Settings
+from .stripe_webhook import stripe_webhook
+
+log = logging.getLogger("pyshim")
+
+
+async def healthz(request: Request) -> JSONResponse:
+    """The process is up; no database call."""
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> JSONResponse:
+    """api.health(): 200 when ok or degraded, 503 when down or unreachable."""
+    try:
+        health = await request.app.state.db.call("health", [], request_id_of(request.scope))
+    except psycopg.Error as exc:
+        if not is_unavailable(exc):
+            raise
+        return JSONResponse(
+            {"status": "down", "checks": {"database": {"status": "down", "error": type(exc).__name__}}},
+            status_code=503,
+        )
+    return JSONResponse(health, status_code=503 if health.get("status") == "down" else 200)
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette):
+        try:
+            app.state.settings = settings or Settings.from_env()
+        except ConfigError as exc:
+            log.error("refusing to start: %s", exc)
+            raise
+        app.state.db = Database(app.state.settings)
+        await app.state.db.open()
+        try:
+            yield
+        finally:
+            await app.state.db.close()
+
+    return Starlette(
+        routes=[
+            Route("/webhooks/stripe", stripe_webhook, methods=["POST"]),
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
+        ],
+        middleware=[Middleware(RequestIdMiddleware)],
+        exception_handlers=HANDLERS,
+        lifespan=lifespan,
+    )
+
+
+app = create_app()

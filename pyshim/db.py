@@ -1,0 +1,51 @@
+"""The pool, and the short list of named calls the shim makes (one SQL function each)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from psycopg_pool import AsyncConnectionPool
+
+from .settings import Settings
+
+# Every call is one statement in its own transaction (autocommit). The FROM clause sets
+# app.correlation_id for that transaction first: a subquery with a volatile function is
+# never flattened, so it runs before the call in the select list.
+_WITH_CORRELATION = (
+    "SELECT {call} FROM (SELECT pg_catalog.set_config('app.correlation_id', %s, true)) AS ctx"
+)
+
+QUERIES = {
+    "ingest_stripe_event": "api.ingest_stripe_event(%s::jsonb)",
+    "record_stripe_event_failure": "api.record_stripe_event_failure(%s::jsonb, %s, %s)",
+    "health": "api.health()",
+}
+
+
+class Database:
+    def __init__(self, settings: Settings):
+        self.pool = AsyncConnectionPool(
+            str(settings.database_url),
+            min_size=settings.pool_min_size,
+            max_size=settings.pool_max_size,
+            timeout=settings.pool_timeout_s,
+            kwargs={"autocommit": True, "application_name": "pyshim"},
+            open=False,
+        )
+
+    async def open(self) -> None:
+        # Do not wait for connections: the shim starts (and answers 503) while the
+        # database is down, and the pool keeps trying in the background.
+        await self.pool.open(wait=False)
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    async def call(self, name: str, params: list[Any], correlation_id: str) -> Any:
+        """Runs the named function call; returns the first column of its one row."""
+        sql = _WITH_CORRELATION.format(call=QUERIES[name])
+        async with self.pool.connection() as conn:
+            # The call's placeholders come first in the text, the correlation id last.
+            cur = await conn.execute(sql, [*params, correlation_id], prepare=True)
+            row = await cur.fetchone()
+        return row[0]

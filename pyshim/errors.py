@@ -1,0 +1,85 @@
+"""One table from SQLSTATE to HTTP status, and the JSON error body every error answer uses."""
+
+from __future__ import annotations
+
+import logging
+
+import psycopg
+import psycopg_pool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+log = logging.getLogger("pyshim")
+
+# The contract's SQLSTATE table.
+SQLSTATE_HTTP = {
+    "RB001": 409, "RB002": 409, "RB003": 409, "RB004": 409, "RB005": 404,
+    "RI001": 422, "RI002": 409,
+    "RW001": 400,
+    "RA001": 401, "RA002": 401,
+    "RX001": 500,
+}
+
+
+def error_response(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+
+
+def http_status_for(sqlstate: str | None) -> int | None:
+    """The HTTP status a SQLSTATE maps to, or None for an unexpected database error."""
+    if sqlstate is None:
+        return None
+    if sqlstate in SQLSTATE_HTTP:
+        return SQLSTATE_HTTP[sqlstate]
+    if sqlstate.startswith("22"):  # data exception: a bad argument
+        return 400
+    return None
+
+
+class ApiError(Exception):
+    """An error answer decided in Python (bad header, body too large ...)."""
+
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """True when the database could not be reached at all (answer 503, not 500)."""
+    return isinstance(exc, (psycopg.OperationalError, psycopg_pool.PoolTimeout))
+
+
+async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+    return error_response(exc.status, exc.code, exc.message)
+
+
+async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    return error_response(exc.status_code, f"http_{exc.status_code}", str(exc.detail))
+
+
+async def database_error(request: Request, exc: psycopg.Error) -> JSONResponse:
+    if is_unavailable(exc):
+        log.warning("database unavailable: %s", exc)
+        return error_response(503, "database_unavailable", "the database cannot be reached; retry later")
+    sqlstate = getattr(exc, "sqlstate", None)
+    status = http_status_for(sqlstate)
+    if status is None or status >= 500:
+        log.error("database error %s: %s", sqlstate, exc)
+        return error_response(500, sqlstate or "internal", "internal error")
+    diag = exc.diag
+    return error_response(status, sqlstate, diag.message_primary or str(exc))
+
+
+async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error")
+    return error_response(500, "internal", "internal error")
+
+
+HANDLERS = {
+    ApiError: api_error,
+    HTTPException: http_error,
+    psycopg.Error: database_error,
+    psycopg_pool.PoolTimeout: database_error,
+    Exception: unexpected_error,
+}

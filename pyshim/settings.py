@@ -1,0 +1,60 @@
+"""Settings, read once from the environment. Secrets are wrapped so they never print."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from starlette.datastructures import Secret
+
+
+class ConfigError(RuntimeError):
+    """The environment lacks or misstates a setting; the message names it."""
+
+
+def _required(env: Mapping[str, str], name: str, why: str) -> str:
+    value = env.get(name, "").strip()
+    if not value:
+        raise ConfigError(f"{name} is required: {why}")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: Secret
+    webhook_secrets: tuple[Secret, ...]
+    stripe_api_key: Secret | None = None
+    stripe_api_base: str | None = None
+    stripe_livemode: bool = False
+    pool_min_size: int = 2
+    pool_max_size: int = 10
+    # How long a request waits for a pooled connection before answering 503.
+    pool_timeout_s: float = 5.0
+    webhook_tolerance_s: int = 300
+    webhook_body_max_bytes: int = 1024 * 1024
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        database_url = _required(env, "DATABASE_URL", "the PostgreSQL database the shim calls")
+        secrets = _required(
+            env, "STRIPE_WEBHOOK_SECRET",
+            "the webhook signing secret (several, comma-separated, while rotating)",
+        )
+        webhook_secrets = tuple(Secret(s.strip()) for s in secrets.split(",") if s.strip())
+        if not webhook_secrets:
+            raise ConfigError("STRIPE_WEBHOOK_SECRET is required: it holds no secret")
+        livemode = env.get("STRIPE_LIVEMODE", "false").strip().lower()
+        if livemode not in ("true", "false"):
+            raise ConfigError(f"STRIPE_LIVEMODE must be 'true' or 'false', not {livemode!r}")
+        api_key = env.get("STRIPE_API_KEY", "").strip()
+        return cls(
+            database_url=Secret(database_url),
+            webhook_secrets=webhook_secrets,
+            stripe_api_key=Secret(api_key) if api_key else None,
+            stripe_api_base=env.get("STRIPE_API_BASE", "").strip() or None,
+            stripe_livemode=livemode == "true",
+            pool_min_size=int(env.get("DB_POOL_MIN_SIZE", "2")),
+            pool_max_size=int(env.get("DB_POOL_MAX_SIZE", "10")),
+        )

@@ -1,0 +1,83 @@
+"""POST /webhooks/stripe: verify the exact bytes received, then one database call."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import psycopg
+import stripe
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from .errors import ApiError, is_unavailable
+from .request_id import request_id_of
+
+log = logging.getLogger("pyshim.webhook")
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The raw body, refused with 413 past `limit` bytes without reading it all."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, "body_too_large", f"the body is over {limit} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, "body_too_large", f"the body is over {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def signed_timestamp(header: str) -> int:
+    for item in header.split(","):
+        key, _, value = item.strip().partition("=")
+        if key == "t" and value.isdigit():
+            return int(value)
+    raise ApiError(400, "signature_invalid", "the Stripe-Signature header has no timestamp")
+
+
+def verify(body: bytes, header: str | None, secrets, tolerance_s: int) -> None:
+    """Accepts when any v1 signature matches any configured secret (rotation), and the
+    timestamp is within tolerance either way (the library only refuses old ones)."""
+    if not header:
+        raise ApiError(400, "signature_missing", "the Stripe-Signature header is missing")
+    try:
+        payload = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ApiError(400, "signature_invalid", "the body is not UTF-8") from None
+    timestamp = signed_timestamp(header)
+    if abs(time.time() - timestamp) > tolerance_s:
+        raise ApiError(400, "signature_timestamp", f"the signature timestamp is more than {tolerance_s} s away from now")
+    for secret in secrets:
+        try:
+            stripe.WebhookSignature.verify_header(payload, header, str(secret), tolerance_s)
+            return
+        except stripe.SignatureVerificationError:
+            continue
+    raise ApiError(400, "signature_invalid", "no signature matches the body with a configured secret")
+
+
+async def stripe_webhook(request: Request) -> JSONResponse:
+    settings = request.app.state.settings
+    db = request.app.state.db
+    body = await read_body(request, settings.webhook_body_max_bytes)
+    verify(body, request.headers.get("stripe-signature"), settings.webhook_secrets, settings.webhook_tolerance_s)
+    rid = request_id_of(request.scope)
+    text = body.decode("utf-8")
+    try:
+        outcome = await db.call("ingest_stripe_event", [text], rid)
+    except psycopg.Error as exc:
+        sqlstate = getattr(exc, "sqlstate", None)
+        if is_unavailable(exc) or sqlstate == "RW001":
+            raise
+        if sqlstate is not None and sqlstate.startswith("22"):
+            # The body is signed but is not JSON the database accepts.
+            raise ApiError(400, "RW001", f"the body is not a JSON Stripe event: {exc.diag.message_primary}") from None
+        # Applying failed and rolled back: keep the payload and the error in a fresh
+        # transaction so the retry job (and Stripe's own retry) can try again.
+        log.error("applying a Stripe event failed: %s %s", sqlstate, exc, extra={"request_id": rid})
+        await db.call("record_stripe_event_failure", [text, sqlstate, str(exc)[:2000]], rid)
+        raise ApiError(500, sqlstate or "internal", "the event was stored but could not be applied; it will be retried") from None
+    return JSONResponse({"outcome": outcome})

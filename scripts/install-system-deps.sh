@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the project needs when they are missing:
+# PostgreSQL 15 with pg_cron, and the small tools the scripts use.
+set -euo pipefail
+PGBIN=/usr/lib/postgresql/15/bin
+missing=()
+[[ -x $PGBIN/postgres ]] || missing+=(postgresql-15)
+[[ -f /usr/lib/postgresql/15/lib/pg_cron.so ]] || missing+=(postgresql-15-cron)
+command -v psql >/dev/null || missing+=(postgresql-client-15)
+command -v setpriv >/dev/null || missing+=(util-linux)
+command -v openssl >/dev/null || missing+=(openssl)
+command -v curl >/dev/null || missing+=(curl)
+if ((${#missing[@]} == 0)); then exit 0; fi
+
+echo "installing: ${missing[*]}"
+if [[ $(id -u) -eq 0 ]]; then
+  sudo=()
+elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
+  sudo=(sudo -n)
+else
+  echo "missing Debian packages: ${missing[*]}; install them (apt-get install ${missing[*]}) and run again" >&2
+  exit 1
+fi
+# The project runs its own clusters: do not let the package create and start one.
+"${sudo[@]}" mkdir -p /etc/postgresql-common
+if ! grep -qs '^create_main_cluster' /etc/postgresql-common/createcluster.conf; then
+  echo 'create_main_cluster = false' | "${sudo[@]}" tee -a /etc/postgresql-common/createcluster.conf >/dev/null
+fi
+export DEBIAN_FRONTEND=noninteractive
+"${sudo[@]}" apt-get update -qq
+"${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

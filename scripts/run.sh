@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# `make run`: the embedded cluster, migrations and cron schedules, then the shim on HOST:PORT.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+HOST=${HOST:-127.0.0.1}
+PORT=${PORT:-8000}
+state=${RUN_STATE_DIR:-$root/.local}
+mkdir -p "$state"
+
+scripts/cluster.sh start
+admin_url=$(scripts/cluster.sh url)
+sql/migrate.sh "$admin_url"
+
+# The shim logs in as a role that holds booking_app and nothing else.
+psql "$admin_url" -X -q -v ON_ERROR_STOP=1 <<'SQL'
+SELECT 'CREATE ROLE booking_shim LOGIN' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'booking_shim') \gexec
+GRANT booking_app TO booking_shim;
+SQL
+secret_file=$state/webhook-secret
+if [[ ! -s $secret_file ]]; then
+  (umask 077 && printf 'whsec_%s\n' "$(openssl rand -hex 24)" > "$secret_file")
+fi
+export STRIPE_WEBHOOK_SECRET
+STRIPE_WEBHOOK_SECRET=$(cat "$secret_file")
+export DATABASE_URL=${admin_url/postgres@/booking_shim@}
+
+cat <<MSG
+
+booking-core is running.
+  shim:      http://$HOST:$PORT   (GET /healthz, GET /readyz, POST /webhooks/stripe)
+  database:  psql "$admin_url"   (or: make psql)
+  webhook secret: in $secret_file (never printed)
+
+Try it, in another terminal:
+  scripts/send-test-event.sh            # a signed test event; run it twice: one stored row
+  psql "$admin_url" -c 'TABLE ops.stripe_events'
+  curl -s http://$HOST:$PORT/readyz
+
+Ctrl-C stops the shim; 'make stop' stops the database cluster.
+
+MSG
+exec .venv/bin/uvicorn pyshim.app:app --host "$HOST" --port "$PORT" --no-access-log

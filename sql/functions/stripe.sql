@@ -1,0 +1,151 @@
+-- Stripe events: stored once by id and applied in the same transaction.
+
+CREATE OR REPLACE FUNCTION stripe.check_event(p_event jsonb)
+RETURNS void
+LANGUAGE plpgsql
+IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+-- RW001 unless p_event has the shape of a Stripe event (contract: "Stripe").
+BEGIN
+    IF p_event IS NULL THEN
+        RAISE EXCEPTION 'the event is NULL' USING ERRCODE = 'RW001';
+    END IF;
+    IF jsonb_typeof(p_event) IS DISTINCT FROM 'object' THEN
+        RAISE EXCEPTION 'a Stripe event is a JSON object, got %', coalesce(jsonb_typeof(p_event), 'nothing')
+            USING ERRCODE = 'RW001';
+    END IF;
+    IF jsonb_typeof(p_event -> 'id') IS DISTINCT FROM 'string'
+        OR length(p_event ->> 'id') NOT BETWEEN 1 AND 255 THEN
+        RAISE EXCEPTION 'a Stripe event needs a string "id" of 1 to 255 characters' USING ERRCODE = 'RW001';
+    END IF;
+    IF p_event -> 'object' IS DISTINCT FROM '"event"'::jsonb THEN
+        RAISE EXCEPTION 'a Stripe event has "object": "event"' USING ERRCODE = 'RW001';
+    END IF;
+    IF jsonb_typeof(p_event -> 'type') IS DISTINCT FROM 'string'
+        OR length(p_event ->> 'type') NOT BETWEEN 1 AND 255 THEN
+        RAISE EXCEPTION 'a Stripe event needs a string "type" of 1 to 255 characters' USING ERRCODE = 'RW001';
+    END IF;
+    IF jsonb_typeof(p_event #> '{data,object}') IS DISTINCT FROM 'object' THEN
+        RAISE EXCEPTION 'a Stripe event needs an object "data.object"' USING ERRCODE = 'RW001';
+    END IF;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION stripe.livemode(p_event jsonb)
+RETURNS boolean
+LANGUAGE sql
+IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    -- The event's livemode flag, NULL when absent or not a boolean.
+    SELECT CASE WHEN jsonb_typeof(p_event -> 'livemode') = 'boolean' THEN (p_event -> 'livemode')::boolean END;
+$$;
+
+CREATE OR REPLACE FUNCTION stripe.retry_delay(p_attempts int)
+RETURNS interval
+LANGUAGE sql
+IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    -- Capped exponential backoff: 1, 2, 4 ... minutes, at most 6 hours.
+    SELECT least(interval '1 minute' * power(2, least(greatest(p_attempts, 1) - 1, 20)), interval '6 hours');
+$$;
+
+CREATE OR REPLACE FUNCTION stripe.attempts_max()
+RETURNS int
+LANGUAGE sql
+IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    -- About three days of retries with stripe.retry_delay, like Stripe's own schedule.
+    SELECT 20;
+$$;
+
+CREATE OR REPLACE FUNCTION stripe.apply_event(p_event_id text)
+RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+-- Applies one stored, row-locked event and records the outcome on its row.
+-- No event type is applied yet: every event is stored and 'ignored'.
+DECLARE
+    v_outcome text := 'ignored';
+BEGIN
+    UPDATE stripe.events
+    SET status = v_outcome, attempts = attempts + 1, processed_at = clock_timestamp(),
+        next_attempt_at = NULL, last_error = NULL, last_sqlstate = NULL
+    WHERE event_id = p_event_id;
+    RETURN v_outcome;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION api.ingest_stripe_event(p_event jsonb)
+RETURNS text
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_event_id text := p_event ->> 'id';
+    v_status text;
+BEGIN
+    PERFORM stripe.check_event(p_event);
+    INSERT INTO stripe.events (event_id, type, livemode, payload, status, next_attempt_at, correlation_id)
+    VALUES (
+        v_event_id, p_event ->> 'type', stripe.livemode(p_event), p_event, 'deferred', now(),
+        left(current_setting('app.correlation_id', true), 200)
+    )
+    ON CONFLICT (event_id) DO NOTHING;
+    IF FOUND THEN
+        RETURN stripe.apply_event(v_event_id);
+    END IF;
+    -- Seen before. A redelivery of an event that failed or waits is a retry: apply it now.
+    SELECT e.status INTO v_status FROM stripe.events AS e WHERE e.event_id = v_event_id FOR UPDATE;
+    IF v_status IN ('failed', 'deferred', 'dead') THEN
+        RETURN stripe.apply_event(v_event_id);
+    END IF;
+    RETURN 'duplicate';
+END;
+$$;
+COMMENT ON FUNCTION api.ingest_stripe_event(jsonb) IS
+'Stores a verified Stripe event once by id and applies it in the same transaction. Returns processed, duplicate, ignored or deferred; RW001 if the payload is not a Stripe event.';
+
+CREATE OR REPLACE FUNCTION api.record_stripe_event_failure(p_event jsonb, p_sqlstate text, p_message text)
+RETURNS void
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_event_id text := p_event ->> 'id';
+BEGIN
+    PERFORM stripe.check_event(p_event);
+    IF p_sqlstate IS NOT NULL AND p_sqlstate !~ '^[0-9A-Z]{5}$' THEN
+        RAISE EXCEPTION 'p_sqlstate must be five characters [0-9A-Z], got %', left(p_sqlstate, 20)
+            USING ERRCODE = '22023';
+    END IF;
+    INSERT INTO stripe.events AS e (
+        event_id, type, livemode, payload, status, attempts, last_error, last_sqlstate,
+        next_attempt_at, correlation_id
+    )
+    VALUES (
+        v_event_id, p_event ->> 'type', stripe.livemode(p_event), p_event, 'failed', 1,
+        left(coalesce(p_message, 'unknown error'), 2000), p_sqlstate, now() + stripe.retry_delay(1),
+        left(current_setting('app.correlation_id', true), 200)
+    )
+    ON CONFLICT (event_id) DO UPDATE
+        SET attempts = e.attempts + 1,
+            status = CASE WHEN e.attempts + 1 >= stripe.attempts_max() THEN 'dead' ELSE 'failed' END,
+            next_attempt_at = CASE
+                WHEN e.attempts + 1 >= stripe.attempts_max() THEN NULL
+                ELSE now() + stripe.retry_delay(e.attempts + 1)
+            END,
+            last_error = excluded.last_error,
+            last_sqlstate = excluded.last_sqlstate
+        -- A delivery that succeeded meanwhile wins over this failure.
+        WHERE e.status NOT IN ('processed', 'ignored');
+END;
+$$;
+COMMENT ON FUNCTION api.record_stripe_event_failure(jsonb, text, text) IS
+'Called in a fresh transaction after api.ingest_stripe_event failed: keeps the payload, counts the attempt, keeps the error and schedules a retry with capped exponential backoff (dead after stripe.attempts_max()).';

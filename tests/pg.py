@@ -1,0 +1,87 @@
+"""Helpers for tests: the test cluster, databases made from the migrated template, SQL calls."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+
+import psycopg
+
+ROOT = Path(__file__).resolve().parents[1]
+SQL = ROOT / "sql"
+CRON_DB = "test"  # testing.postgresql's database; pg_cron lives here (cron.database_name)
+TEMPLATE_DB = "booking_template"
+APP_LOGIN = "shim_login"  # holds booking_app only
+OPS_LOGIN = "ops_login"  # holds booking_ops only
+
+
+def url_for(base_url: str, dbname: str, user: str = "postgres") -> str:
+    head, _, _ = base_url.rpartition("/")
+    scheme, _, hostpart = head.partition("://")
+    hostpart = hostpart.split("@", 1)[-1]
+    return f"{scheme}://{user}@{hostpart}/{dbname}"
+
+
+def migrate(url: str, *extra: str, sql_dir: Path = SQL, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(sql_dir / "migrate.sh"), *extra, url],
+        capture_output=True, text=True, check=check, timeout=300,
+    )
+
+
+def connect(url: str, **kwargs) -> psycopg.Connection:
+    return psycopg.connect(url, autocommit=True, **kwargs)
+
+
+def one(url_or_conn, sql: str, params=None):
+    """The first column of the first row (None when there is no row)."""
+    if isinstance(url_or_conn, str):
+        with connect(url_or_conn) as conn:
+            return one(conn, sql, params)
+    row = url_or_conn.execute(sql, params).fetchone()
+    return None if row is None else row[0]
+
+
+class Database:
+    """A database of the test cluster: `url` as superuser, `app_url` as a booking_app login."""
+
+    def __init__(self, base_url: str, name: str):
+        self.name = name
+        self.url = url_for(base_url, name)
+        self.app_url = url_for(base_url, name, APP_LOGIN)
+        self.ops_url = url_for(base_url, name, OPS_LOGIN)
+
+    def one(self, sql: str, params=None):
+        return one(self.url, sql, params)
+
+    def rows(self, sql: str, params=None):
+        with connect(self.url) as conn:
+            return conn.execute(sql, params).fetchall()
+
+
+@contextmanager
+def database_from_template(base_url: str, template: str = TEMPLATE_DB):
+    name = "t_" + uuid.uuid4().hex[:12]
+    admin = url_for(base_url, "postgres")
+    with connect(admin) as conn:
+        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+    try:
+        yield Database(base_url, name)
+    finally:
+        with connect(admin) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextmanager
+def empty_database(base_url: str):
+    with database_from_template(base_url, template="template0") as db:
+        yield db
+
+
+def env_with(**overrides: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("STRIPE_", "DATABASE_URL", "JWT_", "REFRESH_"))}
+    env.update(overrides)
+    return env

@@ -1,0 +1,55 @@
+"""The shim as a real uvicorn process on 127.0.0.1, for tests."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+from tests.pg import ROOT, env_with
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def shim(database_url: str, webhook_secret: str, *, extra_env: dict[str, str] | None = None, log: Path | None = None):
+    port = free_port()
+    env = env_with(DATABASE_URL=database_url, STRIPE_WEBHOOK_SECRET=webhook_secret, **(extra_env or {}))
+    out = open(log, "wb") if log else subprocess.DEVNULL
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "pyshim.app:app", "--host", "127.0.0.1", "--port", str(port),
+         "--no-access-log"],
+        cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the shim exited with {proc.returncode}")
+            try:
+                if httpx.get(base + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("the shim did not start within 30 s")
+            time.sleep(0.1)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        if log:
+            out.close()

@@ -1,0 +1,212 @@
+"""POST /webhooks/stripe through a real uvicorn process against a real database."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import httpx
+import pytest
+
+from tests.pg import connect, database_from_template
+from tests.shim.server import shim
+from tests.stripe_events import encode, event, sign
+
+SECRET = "whsec_test_primary_0123456789abcdef"
+OLD_SECRET = "whsec_test_previous_0123456789abcdef"
+
+
+@pytest.fixture(scope="module")
+def webhook_db(migrated):
+    with database_from_template(migrated) as database:
+        yield database
+
+
+@pytest.fixture(scope="module")
+def server(webhook_db, tmp_path_factory):
+    log = tmp_path_factory.mktemp("shim") / "shim.log"
+    # Two secrets configured, as while rotating: the new one first.
+    with shim(webhook_db.app_url, f"{SECRET},{OLD_SECRET}", log=log) as base:
+        yield base
+
+
+def post(base: str, body: bytes, signature: str | None, **headers) -> httpx.Response:
+    if signature is not None:
+        headers["Stripe-Signature"] = signature
+    return httpx.post(base + "/webhooks/stripe", content=body, headers=headers, timeout=30)
+
+
+def stored(db, event_id: str) -> int:
+    return db.one("SELECT count(*) FROM stripe.events WHERE event_id = %s", (event_id,))
+
+
+def assert_error(resp: httpx.Response, status: int, code: str):
+    assert resp.status_code == status, resp.text
+    assert resp.headers["content-type"].startswith("application/json")
+    body = resp.json()
+    assert body["error"]["code"] == code
+    assert body["error"]["message"]
+
+
+def test_a_valid_event_is_stored_once_even_when_posted_twice(server, webhook_db):
+    evt = event()
+    body = encode(evt)
+    first = post(server, body, sign(body, SECRET), **{"X-Request-ID": "req-abc-1"})
+    assert (first.status_code, first.json()) == (200, {"outcome": "ignored"})
+    assert first.headers["X-Request-ID"] == "req-abc-1"
+    second = post(server, body, sign(body, SECRET))
+    assert (second.status_code, second.json()) == (200, {"outcome": "duplicate"})
+    assert stored(webhook_db, evt["id"]) == 1
+    assert webhook_db.one("SELECT correlation_id FROM stripe.events WHERE event_id = %s", (evt["id"],)) == "req-abc-1"
+
+
+def test_a_request_id_is_made_when_none_or_a_bad_one_is_given(server):
+    made = httpx.get(server + "/healthz").headers["X-Request-ID"]
+    assert len(made) == 32
+    replaced = httpx.get(server + "/healthz", headers={"X-Request-ID": "bad id with spaces"}).headers["X-Request-ID"]
+    assert replaced != "bad id with spaces" and len(replaced) == 32
+
+
+def test_rotation_either_configured_secret_and_any_matching_v1(server, webhook_db):
+    evt = event()
+    body = encode(evt)
+    assert post(server, body, sign(body, OLD_SECRET)).status_code == 200
+    # Stripe sends one v1 per active secret while an endpoint's secret is rolled.
+    evt2 = event()
+    body2 = encode(evt2)
+    t = int(time.time())
+    good = sign(body2, SECRET, t).split("v1=")[1]
+    bad = sign(body2, "whsec_someone_else", t).split("v1=")[1]
+    resp = post(server, body2, f"t={t},v1={bad},v1={good}")
+    assert resp.status_code == 200, resp.text
+    assert stored(webhook_db, evt["id"]) == 1 and stored(webhook_db, evt2["id"]) == 1
+
+
+def bad_cases():
+    """(name, body, signature header, status, code) of requests that must change nothing."""
+    evt = event()
+    body = encode(evt)
+    now = int(time.time())
+    reserialised = json.dumps(evt, indent=2).encode()
+    tampered = body.replace(b'"livemode":false', b'"livemode":true')
+    assert tampered != body
+    return evt["id"], [
+        ("tampered body", tampered, sign(body, SECRET), 400, "signature_invalid"),
+        ("re-serialised body", reserialised, sign(body, SECRET), 400, "signature_invalid"),
+        ("wrong secret", body, sign(body, "whsec_wrong"), 400, "signature_invalid"),
+        ("stale timestamp", body, sign(body, SECRET, now - 330), 400, "signature_timestamp"),
+        ("future timestamp", body, sign(body, SECRET, now + 330), 400, "signature_timestamp"),
+        ("missing header", body, None, 400, "signature_missing"),
+        ("header without v1", body, f"t={now}", 400, "signature_invalid"),
+        ("garbage header", body, "nonsense", 400, "signature_invalid"),
+    ]
+
+
+def test_every_bad_signature_is_400_with_a_reason_and_writes_nothing(server, webhook_db):
+    event_id, cases = bad_cases()
+    before = webhook_db.one("SELECT count(*) FROM stripe.events")
+    for name, body, header, status, code in cases:
+        resp = post(server, body, header)
+        assert resp.status_code == status, (name, resp.text)
+        assert_error(resp, status, code)
+    assert stored(webhook_db, event_id) == 0
+    assert webhook_db.one("SELECT count(*) FROM stripe.events") == before
+
+
+def test_signed_bodies_that_are_not_stripe_events_are_400_rw001(server, webhook_db):
+    before = webhook_db.one("SELECT count(*) FROM stripe.events")
+    for body in (b"this is not json", b'{"id": "evt_x", "object": "charge"}', b"[1,2,3]", b""):
+        resp = post(server, body, sign(body, SECRET))
+        assert_error(resp, 400, "RW001")
+    assert webhook_db.one("SELECT count(*) FROM stripe.events") == before
+
+
+def test_a_body_over_one_mib_is_413_and_writes_nothing(server, webhook_db):
+    evt = event(obj={"id": "obj_big", "object": "test", "blob": "x" * (1024 * 1024)})
+    body = encode(evt)
+    resp = post(server, body, sign(body, SECRET))
+    assert_error(resp, 413, "body_too_large")
+    assert stored(webhook_db, evt["id"]) == 0
+
+    # Without a Content-Length (chunked), the limit still holds.
+    def chunks():
+        for i in range(0, len(body), 65536):
+            yield body[i:i + 65536]
+
+    resp = httpx.post(server + "/webhooks/stripe", content=chunks(), headers={"Stripe-Signature": sign(body, SECRET)})
+    assert_error(resp, 413, "body_too_large")
+    assert stored(webhook_db, evt["id"]) == 0
+
+
+def test_twenty_simultaneous_deliveries_give_twenty_200s_and_one_row(server, webhook_db):
+    evt = event("payment_intent.succeeded")
+    body = encode(evt)
+    header = sign(body, SECRET)
+    barrier = threading.Barrier(20)
+    statuses, outcomes = [], []
+
+    def deliver():
+        with httpx.Client(timeout=30) as client:
+            barrier.wait()
+            resp = client.post(server + "/webhooks/stripe", content=body, headers={"Stripe-Signature": header})
+        statuses.append(resp.status_code)
+        outcomes.append(resp.json().get("outcome"))
+
+    threads = [threading.Thread(target=deliver) for _ in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert statuses == [200] * 20
+    assert sorted(outcomes) == ["duplicate"] * 19 + ["ignored"]
+    assert stored(webhook_db, evt["id"]) == 1
+
+
+def test_a_failure_to_apply_is_500_and_recorded_for_retry(server, webhook_db):
+    """A bug in applying (here: a trigger that raises) rolls the event back; the shim
+    records the failure in a fresh transaction, and a redelivery applies it once fixed."""
+    evt = event("test.explodes")
+    body = encode(evt)
+    with connect(webhook_db.url) as conn:
+        conn.execute(
+            """
+            CREATE FUNCTION stripe.test_explode() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF NEW.type = 'test.explodes' AND NEW.status = 'ignored' THEN
+                    RAISE EXCEPTION 'simulated bug while applying' USING ERRCODE = 'XX000';
+                END IF;
+                RETURN NEW;
+            END $$;
+            CREATE TRIGGER test_explode BEFORE UPDATE ON stripe.events
+                FOR EACH ROW EXECUTE FUNCTION stripe.test_explode();
+            """
+        )
+    try:
+        resp = post(server, body, sign(body, SECRET), **{"X-Request-ID": "req-explode"})
+        assert_error(resp, 500, "XX000")
+        row = webhook_db.rows(
+            "SELECT status, attempts, last_sqlstate, last_error, payload, next_attempt_at IS NOT NULL, correlation_id "
+            "FROM stripe.events WHERE event_id = %s",
+            (evt["id"],),
+        )
+        assert len(row) == 1
+        status, attempts, sqlstate, last_error, payload, has_retry, correlation_id = row[0]
+        assert (status, attempts, sqlstate, payload, has_retry) == ("failed", 1, "XX000", evt, True)
+        assert "simulated bug while applying" in last_error
+        assert correlation_id == "req-explode"
+    finally:
+        with connect(webhook_db.url) as conn:
+            conn.execute("DROP TRIGGER test_explode ON stripe.events; DROP FUNCTION stripe.test_explode()")
+    resp = post(server, body, sign(body, SECRET))
+    assert (resp.status_code, resp.json()) == (200, {"outcome": "ignored"})
+    assert webhook_db.rows("SELECT status, attempts FROM stripe.events WHERE event_id = %s", (evt["id"],)) == [
+        ("ignored", 2)
+    ]
+
+
+def test_readyz_reports_health(server):
+    resp = httpx.get(server + "/readyz")
+    assert resp.status_code == 200
+    assert resp.json()["status"] in ("ok", "degraded")
+    assert resp.json()["checks"]["database"]["status"] == "ok"

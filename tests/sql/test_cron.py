@@ -1,0 +1,87 @@
+"""The cron job registry, the dispatcher's heartbeats and what api.health() makes of them."""
+
+from __future__ import annotations
+
+import time
+
+import psycopg
+import pytest
+
+from tests.pg import SQL, connect
+
+SCHEDULES = SQL / "cron" / "schedules.sql"
+
+
+def test_schedules_are_in_pg_cron_as_the_migrating_login_role(cron_db):
+    rows = cron_db.rows(
+        "SELECT j.jobname, j.schedule, j.command, j.username, j.active FROM cron.job AS j "
+        "JOIN core.cron_jobs AS c USING (jobname) ORDER BY 1"
+    )
+    assert rows, "no booking-* job is scheduled"
+    registered = cron_db.rows("SELECT jobname, schedule FROM core.cron_jobs ORDER BY 1")
+    assert [(r[0], r[1]) for r in rows] == registered
+    for jobname, _, command, username, active in rows:
+        assert command == f"SELECT core.run_cron_job('{jobname}')"
+        assert username == "postgres" and active
+
+
+def test_sync_unschedules_jobs_no_longer_declared(cron_db):
+    with connect(cron_db.url) as conn:
+        conn.execute("SELECT cron.schedule('booking-obsolete-job', '0 3 * * *', 'SELECT 1')")
+        conn.execute(SCHEDULES.read_text())
+        assert conn.execute("SELECT count(*) FROM cron.job WHERE jobname = 'booking-obsolete-job'").fetchone()[0] == 0
+
+
+def test_a_run_is_recorded_and_a_failing_job_shows_in_health(db):
+    assert db.one("SELECT core.run_cron_job('booking-prune-cron-history') ? 'deleted'")
+    assert db.rows("SELECT last_status, runs, failures FROM ops.cron_jobs") == [("ok", 1, 0)]
+    with connect(db.url) as conn:
+        conn.execute(
+            "CREATE FUNCTION core.broken_job() RETURNS jsonb LANGUAGE sql AS $$ SELECT (1 / 0)::text::jsonb $$"
+        )
+        conn.execute(
+            "INSERT INTO core.cron_jobs (jobname, schedule, job_function, description, max_silence) "
+            "VALUES ('booking-broken', '* * * * *', 'core.broken_job', 'test', '5 minutes')"
+        )
+        result = conn.execute("SELECT core.run_cron_job('booking-broken')").fetchone()[0]
+    assert result["status"] == "failed" and "division by zero" in result["error"]
+    health = db.one("SELECT api.health()")
+    assert health["status"] == "degraded"
+    assert health["checks"]["cron"]["jobs"]["booking-broken"]["status"] == "failed"
+    assert health["checks"]["cron"]["jobs"]["booking-prune-cron-history"]["status"] == "ok"
+
+
+def test_a_job_not_run_yet_is_ok_until_its_max_silence_then_late(db):
+    health = db.one("SELECT api.health()")
+    assert health["checks"]["cron"]["jobs"]["booking-prune-cron-history"]["status"] == "ok"
+    db.one("UPDATE core.cron_jobs SET registered_at = now() - interval '3 hours' RETURNING 1")
+    health = db.one("SELECT api.health()")
+    job = health["checks"]["cron"]["jobs"]["booking-prune-cron-history"]
+    assert (health["status"], job["status"]) == ("degraded", "late")
+    assert 3500 <= job["late_by_seconds"] <= 3700
+
+
+def test_unknown_job_is_rb005(db):
+    with pytest.raises(psycopg.Error) as info:
+        db.one("SELECT core.run_cron_job('booking-nope')")
+    assert info.value.sqlstate == "RB005"
+
+
+@pytest.mark.slow
+def test_pg_cron_really_runs_a_job_through_the_dispatcher(cron_db):
+    """pg_cron runs at minute granularity: this waits for at most ~70 s."""
+    before = cron_db.one("SELECT coalesce(max(runs), 0) FROM ops.cron_jobs WHERE jobname = 'booking-prune-cron-history'")
+    cron_db.one(
+        "SELECT cron.schedule('probe-every-minute', '* * * * *', "
+        "$$SELECT core.run_cron_job('booking-prune-cron-history')$$)"
+    )
+    try:
+        deadline = time.monotonic() + 75
+        runs = before
+        while time.monotonic() < deadline and runs == before:
+            time.sleep(1)
+            runs = cron_db.one("SELECT runs FROM ops.cron_jobs WHERE jobname = 'booking-prune-cron-history'") or 0
+        assert runs > before, "pg_cron did not run the job within 75 s"
+        assert cron_db.one("SELECT last_status FROM ops.cron_jobs WHERE jobname = 'booking-prune-cron-history'") == "ok"
+    finally:
+        cron_db.one("SELECT cron.unschedule('probe-every-minute')")
