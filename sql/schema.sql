@@ -34,6 +34,22 @@ COMMENT ON SCHEMA api IS 'Functions applications call (granted to booking_app); 
 
 
 --
+-- Name: booking; Type: SCHEMA; Schema: -; Owner: booking_owner
+--
+
+CREATE SCHEMA booking;
+
+
+ALTER SCHEMA booking OWNER TO booking_owner;
+
+--
+-- Name: SCHEMA booking; Type: COMMENT; Schema: -; Owner: booking_owner
+--
+
+COMMENT ON SCHEMA booking IS 'Inventory, holds and bookings (private: reached through api.*)';
+
+
+--
 -- Name: core; Type: SCHEMA; Schema: -; Owner: booking_owner
 --
 
@@ -109,6 +125,176 @@ ALTER SCHEMA stripe OWNER TO booking_owner;
 --
 
 COMMENT ON SCHEMA stripe IS 'Stripe events as received, and their processing state';
+
+
+--
+-- Name: bucket_return; Type: TYPE; Schema: booking; Owner: booking_owner
+--
+
+CREATE TYPE booking.bucket_return AS (
+	inventory_id uuid,
+	bucket_no smallint,
+	units integer
+);
+
+
+ALTER TYPE booking.bucket_return OWNER TO booking_owner;
+
+--
+-- Name: availability(uuid); Type: FUNCTION; Schema: api; Owner: booking_owner
+--
+
+CREATE FUNCTION api.availability(p_inventory_id uuid) RETURNS TABLE(capacity integer, sold integer, held integer, available integer)
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+-- One statement, one snapshot: the bucket sums plus the open holds already past their
+-- deadline (dead, not yet swept). Reads at most 16 bucket rows and the unswept dead
+-- holds, never the live ones.
+BEGIN
+    PERFORM core.require(p_inventory_id, 'p_inventory_id');
+    RETURN QUERY
+    SELECT
+        i.capacity,
+        b.sold::int,
+        (i.capacity - b.sold - b.free - d.units)::int,
+        (b.free + d.units)::int
+    FROM booking.inventory AS i
+    CROSS JOIN LATERAL (
+        SELECT sum(x.free) AS free, sum(x.sold) AS sold
+        FROM booking.inventory_buckets AS x WHERE x.inventory_id = i.inventory_id
+    ) AS b
+    CROSS JOIN LATERAL (
+        SELECT coalesce(sum(h.quantity), 0) AS units
+        FROM booking.holds AS h
+        WHERE h.inventory_id = i.inventory_id
+          AND h.status IN ('live', 'booked')
+          AND h.expires_at <= clock_timestamp()
+    ) AS d
+    WHERE i.inventory_id = p_inventory_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'inventory % not found', p_inventory_id USING ERRCODE = 'RB005';
+    END IF;
+END;
+$$;
+
+
+ALTER FUNCTION api.availability(p_inventory_id uuid) OWNER TO booking_owner;
+
+--
+-- Name: FUNCTION availability(p_inventory_id uuid); Type: COMMENT; Schema: api; Owner: booking_owner
+--
+
+COMMENT ON FUNCTION api.availability(p_inventory_id uuid) IS 'capacity, sold, held (live or booked holds before their deadline) and available, exact at the moment of the call; RB005 unknown inventory.';
+
+
+--
+-- Name: create_inventory(text, integer, bigint, text, interval, interval, integer); Type: FUNCTION; Schema: api; Owner: booking_owner
+--
+
+CREATE FUNCTION api.create_inventory(p_sku text, p_capacity integer, p_unit_amount bigint, p_currency text, p_hold_ttl interval DEFAULT '00:15:00'::interval, p_extension interval DEFAULT '00:10:00'::interval, p_max_extensions integer DEFAULT 1) RETURNS uuid
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+    v_inventory booking.inventory;
+BEGIN
+    PERFORM core.require_text(p_sku, 'p_sku', 200);
+    PERFORM core.require_range(p_capacity, 'p_capacity', 0, 10000000);
+    PERFORM core.require_range(p_unit_amount, 'p_unit_amount', 0, 100000000000);
+    PERFORM core.require_text(p_currency, 'p_currency', 3);
+    IF NOT EXISTS (SELECT FROM core.currencies AS c WHERE c.code = p_currency) THEN
+        RAISE EXCEPTION 'unknown currency %', p_currency
+            USING ERRCODE = '22023', HINT = 'A lowercase ISO 4217 code that Stripe charges in, e.g. ''usd''.';
+    END IF;
+    PERFORM core.require_interval(p_hold_ttl, 'p_hold_ttl', interval '1 second', interval '1 day');
+    PERFORM core.require_interval(p_extension, 'p_extension', interval '0', interval '1 day');
+    PERFORM core.require_range(p_max_extensions, 'p_max_extensions', 0, 10);
+
+    INSERT INTO booking.inventory AS i (
+        sku, capacity, unit_amount, currency, hold_ttl, extension, max_extensions, bucket_count
+    )
+    VALUES (
+        p_sku, p_capacity, p_unit_amount, p_currency, p_hold_ttl, p_extension, p_max_extensions,
+        booking.bucket_count_for(p_capacity)
+    )
+    ON CONFLICT (sku) DO NOTHING
+    RETURNING * INTO v_inventory;
+    IF v_inventory.inventory_id IS NULL THEN
+        -- The same sku again: the same answer for the same request, RI001 for another.
+        SELECT * INTO v_inventory FROM booking.inventory AS i WHERE i.sku = p_sku;
+        IF (v_inventory.unit_amount, v_inventory.currency, v_inventory.hold_ttl, v_inventory.extension,
+            v_inventory.max_extensions)
+            IS DISTINCT FROM (p_unit_amount, p_currency, p_hold_ttl, p_extension, p_max_extensions) THEN
+            RAISE EXCEPTION 'inventory % already exists with other settings', p_sku
+                USING ERRCODE = 'RI001', HINT = 'Use api.set_capacity to change its capacity.';
+        END IF;
+        RETURN v_inventory.inventory_id;
+    END IF;
+    INSERT INTO booking.inventory_buckets (inventory_id, bucket_no, free)
+    SELECT v_inventory.inventory_id, n, 0 FROM generate_series(0, v_inventory.bucket_count - 1) AS n;
+    PERFORM booking.add_free(v_inventory.inventory_id, p_capacity);
+    RETURN v_inventory.inventory_id;
+END;
+$$;
+
+
+ALTER FUNCTION api.create_inventory(p_sku text, p_capacity integer, p_unit_amount bigint, p_currency text, p_hold_ttl interval, p_extension interval, p_max_extensions integer) OWNER TO booking_owner;
+
+--
+-- Name: FUNCTION create_inventory(p_sku text, p_capacity integer, p_unit_amount bigint, p_currency text, p_hold_ttl interval, p_extension interval, p_max_extensions integer); Type: COMMENT; Schema: api; Owner: booking_owner
+--
+
+COMMENT ON FUNCTION api.create_inventory(p_sku text, p_capacity integer, p_unit_amount bigint, p_currency text, p_hold_ttl interval, p_extension interval, p_max_extensions integer) IS 'Creates a sellable pool (capacity, unit price in minor units, currency, hold TTL, extension length and limit); returns its id. Idempotent on sku (RI001 when the same sku comes with other settings).';
+
+
+--
+-- Name: extend_hold(uuid); Type: FUNCTION; Schema: api; Owner: booking_owner
+--
+
+CREATE FUNCTION api.extend_hold(p_hold_id uuid) RETURNS timestamp with time zone
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+    v_expires_at timestamptz;
+    v_hold booking.holds;
+BEGIN
+    PERFORM core.require(p_hold_id, 'p_hold_id');
+    UPDATE booking.holds AS h
+    SET expires_at = h.expires_at + i.extension, extensions_used = h.extensions_used + 1
+    FROM booking.inventory AS i
+    WHERE h.hold_id = p_hold_id
+      AND i.inventory_id = h.inventory_id
+      AND h.status = 'live'
+      AND h.expires_at > clock_timestamp()
+      AND h.extensions_used < i.max_extensions
+    RETURNING h.expires_at INTO v_expires_at;
+    IF FOUND THEN
+        RETURN v_expires_at;
+    END IF;
+    SELECT * INTO v_hold FROM booking.holds AS h WHERE h.hold_id = p_hold_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'hold % not found', p_hold_id USING ERRCODE = 'RB005';
+    END IF;
+    IF v_hold.status <> 'live' OR v_hold.expires_at <= clock_timestamp() THEN
+        RAISE EXCEPTION 'hold % is not live', p_hold_id
+            USING ERRCODE = 'RB002',
+                  DETAIL = pg_catalog.format('status %s, expires_at %s', v_hold.status, v_hold.expires_at);
+    END IF;
+    RAISE EXCEPTION 'hold % has no extensions left', p_hold_id
+        USING ERRCODE = 'RB003', DETAIL = pg_catalog.format('%s used', v_hold.extensions_used);
+END;
+$$;
+
+
+ALTER FUNCTION api.extend_hold(p_hold_id uuid) OWNER TO booking_owner;
+
+--
+-- Name: FUNCTION extend_hold(p_hold_id uuid); Type: COMMENT; Schema: api; Owner: booking_owner
+--
+
+COMMENT ON FUNCTION api.extend_hold(p_hold_id uuid) IS 'Pushes a live hold''s deadline back by the inventory''s extension; returns the new expires_at. RB002 not live, RB003 no extensions left, RB005 unknown hold.';
 
 
 --
@@ -188,6 +374,49 @@ COMMENT ON FUNCTION api.health() IS '{"status": ok|degraded, "checks": {...}}: t
 
 
 --
+-- Name: hold_status(uuid); Type: FUNCTION; Schema: api; Owner: booking_owner
+--
+
+CREATE FUNCTION api.hold_status(p_hold_id uuid) RETURNS TABLE(status text, quantity integer, expires_at timestamp with time zone, seconds_left integer, extensions_left integer)
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+BEGIN
+    PERFORM core.require(p_hold_id, 'p_hold_id');
+    RETURN QUERY
+    SELECT
+        s.status,
+        s.quantity,
+        s.expires_at,
+        CASE WHEN s.status IN ('live', 'booked')
+            THEN ceil(extract(EPOCH FROM s.expires_at - s.at))::int ELSE 0 END,
+        CASE WHEN s.status = 'live' THEN greatest(s.max_extensions - s.extensions_used, 0) ELSE 0 END
+    FROM (
+        SELECT
+            CASE WHEN h.status IN ('live', 'booked') AND h.expires_at <= c.at THEN 'expired' ELSE h.status END AS status,
+            h.quantity, h.expires_at, h.extensions_used, i.max_extensions, c.at
+        FROM booking.holds AS h
+        JOIN booking.inventory AS i ON i.inventory_id = h.inventory_id
+        CROSS JOIN (SELECT clock_timestamp() AS at) AS c
+        WHERE h.hold_id = p_hold_id
+    ) AS s;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'hold % not found', p_hold_id USING ERRCODE = 'RB005';
+    END IF;
+END;
+$$;
+
+
+ALTER FUNCTION api.hold_status(p_hold_id uuid) OWNER TO booking_owner;
+
+--
+-- Name: FUNCTION hold_status(p_hold_id uuid); Type: COMMENT; Schema: api; Owner: booking_owner
+--
+
+COMMENT ON FUNCTION api.hold_status(p_hold_id uuid) IS 'status (live, booked, converted, released, expired: a hold past its deadline is expired whether or not it was swept), quantity, expires_at, seconds_left (for a checkout timer), extensions_left; RB005 unknown hold.';
+
+
+--
 -- Name: ingest_stripe_event(jsonb); Type: FUNCTION; Schema: api; Owner: booking_owner
 --
 
@@ -226,6 +455,118 @@ ALTER FUNCTION api.ingest_stripe_event(p_event jsonb) OWNER TO booking_owner;
 --
 
 COMMENT ON FUNCTION api.ingest_stripe_event(p_event jsonb) IS 'Stores a verified Stripe event once by id and applies it in the same transaction. Returns processed, duplicate, ignored or deferred; RW001 if the payload is not a Stripe event.';
+
+
+--
+-- Name: place_hold(uuid, integer, text, text); Type: FUNCTION; Schema: api; Owner: booking_owner
+--
+
+CREATE FUNCTION api.place_hold(p_inventory_id uuid, p_quantity integer, p_holder text, p_hold_key text DEFAULT NULL::text) RETURNS TABLE(hold_id uuid, expires_at timestamp with time zone)
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+    v_inventory booking.inventory;
+    v_existing booking.holds;
+    v_needed int := p_quantity;
+    v_home smallint;
+    v_bucket smallint;
+    v_available bigint;
+BEGIN
+    PERFORM core.require(p_inventory_id, 'p_inventory_id');
+    PERFORM core.require_range(p_quantity, 'p_quantity', 1, 100);
+    PERFORM core.require_text(p_holder, 'p_holder', 200);
+    IF p_hold_key IS NOT NULL THEN
+        PERFORM core.require_text(p_hold_key, 'p_hold_key', 255);
+    END IF;
+    SELECT * INTO v_inventory FROM booking.inventory AS i WHERE i.inventory_id = p_inventory_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'inventory % not found', p_inventory_id USING ERRCODE = 'RB005';
+    END IF;
+
+    IF p_hold_key IS NOT NULL THEN
+        -- Requests with one (holder, key) run one at a time; others are not slowed.
+        PERFORM pg_advisory_xact_lock(hashtextextended(p_holder || E'\n' || p_hold_key, 7261));
+        SELECT * INTO v_existing FROM booking.holds AS h
+        WHERE h.holder = p_holder AND h.hold_key = p_hold_key AND h.status IN ('live', 'booked')
+        FOR UPDATE;
+        IF FOUND AND v_existing.expires_at > clock_timestamp() THEN
+            IF (v_existing.inventory_id, v_existing.quantity) IS DISTINCT FROM (p_inventory_id, p_quantity) THEN
+                RAISE EXCEPTION 'hold key % was used for another request', p_hold_key
+                    USING ERRCODE = 'RI001',
+                          DETAIL = pg_catalog.format('hold %s holds %s of inventory %s',
+                                                     v_existing.hold_id, v_existing.quantity, v_existing.inventory_id);
+            END IF;
+            RETURN QUERY SELECT v_existing.hold_id, v_existing.expires_at;
+            RETURN;
+        ELSIF FOUND AND v_existing.inventory_id = p_inventory_id THEN
+            -- The key's hold is dead: end it, and hand its units (nobody else can reclaim
+            -- them while we hold its row) straight to the new hold, with no bucket lock.
+            PERFORM booking.end_holds(ARRAY[v_existing.hold_id], 'expired');
+            v_home := v_existing.bucket_no;
+            v_needed := greatest(p_quantity - v_existing.quantity, 0);
+            IF v_existing.quantity > p_quantity THEN
+                PERFORM booking.return_to_buckets(ARRAY[
+                    ROW(p_inventory_id, v_existing.bucket_no, v_existing.quantity - p_quantity)::booking.bucket_return
+                ]);
+            END IF;
+        ELSIF FOUND THEN
+            -- Dead, for another inventory: give its units back before touching ours.
+            PERFORM booking.expire_hold_if_dead(v_existing);
+        END IF;
+    END IF;
+
+    IF v_needed > 0 THEN
+        -- Fast path: one bucket that nobody else is using and that has enough, picked at
+        -- random so that concurrent buyers spread out. FOR UPDATE can lock a row whose
+        -- newer version then fails "free >= v_needed" and keep that lock; such stray
+        -- locks, taken in random order, would deadlock against the slow path's ordered
+        -- locking. So a miss is rolled back (the subtransaction releases its row locks).
+        BEGIN
+            SELECT c.bucket_no INTO v_bucket
+            FROM booking.inventory_buckets AS c
+            WHERE c.inventory_id = p_inventory_id AND c.free >= v_needed
+            ORDER BY random()
+            LIMIT 1
+            FOR UPDATE SKIP LOCKED;
+            IF v_bucket IS NULL THEN
+                RAISE EXCEPTION USING ERRCODE = 'RB001';
+            END IF;
+            UPDATE booking.inventory_buckets AS b
+            SET free = b.free - v_needed
+            WHERE b.inventory_id = p_inventory_id AND b.bucket_no = v_bucket;
+        EXCEPTION WHEN SQLSTATE 'RB001' THEN
+            v_bucket := NULL;
+        END;
+
+        IF v_bucket IS NULL THEN
+            -- Sold out as of this snapshot (dead holds counted as available): say so
+            -- without queueing behind other buyers' bucket locks.
+            SELECT a.available INTO v_available FROM api.availability(p_inventory_id) AS a;
+            IF v_available < v_needed THEN
+                RAISE EXCEPTION 'not enough available: % requested, % available', p_quantity, v_available
+                    USING ERRCODE = 'RB001';
+            END IF;
+            v_bucket := booking.take_units_slowly(p_inventory_id, v_needed);
+        END IF;
+        v_home := coalesce(v_home, v_bucket);
+    END IF;
+
+    RETURN QUERY
+    INSERT INTO booking.holds AS h (inventory_id, bucket_no, quantity, holder, hold_key, expires_at)
+    VALUES (p_inventory_id, v_home, p_quantity, p_holder, p_hold_key, clock_timestamp() + v_inventory.hold_ttl)
+    RETURNING h.hold_id, h.expires_at;
+END;
+$$;
+
+
+ALTER FUNCTION api.place_hold(p_inventory_id uuid, p_quantity integer, p_holder text, p_hold_key text) OWNER TO booking_owner;
+
+--
+-- Name: FUNCTION place_hold(p_inventory_id uuid, p_quantity integer, p_holder text, p_hold_key text); Type: COMMENT; Schema: api; Owner: booking_owner
+--
+
+COMMENT ON FUNCTION api.place_hold(p_inventory_id uuid, p_quantity integer, p_holder text, p_hold_key text) IS 'Holds p_quantity (1..100) units for p_holder until the inventory''s hold TTL passes; returns (hold_id, expires_at). RB001 not enough available (expired holds are reclaimed first), RB005 unknown inventory; a repeated (holder, hold_key) returns the same open hold (RI001 if it was for another inventory or quantity).';
 
 
 --
@@ -278,6 +619,420 @@ COMMENT ON FUNCTION api.record_stripe_event_failure(p_event jsonb, p_sqlstate te
 
 
 --
+-- Name: release_hold(uuid); Type: FUNCTION; Schema: api; Owner: booking_owner
+--
+
+CREATE FUNCTION api.release_hold(p_hold_id uuid) RETURNS boolean
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+    v_hold booking.holds;
+BEGIN
+    PERFORM core.require(p_hold_id, 'p_hold_id');
+    SELECT * INTO v_hold FROM booking.holds AS h WHERE h.hold_id = p_hold_id FOR UPDATE;
+    IF NOT FOUND OR booking.expire_hold_if_dead(v_hold) OR v_hold.status <> 'live' THEN
+        RETURN false;
+    END IF;
+    PERFORM booking.return_to_buckets(booking.end_holds(ARRAY[p_hold_id], 'released'));
+    RETURN true;
+END;
+$$;
+
+
+ALTER FUNCTION api.release_hold(p_hold_id uuid) OWNER TO booking_owner;
+
+--
+-- Name: FUNCTION release_hold(p_hold_id uuid); Type: COMMENT; Schema: api; Owner: booking_owner
+--
+
+COMMENT ON FUNCTION api.release_hold(p_hold_id uuid) IS 'Releases a live hold and returns its units; true if this call released it, false if it was already not live (or is unknown). Never an error for a non-NULL id.';
+
+
+--
+-- Name: set_capacity(uuid, integer); Type: FUNCTION; Schema: api; Owner: booking_owner
+--
+
+CREATE FUNCTION api.set_capacity(p_inventory_id uuid, p_capacity integer) RETURNS void
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+    v_inventory booking.inventory;
+    v_delta int;
+    v_free bigint;
+    v_want smallint;
+    v_row record;
+BEGIN
+    PERFORM core.require(p_inventory_id, 'p_inventory_id');
+    PERFORM core.require_range(p_capacity, 'p_capacity', 0, 10000000);
+    -- The inventory row first (it serialises capacity changes), then every bucket in order.
+    SELECT * INTO v_inventory FROM booking.inventory AS i WHERE i.inventory_id = p_inventory_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'inventory % not found', p_inventory_id USING ERRCODE = 'RB005';
+    END IF;
+    PERFORM booking.lock_buckets(p_inventory_id);
+    PERFORM booking.return_to_buckets(
+        booking.end_holds(booking.dead_open_holds(p_inventory_id, 100000), 'expired')
+    );
+    v_delta := p_capacity - v_inventory.capacity;
+    IF v_delta > 0 THEN
+        v_want := booking.bucket_count_for(p_capacity);
+        IF v_want > v_inventory.bucket_count THEN
+            INSERT INTO booking.inventory_buckets (inventory_id, bucket_no, free)
+            SELECT p_inventory_id, n, 0 FROM generate_series(v_inventory.bucket_count, v_want - 1) AS n;
+        END IF;
+        PERFORM booking.add_free(p_inventory_id, v_delta);
+        UPDATE booking.inventory
+        SET capacity = p_capacity, bucket_count = greatest(bucket_count, v_want)
+        WHERE inventory_id = p_inventory_id;
+    ELSIF v_delta < 0 THEN
+        SELECT sum(b.free) INTO v_free FROM booking.inventory_buckets AS b WHERE b.inventory_id = p_inventory_id;
+        IF v_free < -v_delta THEN
+            RAISE EXCEPTION 'capacity % is below what is sold plus held (%)', p_capacity, v_inventory.capacity - v_free
+                USING ERRCODE = 'RB001';
+        END IF;
+        FOR v_row IN
+            SELECT b.bucket_no, b.free FROM booking.inventory_buckets AS b
+            WHERE b.inventory_id = p_inventory_id AND b.free > 0
+            ORDER BY b.bucket_no
+        LOOP
+            EXIT WHEN v_delta = 0;
+            UPDATE booking.inventory_buckets
+            SET free = free - least(v_row.free, -v_delta)
+            WHERE inventory_id = p_inventory_id AND bucket_no = v_row.bucket_no;
+            v_delta := v_delta + least(v_row.free, -v_delta);
+        END LOOP;
+        UPDATE booking.inventory SET capacity = p_capacity WHERE inventory_id = p_inventory_id;
+    END IF;
+END;
+$$;
+
+
+ALTER FUNCTION api.set_capacity(p_inventory_id uuid, p_capacity integer) OWNER TO booking_owner;
+
+--
+-- Name: FUNCTION set_capacity(p_inventory_id uuid, p_capacity integer); Type: COMMENT; Schema: api; Owner: booking_owner
+--
+
+COMMENT ON FUNCTION api.set_capacity(p_inventory_id uuid, p_capacity integer) IS 'Sets an inventory''s capacity; RB001 if it would fall below what is sold plus live holds, RB005 unknown inventory.';
+
+
+--
+-- Name: add_free(uuid, integer); Type: FUNCTION; Schema: booking; Owner: booking_owner
+--
+
+CREATE FUNCTION booking.add_free(p_inventory_id uuid, p_units integer) RETURNS void
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+-- Spreads p_units (>= 0) evenly over the inventory's buckets; the caller holds their locks.
+DECLARE
+    v_count int;
+BEGIN
+    SELECT count(*) INTO v_count FROM booking.inventory_buckets WHERE inventory_id = p_inventory_id;
+    UPDATE booking.inventory_buckets AS b
+    SET free = b.free + p_units / v_count + CASE WHEN b.bucket_no < p_units % v_count THEN 1 ELSE 0 END
+    WHERE b.inventory_id = p_inventory_id;
+END;
+$$;
+
+
+ALTER FUNCTION booking.add_free(p_inventory_id uuid, p_units integer) OWNER TO booking_owner;
+
+--
+-- Name: bucket_count_for(integer); Type: FUNCTION; Schema: booking; Owner: booking_owner
+--
+
+CREATE FUNCTION booking.bucket_count_for(p_capacity integer) RETURNS smallint
+    LANGUAGE sql IMMUTABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+    -- One bucket per 8 units, at most 16: enough rows that 32 concurrent buyers rarely
+    -- meet on one, few enough that a sold-out check reads little.
+    SELECT least(16, greatest(1, p_capacity / 8))::smallint;
+$$;
+
+
+ALTER FUNCTION booking.bucket_count_for(p_capacity integer) OWNER TO booking_owner;
+
+--
+-- Name: dead_open_holds(uuid, integer); Type: FUNCTION; Schema: booking; Owner: booking_owner
+--
+
+CREATE FUNCTION booking.dead_open_holds(p_inventory_id uuid, p_limit integer) RETURNS uuid[]
+    LANGUAGE sql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+    -- Open holds past their deadline (all inventories when p_inventory_id is NULL),
+    -- oldest deadline first, locked; rows another transaction holds are skipped.
+    SELECT coalesce(array_agg(d.hold_id), '{}')
+    FROM (
+        SELECT h.hold_id
+        FROM booking.holds AS h
+        WHERE h.status IN ('live', 'booked')
+          AND h.expires_at <= clock_timestamp()
+          AND (p_inventory_id IS NULL OR h.inventory_id = p_inventory_id)
+        ORDER BY h.expires_at
+        LIMIT p_limit
+        FOR UPDATE SKIP LOCKED
+    ) AS d;
+$$;
+
+
+ALTER FUNCTION booking.dead_open_holds(p_inventory_id uuid, p_limit integer) OWNER TO booking_owner;
+
+--
+-- Name: end_holds(uuid[], text); Type: FUNCTION; Schema: booking; Owner: booking_owner
+--
+
+CREATE FUNCTION booking.end_holds(p_hold_ids uuid[], p_status text) RETURNS booking.bucket_return[]
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+-- Ends the open holds among p_hold_ids (the caller has locked them) with p_status and
+-- returns the units to give back, per bucket. Buckets are not touched here, so a caller
+-- can gather returns and take bucket locks once, at the end, in order.
+DECLARE
+    v_returns booking.bucket_return[];
+BEGIN
+    WITH ended AS (
+        UPDATE booking.holds AS h
+        SET status = p_status, ended_at = clock_timestamp()
+        WHERE h.hold_id = ANY(p_hold_ids) AND h.status IN ('live', 'booked')
+        RETURNING h.inventory_id, h.bucket_no, h.quantity
+    )
+    SELECT array_agg(ROW(e.inventory_id, e.bucket_no, e.units)::booking.bucket_return)
+    INTO v_returns
+    FROM (
+        SELECT ended.inventory_id, ended.bucket_no, sum(ended.quantity)::int AS units
+        FROM ended
+        GROUP BY ended.inventory_id, ended.bucket_no
+    ) AS e;
+    RETURN coalesce(v_returns, '{}');
+END;
+$$;
+
+
+ALTER FUNCTION booking.end_holds(p_hold_ids uuid[], p_status text) OWNER TO booking_owner;
+
+SET default_tablespace = '';
+
+SET default_table_access_method = heap;
+
+--
+-- Name: holds; Type: TABLE; Schema: booking; Owner: booking_owner
+--
+
+CREATE TABLE booking.holds (
+    hold_id uuid DEFAULT gen_random_uuid() NOT NULL,
+    inventory_id uuid NOT NULL,
+    bucket_no smallint NOT NULL,
+    quantity integer NOT NULL,
+    holder text NOT NULL,
+    hold_key text,
+    status text DEFAULT 'live'::text NOT NULL,
+    created_at timestamp with time zone DEFAULT clock_timestamp() NOT NULL,
+    expires_at timestamp with time zone NOT NULL,
+    extensions_used integer DEFAULT 0 NOT NULL,
+    ended_at timestamp with time zone,
+    CONSTRAINT check_holds_ended CHECK (((status = ANY (ARRAY['live'::text, 'booked'::text])) = (ended_at IS NULL))),
+    CONSTRAINT check_holds_extensions_used CHECK (((extensions_used >= 0) AND (extensions_used <= 10))),
+    CONSTRAINT check_holds_hold_key CHECK (((length(hold_key) >= 1) AND (length(hold_key) <= 255))),
+    CONSTRAINT check_holds_holder CHECK (((length(holder) >= 1) AND (length(holder) <= 200))),
+    CONSTRAINT check_holds_quantity CHECK (((quantity >= 1) AND (quantity <= 100))),
+    CONSTRAINT check_holds_status CHECK ((status = ANY (ARRAY['live'::text, 'booked'::text, 'converted'::text, 'released'::text, 'expired'::text])))
+);
+
+
+ALTER TABLE booking.holds OWNER TO booking_owner;
+
+--
+-- Name: expire_hold_if_dead(booking.holds); Type: FUNCTION; Schema: booking; Owner: booking_owner
+--
+
+CREATE FUNCTION booking.expire_hold_if_dead(p_hold booking.holds) RETURNS boolean
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+-- For a locked open hold past its deadline: ends it as expired and gives its units back.
+BEGIN
+    IF p_hold.status IN ('live', 'booked') AND p_hold.expires_at <= clock_timestamp() THEN
+        PERFORM booking.return_to_buckets(booking.end_holds(ARRAY[p_hold.hold_id], 'expired'));
+        RETURN true;
+    END IF;
+    RETURN false;
+END;
+$$;
+
+
+ALTER FUNCTION booking.expire_hold_if_dead(p_hold booking.holds) OWNER TO booking_owner;
+
+--
+-- Name: lock_buckets(uuid); Type: FUNCTION; Schema: booking; Owner: booking_owner
+--
+
+CREATE FUNCTION booking.lock_buckets(p_inventory_id uuid) RETURNS void
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+-- Locks all of an inventory's buckets, in bucket order (the one order every waiter uses).
+BEGIN
+    PERFORM FROM booking.inventory_buckets AS b
+    WHERE b.inventory_id = p_inventory_id
+    ORDER BY b.bucket_no
+    FOR UPDATE;
+END;
+$$;
+
+
+ALTER FUNCTION booking.lock_buckets(p_inventory_id uuid) OWNER TO booking_owner;
+
+--
+-- Name: purge_ended_holds(interval, integer); Type: FUNCTION; Schema: booking; Owner: booking_owner
+--
+
+CREATE FUNCTION booking.purge_ended_holds(p_retention interval DEFAULT '30 days'::interval, p_batch_size integer DEFAULT 10000) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+-- Deletes released and expired holds that ended more than p_retention ago, one batch.
+DECLARE
+    v_deleted int;
+BEGIN
+    DELETE FROM booking.holds
+    WHERE hold_id IN (
+        SELECT h.hold_id FROM booking.holds AS h
+        WHERE h.ended_at < now() - p_retention AND h.status IN ('released', 'expired')
+        ORDER BY h.ended_at
+        LIMIT p_batch_size
+    );
+    GET DIAGNOSTICS v_deleted = ROW_COUNT;
+    RETURN jsonb_build_object('deleted', v_deleted);
+END;
+$$;
+
+
+ALTER FUNCTION booking.purge_ended_holds(p_retention interval, p_batch_size integer) OWNER TO booking_owner;
+
+--
+-- Name: return_to_buckets(booking.bucket_return[]); Type: FUNCTION; Schema: booking; Owner: booking_owner
+--
+
+CREATE FUNCTION booking.return_to_buckets(p_returns booking.bucket_return[]) RETURNS integer
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+-- Gives units back to buckets, one row at a time in (inventory_id, bucket_no) order.
+DECLARE
+    v_row record;
+    v_total int := 0;
+BEGIN
+    FOR v_row IN
+        SELECT r.inventory_id, r.bucket_no, sum(r.units)::int AS units
+        FROM unnest(p_returns) AS r
+        GROUP BY r.inventory_id, r.bucket_no
+        ORDER BY r.inventory_id, r.bucket_no
+    LOOP
+        UPDATE booking.inventory_buckets
+        SET free = free + v_row.units
+        WHERE inventory_id = v_row.inventory_id AND bucket_no = v_row.bucket_no;
+        v_total := v_total + v_row.units;
+    END LOOP;
+    RETURN v_total;
+END;
+$$;
+
+
+ALTER FUNCTION booking.return_to_buckets(p_returns booking.bucket_return[]) OWNER TO booking_owner;
+
+--
+-- Name: sweep_expired_holds(integer, interval); Type: FUNCTION; Schema: booking; Owner: booking_owner
+--
+
+CREATE FUNCTION booking.sweep_expired_holds(p_batch_size integer DEFAULT 2000, p_time_budget interval DEFAULT '00:00:10'::interval) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+-- Marks open holds past their deadline expired (rows kept for audit) and gives their
+-- units back, in batches by deadline until none is left or the time budget is spent.
+-- Bucket rows are locked once, at the end, so buyers wait for them only briefly.
+-- Nothing depends on this running: a dead hold is already not counted.
+DECLARE
+    v_started timestamptz := clock_timestamp();
+    v_ids uuid[];
+    v_returns booking.bucket_return[] := '{}';
+    v_holds int := 0;
+    v_batches int := 0;
+BEGIN
+    LOOP
+        v_ids := booking.dead_open_holds(NULL, p_batch_size);
+        EXIT WHEN cardinality(v_ids) = 0;
+        v_returns := v_returns || booking.end_holds(v_ids, 'expired');
+        v_holds := v_holds + cardinality(v_ids);
+        v_batches := v_batches + 1;
+        EXIT WHEN cardinality(v_ids) < p_batch_size OR clock_timestamp() - v_started > p_time_budget;
+    END LOOP;
+    RETURN jsonb_build_object(
+        'expired_holds', v_holds,
+        'units_returned', booking.return_to_buckets(v_returns),
+        'batches', v_batches,
+        'ms', round(extract(EPOCH FROM clock_timestamp() - v_started) * 1000)
+    );
+END;
+$$;
+
+
+ALTER FUNCTION booking.sweep_expired_holds(p_batch_size integer, p_time_budget interval) OWNER TO booking_owner;
+
+--
+-- Name: take_units_slowly(uuid, integer); Type: FUNCTION; Schema: booking; Owner: booking_owner
+--
+
+CREATE FUNCTION booking.take_units_slowly(p_inventory_id uuid, p_quantity integer) RETURNS smallint
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+-- When no single unlocked bucket has p_quantity free: lock every bucket (in order),
+-- reclaim the inventory's expired holds, and take the units from as many buckets as
+-- needed. Returns the bucket the hold gives its units back to. RB001 when short.
+DECLARE
+    v_row record;
+    v_left int := p_quantity;
+    v_home smallint;
+    v_free bigint;
+    v_reclaimed int;
+BEGIN
+    PERFORM booking.lock_buckets(p_inventory_id);
+    v_reclaimed := booking.return_to_buckets(
+        booking.end_holds(booking.dead_open_holds(p_inventory_id, 10000), 'expired')
+    );
+    SELECT sum(b.free) INTO v_free FROM booking.inventory_buckets AS b WHERE b.inventory_id = p_inventory_id;
+    IF v_free < p_quantity THEN
+        RAISE EXCEPTION 'not enough available: % requested, % available', p_quantity, v_free
+            USING ERRCODE = 'RB001',
+                  DETAIL = pg_catalog.format('inventory %s, reclaimed %s expired units', p_inventory_id, v_reclaimed);
+    END IF;
+    FOR v_row IN
+        SELECT b.bucket_no, b.free FROM booking.inventory_buckets AS b
+        WHERE b.inventory_id = p_inventory_id AND b.free > 0
+        ORDER BY b.free DESC, b.bucket_no
+    LOOP
+        UPDATE booking.inventory_buckets
+        SET free = free - least(v_row.free, v_left)
+        WHERE inventory_id = p_inventory_id AND bucket_no = v_row.bucket_no;
+        v_left := v_left - least(v_row.free, v_left);
+        v_home := coalesce(v_home, v_row.bucket_no);
+        EXIT WHEN v_left = 0;
+    END LOOP;
+    RETURN v_home;
+END;
+$$;
+
+
+ALTER FUNCTION booking.take_units_slowly(p_inventory_id uuid, p_quantity integer) OWNER TO booking_owner;
+
+--
 -- Name: prune_cron_history(); Type: FUNCTION; Schema: core; Owner: booking_owner
 --
 
@@ -306,6 +1061,95 @@ $$;
 
 
 ALTER FUNCTION core.prune_cron_history() OWNER TO booking_owner;
+
+--
+-- Name: require(anyelement, text); Type: FUNCTION; Schema: core; Owner: booking_owner
+--
+
+CREATE FUNCTION core.require(p_value anyelement, p_name text) RETURNS void
+    LANGUAGE plpgsql IMMUTABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+-- 22004 when a required argument is NULL.
+BEGIN
+    IF p_value IS NULL THEN
+        RAISE EXCEPTION '% must not be NULL', p_name USING ERRCODE = '22004';
+    END IF;
+END;
+$$;
+
+
+ALTER FUNCTION core.require(p_value anyelement, p_name text) OWNER TO booking_owner;
+
+--
+-- Name: require_interval(interval, text, interval, interval); Type: FUNCTION; Schema: core; Owner: booking_owner
+--
+
+CREATE FUNCTION core.require_interval(p_value interval, p_name text, p_min interval, p_max interval) RETURNS void
+    LANGUAGE plpgsql IMMUTABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+-- 22004 NULL, 22023 outside [p_min, p_max].
+BEGIN
+    IF p_value IS NULL THEN
+        RAISE EXCEPTION '% must not be NULL', p_name USING ERRCODE = '22004';
+    END IF;
+    IF p_value < p_min OR p_value > p_max THEN
+        RAISE EXCEPTION '% must be between % and %, got %', p_name, p_min, p_max, p_value USING ERRCODE = '22023';
+    END IF;
+END;
+$$;
+
+
+ALTER FUNCTION core.require_interval(p_value interval, p_name text, p_min interval, p_max interval) OWNER TO booking_owner;
+
+--
+-- Name: require_range(bigint, text, bigint, bigint); Type: FUNCTION; Schema: core; Owner: booking_owner
+--
+
+CREATE FUNCTION core.require_range(p_value bigint, p_name text, p_min bigint, p_max bigint) RETURNS void
+    LANGUAGE plpgsql IMMUTABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+-- 22004 NULL, 22023 outside [p_min, p_max].
+BEGIN
+    IF p_value IS NULL THEN
+        RAISE EXCEPTION '% must not be NULL', p_name USING ERRCODE = '22004';
+    END IF;
+    IF p_value < p_min OR p_value > p_max THEN
+        RAISE EXCEPTION '% must be between % and %, got %', p_name, p_min, p_max, p_value USING ERRCODE = '22023';
+    END IF;
+END;
+$$;
+
+
+ALTER FUNCTION core.require_range(p_value bigint, p_name text, p_min bigint, p_max bigint) OWNER TO booking_owner;
+
+--
+-- Name: require_text(text, text, integer); Type: FUNCTION; Schema: core; Owner: booking_owner
+--
+
+CREATE FUNCTION core.require_text(p_value text, p_name text, p_max_length integer) RETURNS void
+    LANGUAGE plpgsql IMMUTABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+-- 22004 NULL, 22023 empty, 22001 longer than p_max_length characters.
+BEGIN
+    IF p_value IS NULL THEN
+        RAISE EXCEPTION '% must not be NULL', p_name USING ERRCODE = '22004';
+    END IF;
+    IF length(p_value) = 0 THEN
+        RAISE EXCEPTION '% must not be empty', p_name USING ERRCODE = '22023';
+    END IF;
+    IF length(p_value) > p_max_length THEN
+        RAISE EXCEPTION '% is % characters long, at most % are allowed', p_name, length(p_value), p_max_length
+            USING ERRCODE = '22001';
+    END IF;
+END;
+$$;
+
+
+ALTER FUNCTION core.require_text(p_value text, p_name text, p_max_length integer) OWNER TO booking_owner;
 
 --
 -- Name: run_cron_job(text); Type: FUNCTION; Schema: core; Owner: booking_owner
@@ -560,9 +1404,49 @@ $$;
 
 ALTER FUNCTION stripe.retry_delay(p_attempts integer) OWNER TO booking_owner;
 
-SET default_tablespace = '';
+--
+-- Name: inventory; Type: TABLE; Schema: booking; Owner: booking_owner
+--
 
-SET default_table_access_method = heap;
+CREATE TABLE booking.inventory (
+    inventory_id uuid DEFAULT gen_random_uuid() NOT NULL,
+    sku text NOT NULL,
+    capacity integer NOT NULL,
+    unit_amount bigint NOT NULL,
+    currency text NOT NULL,
+    hold_ttl interval NOT NULL,
+    extension interval NOT NULL,
+    max_extensions integer NOT NULL,
+    bucket_count smallint NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT check_inventory_bucket_count CHECK (((bucket_count >= 1) AND (bucket_count <= 64))),
+    CONSTRAINT check_inventory_capacity CHECK (((capacity >= 0) AND (capacity <= 10000000))),
+    CONSTRAINT check_inventory_extension CHECK (((extension >= '00:00:00'::interval) AND (extension <= '1 day'::interval))),
+    CONSTRAINT check_inventory_hold_ttl CHECK (((hold_ttl > '00:00:00'::interval) AND (hold_ttl <= '1 day'::interval))),
+    CONSTRAINT check_inventory_max_extensions CHECK (((max_extensions >= 0) AND (max_extensions <= 10))),
+    CONSTRAINT check_inventory_sku CHECK (((length(sku) >= 1) AND (length(sku) <= 200))),
+    CONSTRAINT check_inventory_unit_amount CHECK (((unit_amount >= 0) AND (unit_amount <= '100000000000'::bigint)))
+);
+
+
+ALTER TABLE booking.inventory OWNER TO booking_owner;
+
+--
+-- Name: inventory_buckets; Type: TABLE; Schema: booking; Owner: booking_owner
+--
+
+CREATE TABLE booking.inventory_buckets (
+    inventory_id uuid NOT NULL,
+    bucket_no smallint NOT NULL,
+    free integer NOT NULL,
+    sold integer DEFAULT 0 NOT NULL,
+    CONSTRAINT check_inventory_buckets_free CHECK ((free >= 0)),
+    CONSTRAINT check_inventory_buckets_sold CHECK ((sold >= 0))
+)
+WITH (fillfactor='50');
+
+
+ALTER TABLE booking.inventory_buckets OWNER TO booking_owner;
 
 --
 -- Name: cron_jobs; Type: TABLE; Schema: core; Owner: booking_owner
@@ -601,6 +1485,20 @@ CREATE TABLE core.cron_runs (
 
 
 ALTER TABLE core.cron_runs OWNER TO booking_owner;
+
+--
+-- Name: currencies; Type: TABLE; Schema: core; Owner: booking_owner
+--
+
+CREATE TABLE core.currencies (
+    code text NOT NULL,
+    minor_units smallint NOT NULL,
+    CONSTRAINT check_currencies_code CHECK ((code ~ '^[a-z]{3}$'::text)),
+    CONSTRAINT check_currencies_minor_units CHECK ((minor_units = ANY (ARRAY[0, 2, 3])))
+);
+
+
+ALTER TABLE core.currencies OWNER TO booking_owner;
 
 --
 -- Name: history; Type: TABLE; Schema: migrate; Owner: booking_owner
@@ -655,6 +1553,69 @@ ALTER TABLE ops.cron_jobs OWNER TO booking_owner;
 --
 
 COMMENT ON VIEW ops.cron_jobs IS 'Each scheduled job and its last run, as recorded by core.run_cron_job.';
+
+
+--
+-- Name: holds_overview; Type: VIEW; Schema: ops; Owner: booking_owner
+--
+
+CREATE VIEW ops.holds_overview AS
+ SELECT i.inventory_id,
+    i.sku,
+    i.capacity,
+    b.sold,
+    h.live_held,
+    h.expired_unswept,
+    h.next_deadline,
+    (b.free + h.expired_unswept) AS available,
+    b.free AS bucket_free,
+    i.bucket_count
+   FROM ((booking.inventory i
+     CROSS JOIN LATERAL ( SELECT (sum(x.sold))::integer AS sold,
+            (sum(x.free))::integer AS free
+           FROM booking.inventory_buckets x
+          WHERE (x.inventory_id = i.inventory_id)) b)
+     CROSS JOIN LATERAL ( SELECT (COALESCE(sum(o.quantity) FILTER (WHERE (o.expires_at > clock_timestamp())), (0)::bigint))::integer AS live_held,
+            (COALESCE(sum(o.quantity) FILTER (WHERE (o.expires_at <= clock_timestamp())), (0)::bigint))::integer AS expired_unswept,
+            min(o.expires_at) FILTER (WHERE (o.expires_at > clock_timestamp())) AS next_deadline
+           FROM booking.holds o
+          WHERE ((o.inventory_id = i.inventory_id) AND (o.status = ANY (ARRAY['live'::text, 'booked'::text])))) h);
+
+
+ALTER TABLE ops.holds_overview OWNER TO booking_owner;
+
+--
+-- Name: VIEW holds_overview; Type: COMMENT; Schema: ops; Owner: booking_owner
+--
+
+COMMENT ON VIEW ops.holds_overview IS 'Per inventory: capacity, sold, units in holds before their deadline, units in dead holds not yet swept, the next deadline.';
+
+
+--
+-- Name: oversold_inventory; Type: VIEW; Schema: ops; Owner: booking_owner
+--
+
+CREATE VIEW ops.oversold_inventory AS
+ SELECT holds_overview.inventory_id,
+    holds_overview.sku,
+    holds_overview.capacity,
+    holds_overview.sold,
+    holds_overview.live_held,
+    holds_overview.expired_unswept,
+    holds_overview.bucket_free,
+    ((holds_overview.sold + holds_overview.live_held) - holds_overview.capacity) AS oversold_by,
+    ((((holds_overview.bucket_free + holds_overview.sold) + holds_overview.live_held) + holds_overview.expired_unswept) - holds_overview.capacity) AS unaccounted
+   FROM ops.holds_overview
+  WHERE (((holds_overview.sold + holds_overview.live_held) > holds_overview.capacity) OR ((((holds_overview.bucket_free + holds_overview.sold) + holds_overview.live_held) + holds_overview.expired_unswept) <> holds_overview.capacity));
+
+
+ALTER TABLE ops.oversold_inventory OWNER TO booking_owner;
+
+--
+-- Name: VIEW oversold_inventory; Type: COMMENT; Schema: ops; Owner: booking_owner
+--
+
+COMMENT ON VIEW ops.oversold_inventory IS 'Always empty: inventories sold or held beyond capacity, or whose units do not add up.';
 
 
 --
@@ -744,6 +1705,38 @@ COMMENT ON VIEW ops.stripe_events_dead IS 'Stripe events that ran out of retries
 
 
 --
+-- Name: holds holds_pkey; Type: CONSTRAINT; Schema: booking; Owner: booking_owner
+--
+
+ALTER TABLE ONLY booking.holds
+    ADD CONSTRAINT holds_pkey PRIMARY KEY (hold_id);
+
+
+--
+-- Name: inventory_buckets inventory_buckets_pkey; Type: CONSTRAINT; Schema: booking; Owner: booking_owner
+--
+
+ALTER TABLE ONLY booking.inventory_buckets
+    ADD CONSTRAINT inventory_buckets_pkey PRIMARY KEY (inventory_id, bucket_no);
+
+
+--
+-- Name: inventory inventory_pkey; Type: CONSTRAINT; Schema: booking; Owner: booking_owner
+--
+
+ALTER TABLE ONLY booking.inventory
+    ADD CONSTRAINT inventory_pkey PRIMARY KEY (inventory_id);
+
+
+--
+-- Name: inventory inventory_sku_key; Type: CONSTRAINT; Schema: booking; Owner: booking_owner
+--
+
+ALTER TABLE ONLY booking.inventory
+    ADD CONSTRAINT inventory_sku_key UNIQUE (sku);
+
+
+--
 -- Name: cron_jobs cron_jobs_pkey; Type: CONSTRAINT; Schema: core; Owner: booking_owner
 --
 
@@ -757,6 +1750,14 @@ ALTER TABLE ONLY core.cron_jobs
 
 ALTER TABLE ONLY core.cron_runs
     ADD CONSTRAINT cron_runs_pkey PRIMARY KEY (jobname);
+
+
+--
+-- Name: currencies currencies_pkey; Type: CONSTRAINT; Schema: core; Owner: booking_owner
+--
+
+ALTER TABLE ONLY core.currencies
+    ADD CONSTRAINT currencies_pkey PRIMARY KEY (code);
 
 
 --
@@ -776,6 +1777,34 @@ ALTER TABLE ONLY stripe.events
 
 
 --
+-- Name: holds_ended_at_idx; Type: INDEX; Schema: booking; Owner: booking_owner
+--
+
+CREATE INDEX holds_ended_at_idx ON booking.holds USING btree (ended_at) WHERE (ended_at IS NOT NULL);
+
+
+--
+-- Name: holds_open_deadline_idx; Type: INDEX; Schema: booking; Owner: booking_owner
+--
+
+CREATE INDEX holds_open_deadline_idx ON booking.holds USING btree (expires_at) WHERE (status = ANY (ARRAY['live'::text, 'booked'::text]));
+
+
+--
+-- Name: holds_open_holder_key_idx; Type: INDEX; Schema: booking; Owner: booking_owner
+--
+
+CREATE UNIQUE INDEX holds_open_holder_key_idx ON booking.holds USING btree (holder, hold_key) WHERE ((hold_key IS NOT NULL) AND (status = ANY (ARRAY['live'::text, 'booked'::text])));
+
+
+--
+-- Name: holds_open_inventory_deadline_idx; Type: INDEX; Schema: booking; Owner: booking_owner
+--
+
+CREATE INDEX holds_open_inventory_deadline_idx ON booking.holds USING btree (inventory_id, expires_at) WHERE (status = ANY (ARRAY['live'::text, 'booked'::text]));
+
+
+--
 -- Name: events_received_at_idx; Type: INDEX; Schema: stripe; Owner: booking_owner
 --
 
@@ -787,6 +1816,22 @@ CREATE INDEX events_received_at_idx ON stripe.events USING btree (received_at);
 --
 
 CREATE INDEX events_retry_due_idx ON stripe.events USING btree (next_attempt_at) WHERE (status = ANY (ARRAY['deferred'::text, 'failed'::text]));
+
+
+--
+-- Name: inventory_buckets inventory_buckets_inventory_id_fkey; Type: FK CONSTRAINT; Schema: booking; Owner: booking_owner
+--
+
+ALTER TABLE ONLY booking.inventory_buckets
+    ADD CONSTRAINT inventory_buckets_inventory_id_fkey FOREIGN KEY (inventory_id) REFERENCES booking.inventory(inventory_id);
+
+
+--
+-- Name: inventory inventory_currency_fkey; Type: FK CONSTRAINT; Schema: booking; Owner: booking_owner
+--
+
+ALTER TABLE ONLY booking.inventory
+    ADD CONSTRAINT inventory_currency_fkey FOREIGN KEY (currency) REFERENCES core.currencies(code);
 
 
 --
@@ -812,11 +1857,43 @@ GRANT USAGE ON SCHEMA ops TO booking_ops;
 
 
 --
+-- Name: FUNCTION availability(p_inventory_id uuid); Type: ACL; Schema: api; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION api.availability(p_inventory_id uuid) FROM PUBLIC;
+GRANT ALL ON FUNCTION api.availability(p_inventory_id uuid) TO booking_app;
+
+
+--
+-- Name: FUNCTION create_inventory(p_sku text, p_capacity integer, p_unit_amount bigint, p_currency text, p_hold_ttl interval, p_extension interval, p_max_extensions integer); Type: ACL; Schema: api; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION api.create_inventory(p_sku text, p_capacity integer, p_unit_amount bigint, p_currency text, p_hold_ttl interval, p_extension interval, p_max_extensions integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION api.create_inventory(p_sku text, p_capacity integer, p_unit_amount bigint, p_currency text, p_hold_ttl interval, p_extension interval, p_max_extensions integer) TO booking_app;
+
+
+--
+-- Name: FUNCTION extend_hold(p_hold_id uuid); Type: ACL; Schema: api; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION api.extend_hold(p_hold_id uuid) FROM PUBLIC;
+GRANT ALL ON FUNCTION api.extend_hold(p_hold_id uuid) TO booking_app;
+
+
+--
 -- Name: FUNCTION health(); Type: ACL; Schema: api; Owner: booking_owner
 --
 
 REVOKE ALL ON FUNCTION api.health() FROM PUBLIC;
 GRANT ALL ON FUNCTION api.health() TO booking_app;
+
+
+--
+-- Name: FUNCTION hold_status(p_hold_id uuid); Type: ACL; Schema: api; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION api.hold_status(p_hold_id uuid) FROM PUBLIC;
+GRANT ALL ON FUNCTION api.hold_status(p_hold_id uuid) TO booking_app;
 
 
 --
@@ -828,6 +1905,14 @@ GRANT ALL ON FUNCTION api.ingest_stripe_event(p_event jsonb) TO booking_app;
 
 
 --
+-- Name: FUNCTION place_hold(p_inventory_id uuid, p_quantity integer, p_holder text, p_hold_key text); Type: ACL; Schema: api; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION api.place_hold(p_inventory_id uuid, p_quantity integer, p_holder text, p_hold_key text) FROM PUBLIC;
+GRANT ALL ON FUNCTION api.place_hold(p_inventory_id uuid, p_quantity integer, p_holder text, p_hold_key text) TO booking_app;
+
+
+--
 -- Name: FUNCTION record_stripe_event_failure(p_event jsonb, p_sqlstate text, p_message text); Type: ACL; Schema: api; Owner: booking_owner
 --
 
@@ -836,10 +1921,124 @@ GRANT ALL ON FUNCTION api.record_stripe_event_failure(p_event jsonb, p_sqlstate 
 
 
 --
+-- Name: FUNCTION release_hold(p_hold_id uuid); Type: ACL; Schema: api; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION api.release_hold(p_hold_id uuid) FROM PUBLIC;
+GRANT ALL ON FUNCTION api.release_hold(p_hold_id uuid) TO booking_app;
+
+
+--
+-- Name: FUNCTION set_capacity(p_inventory_id uuid, p_capacity integer); Type: ACL; Schema: api; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION api.set_capacity(p_inventory_id uuid, p_capacity integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION api.set_capacity(p_inventory_id uuid, p_capacity integer) TO booking_app;
+
+
+--
+-- Name: FUNCTION add_free(p_inventory_id uuid, p_units integer); Type: ACL; Schema: booking; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION booking.add_free(p_inventory_id uuid, p_units integer) FROM PUBLIC;
+
+
+--
+-- Name: FUNCTION bucket_count_for(p_capacity integer); Type: ACL; Schema: booking; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION booking.bucket_count_for(p_capacity integer) FROM PUBLIC;
+
+
+--
+-- Name: FUNCTION dead_open_holds(p_inventory_id uuid, p_limit integer); Type: ACL; Schema: booking; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION booking.dead_open_holds(p_inventory_id uuid, p_limit integer) FROM PUBLIC;
+
+
+--
+-- Name: FUNCTION end_holds(p_hold_ids uuid[], p_status text); Type: ACL; Schema: booking; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION booking.end_holds(p_hold_ids uuid[], p_status text) FROM PUBLIC;
+
+
+--
+-- Name: FUNCTION expire_hold_if_dead(p_hold booking.holds); Type: ACL; Schema: booking; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION booking.expire_hold_if_dead(p_hold booking.holds) FROM PUBLIC;
+
+
+--
+-- Name: FUNCTION lock_buckets(p_inventory_id uuid); Type: ACL; Schema: booking; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION booking.lock_buckets(p_inventory_id uuid) FROM PUBLIC;
+
+
+--
+-- Name: FUNCTION purge_ended_holds(p_retention interval, p_batch_size integer); Type: ACL; Schema: booking; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION booking.purge_ended_holds(p_retention interval, p_batch_size integer) FROM PUBLIC;
+
+
+--
+-- Name: FUNCTION return_to_buckets(p_returns booking.bucket_return[]); Type: ACL; Schema: booking; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION booking.return_to_buckets(p_returns booking.bucket_return[]) FROM PUBLIC;
+
+
+--
+-- Name: FUNCTION sweep_expired_holds(p_batch_size integer, p_time_budget interval); Type: ACL; Schema: booking; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION booking.sweep_expired_holds(p_batch_size integer, p_time_budget interval) FROM PUBLIC;
+
+
+--
+-- Name: FUNCTION take_units_slowly(p_inventory_id uuid, p_quantity integer); Type: ACL; Schema: booking; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION booking.take_units_slowly(p_inventory_id uuid, p_quantity integer) FROM PUBLIC;
+
+
+--
 -- Name: FUNCTION prune_cron_history(); Type: ACL; Schema: core; Owner: booking_owner
 --
 
 REVOKE ALL ON FUNCTION core.prune_cron_history() FROM PUBLIC;
+
+
+--
+-- Name: FUNCTION require(p_value anyelement, p_name text); Type: ACL; Schema: core; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION core.require(p_value anyelement, p_name text) FROM PUBLIC;
+
+
+--
+-- Name: FUNCTION require_interval(p_value interval, p_name text, p_min interval, p_max interval); Type: ACL; Schema: core; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION core.require_interval(p_value interval, p_name text, p_min interval, p_max interval) FROM PUBLIC;
+
+
+--
+-- Name: FUNCTION require_range(p_value bigint, p_name text, p_min bigint, p_max bigint); Type: ACL; Schema: core; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION core.require_range(p_value bigint, p_name text, p_min bigint, p_max bigint) FROM PUBLIC;
+
+
+--
+-- Name: FUNCTION require_text(p_value text, p_name text, p_max_length integer); Type: ACL; Schema: core; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION core.require_text(p_value text, p_name text, p_max_length integer) FROM PUBLIC;
 
 
 --
@@ -913,6 +2112,20 @@ GRANT SELECT ON TABLE ops.cron_jobs TO booking_ops;
 
 
 --
+-- Name: TABLE holds_overview; Type: ACL; Schema: ops; Owner: booking_owner
+--
+
+GRANT SELECT ON TABLE ops.holds_overview TO booking_ops;
+
+
+--
+-- Name: TABLE oversold_inventory; Type: ACL; Schema: ops; Owner: booking_owner
+--
+
+GRANT SELECT ON TABLE ops.oversold_inventory TO booking_ops;
+
+
+--
 -- Name: TABLE stripe_events; Type: ACL; Schema: ops; Owner: booking_owner
 --
 
@@ -941,3 +2154,5 @@ ALTER DEFAULT PRIVILEGES FOR ROLE booking_owner REVOKE ALL ON FUNCTIONS  FROM PU
 
 -- pg_cron jobs
 -- booking-prune-cron-history | 17 * * * * | SELECT core.run_cron_job('booking-prune-cron-history')
+-- booking-purge-holds | 41 3 * * * | SELECT core.run_cron_job('booking-purge-holds')
+-- booking-sweep-holds | * * * * * | SELECT core.run_cron_job('booking-sweep-holds')

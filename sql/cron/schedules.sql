@@ -4,6 +4,20 @@
 -- depends on how often any of them runs.
 SELECT core.sync_cron_jobs($jobs$[
   {
+    "jobname": "booking-sweep-holds",
+    "schedule": "* * * * *",
+    "job_function": "booking.sweep_expired_holds",
+    "description": "Marks holds past their deadline expired and returns their units, 2k a batch, 10 s at most.",
+    "max_silence": "10 minutes"
+  },
+  {
+    "jobname": "booking-purge-holds",
+    "schedule": "41 3 * * *",
+    "job_function": "booking.purge_ended_holds",
+    "description": "Deletes released and expired holds that ended more than 30 days ago, 10k a run.",
+    "max_silence": "2 days"
+  },
+  {
     "jobname": "booking-prune-cron-history",
     "schedule": "17 * * * *",
     "job_function": "core.prune_cron_history",

@@ -1,0 +1,593 @@
+-- Inventory and holds (contract: "Inventory and holds"). The invariant and the bucket
+-- design are explained at the top of migrations/V0003__inventory_and_holds.sql.
+--
+-- Lock order, so that nothing here can deadlock: a transaction that waits for bucket rows
+-- takes them in (inventory_id, bucket_no) order, and hold rows are only ever taken with
+-- SKIP LOCKED by a transaction that holds bucket locks.
+
+CREATE OR REPLACE FUNCTION booking.bucket_count_for(p_capacity int)
+RETURNS smallint
+LANGUAGE sql
+IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    -- One bucket per 8 units, at most 16: enough rows that 32 concurrent buyers rarely
+    -- meet on one, few enough that a sold-out check reads little.
+    SELECT least(16, greatest(1, p_capacity / 8))::smallint;
+$$;
+
+CREATE OR REPLACE FUNCTION booking.add_free(p_inventory_id uuid, p_units int)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+-- Spreads p_units (>= 0) evenly over the inventory's buckets; the caller holds their locks.
+DECLARE
+    v_count int;
+BEGIN
+    SELECT count(*) INTO v_count FROM booking.inventory_buckets WHERE inventory_id = p_inventory_id;
+    UPDATE booking.inventory_buckets AS b
+    SET free = b.free + p_units / v_count + CASE WHEN b.bucket_no < p_units % v_count THEN 1 ELSE 0 END
+    WHERE b.inventory_id = p_inventory_id;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION booking.lock_buckets(p_inventory_id uuid)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+-- Locks all of an inventory's buckets, in bucket order (the one order every waiter uses).
+BEGIN
+    PERFORM FROM booking.inventory_buckets AS b
+    WHERE b.inventory_id = p_inventory_id
+    ORDER BY b.bucket_no
+    FOR UPDATE;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION booking.end_holds(p_hold_ids uuid[], p_status text)
+RETURNS booking.bucket_return[]
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+-- Ends the open holds among p_hold_ids (the caller has locked them) with p_status and
+-- returns the units to give back, per bucket. Buckets are not touched here, so a caller
+-- can gather returns and take bucket locks once, at the end, in order.
+DECLARE
+    v_returns booking.bucket_return[];
+BEGIN
+    WITH ended AS (
+        UPDATE booking.holds AS h
+        SET status = p_status, ended_at = clock_timestamp()
+        WHERE h.hold_id = ANY(p_hold_ids) AND h.status IN ('live', 'booked')
+        RETURNING h.inventory_id, h.bucket_no, h.quantity
+    )
+    SELECT array_agg(ROW(e.inventory_id, e.bucket_no, e.units)::booking.bucket_return)
+    INTO v_returns
+    FROM (
+        SELECT ended.inventory_id, ended.bucket_no, sum(ended.quantity)::int AS units
+        FROM ended
+        GROUP BY ended.inventory_id, ended.bucket_no
+    ) AS e;
+    RETURN coalesce(v_returns, '{}');
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION booking.return_to_buckets(p_returns booking.bucket_return[])
+RETURNS int
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+-- Gives units back to buckets, one row at a time in (inventory_id, bucket_no) order.
+DECLARE
+    v_row record;
+    v_total int := 0;
+BEGIN
+    FOR v_row IN
+        SELECT r.inventory_id, r.bucket_no, sum(r.units)::int AS units
+        FROM unnest(p_returns) AS r
+        GROUP BY r.inventory_id, r.bucket_no
+        ORDER BY r.inventory_id, r.bucket_no
+    LOOP
+        UPDATE booking.inventory_buckets
+        SET free = free + v_row.units
+        WHERE inventory_id = v_row.inventory_id AND bucket_no = v_row.bucket_no;
+        v_total := v_total + v_row.units;
+    END LOOP;
+    RETURN v_total;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION booking.dead_open_holds(p_inventory_id uuid, p_limit int)
+RETURNS uuid[]
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+    -- Open holds past their deadline (all inventories when p_inventory_id is NULL),
+    -- oldest deadline first, locked; rows another transaction holds are skipped.
+    SELECT coalesce(array_agg(d.hold_id), '{}')
+    FROM (
+        SELECT h.hold_id
+        FROM booking.holds AS h
+        WHERE h.status IN ('live', 'booked')
+          AND h.expires_at <= clock_timestamp()
+          AND (p_inventory_id IS NULL OR h.inventory_id = p_inventory_id)
+        ORDER BY h.expires_at
+        LIMIT p_limit
+        FOR UPDATE SKIP LOCKED
+    ) AS d;
+$$;
+
+CREATE OR REPLACE FUNCTION booking.take_units_slowly(p_inventory_id uuid, p_quantity int)
+RETURNS smallint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+-- When no single unlocked bucket has p_quantity free: lock every bucket (in order),
+-- reclaim the inventory's expired holds, and take the units from as many buckets as
+-- needed. Returns the bucket the hold gives its units back to. RB001 when short.
+DECLARE
+    v_row record;
+    v_left int := p_quantity;
+    v_home smallint;
+    v_free bigint;
+    v_reclaimed int;
+BEGIN
+    PERFORM booking.lock_buckets(p_inventory_id);
+    v_reclaimed := booking.return_to_buckets(
+        booking.end_holds(booking.dead_open_holds(p_inventory_id, 10000), 'expired')
+    );
+    SELECT sum(b.free) INTO v_free FROM booking.inventory_buckets AS b WHERE b.inventory_id = p_inventory_id;
+    IF v_free < p_quantity THEN
+        RAISE EXCEPTION 'not enough available: % requested, % available', p_quantity, v_free
+            USING ERRCODE = 'RB001',
+                  DETAIL = pg_catalog.format('inventory %s, reclaimed %s expired units', p_inventory_id, v_reclaimed);
+    END IF;
+    FOR v_row IN
+        SELECT b.bucket_no, b.free FROM booking.inventory_buckets AS b
+        WHERE b.inventory_id = p_inventory_id AND b.free > 0
+        ORDER BY b.free DESC, b.bucket_no
+    LOOP
+        UPDATE booking.inventory_buckets
+        SET free = free - least(v_row.free, v_left)
+        WHERE inventory_id = p_inventory_id AND bucket_no = v_row.bucket_no;
+        v_left := v_left - least(v_row.free, v_left);
+        v_home := coalesce(v_home, v_row.bucket_no);
+        EXIT WHEN v_left = 0;
+    END LOOP;
+    RETURN v_home;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION booking.expire_hold_if_dead(p_hold booking.holds)
+RETURNS boolean
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+-- For a locked open hold past its deadline: ends it as expired and gives its units back.
+BEGIN
+    IF p_hold.status IN ('live', 'booked') AND p_hold.expires_at <= clock_timestamp() THEN
+        PERFORM booking.return_to_buckets(booking.end_holds(ARRAY[p_hold.hold_id], 'expired'));
+        RETURN true;
+    END IF;
+    RETURN false;
+END;
+$$;
+
+-- ---------------------------------------------------------------------------------------
+-- api
+
+CREATE OR REPLACE FUNCTION api.create_inventory(
+    p_sku text, p_capacity int, p_unit_amount bigint, p_currency text,
+    p_hold_ttl interval DEFAULT '15 minutes',
+    p_extension interval DEFAULT '10 minutes',
+    p_max_extensions int DEFAULT 1
+)
+RETURNS uuid
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_inventory booking.inventory;
+BEGIN
+    PERFORM core.require_text(p_sku, 'p_sku', 200);
+    PERFORM core.require_range(p_capacity, 'p_capacity', 0, 10000000);
+    PERFORM core.require_range(p_unit_amount, 'p_unit_amount', 0, 100000000000);
+    PERFORM core.require_text(p_currency, 'p_currency', 3);
+    IF NOT EXISTS (SELECT FROM core.currencies AS c WHERE c.code = p_currency) THEN
+        RAISE EXCEPTION 'unknown currency %', p_currency
+            USING ERRCODE = '22023', HINT = 'A lowercase ISO 4217 code that Stripe charges in, e.g. ''usd''.';
+    END IF;
+    PERFORM core.require_interval(p_hold_ttl, 'p_hold_ttl', interval '1 second', interval '1 day');
+    PERFORM core.require_interval(p_extension, 'p_extension', interval '0', interval '1 day');
+    PERFORM core.require_range(p_max_extensions, 'p_max_extensions', 0, 10);
+
+    INSERT INTO booking.inventory AS i (
+        sku, capacity, unit_amount, currency, hold_ttl, extension, max_extensions, bucket_count
+    )
+    VALUES (
+        p_sku, p_capacity, p_unit_amount, p_currency, p_hold_ttl, p_extension, p_max_extensions,
+        booking.bucket_count_for(p_capacity)
+    )
+    ON CONFLICT (sku) DO NOTHING
+    RETURNING * INTO v_inventory;
+    IF v_inventory.inventory_id IS NULL THEN
+        -- The same sku again: the same answer for the same request, RI001 for another.
+        SELECT * INTO v_inventory FROM booking.inventory AS i WHERE i.sku = p_sku;
+        IF (v_inventory.unit_amount, v_inventory.currency, v_inventory.hold_ttl, v_inventory.extension,
+            v_inventory.max_extensions)
+            IS DISTINCT FROM (p_unit_amount, p_currency, p_hold_ttl, p_extension, p_max_extensions) THEN
+            RAISE EXCEPTION 'inventory % already exists with other settings', p_sku
+                USING ERRCODE = 'RI001', HINT = 'Use api.set_capacity to change its capacity.';
+        END IF;
+        RETURN v_inventory.inventory_id;
+    END IF;
+    INSERT INTO booking.inventory_buckets (inventory_id, bucket_no, free)
+    SELECT v_inventory.inventory_id, n, 0 FROM generate_series(0, v_inventory.bucket_count - 1) AS n;
+    PERFORM booking.add_free(v_inventory.inventory_id, p_capacity);
+    RETURN v_inventory.inventory_id;
+END;
+$$;
+COMMENT ON FUNCTION api.create_inventory(text, int, bigint, text, interval, interval, int) IS
+'Creates a sellable pool (capacity, unit price in minor units, currency, hold TTL, extension length and limit); returns its id. Idempotent on sku (RI001 when the same sku comes with other settings).';
+
+CREATE OR REPLACE FUNCTION api.set_capacity(p_inventory_id uuid, p_capacity int)
+RETURNS void
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_inventory booking.inventory;
+    v_delta int;
+    v_free bigint;
+    v_want smallint;
+    v_row record;
+BEGIN
+    PERFORM core.require(p_inventory_id, 'p_inventory_id');
+    PERFORM core.require_range(p_capacity, 'p_capacity', 0, 10000000);
+    -- The inventory row first (it serialises capacity changes), then every bucket in order.
+    SELECT * INTO v_inventory FROM booking.inventory AS i WHERE i.inventory_id = p_inventory_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'inventory % not found', p_inventory_id USING ERRCODE = 'RB005';
+    END IF;
+    PERFORM booking.lock_buckets(p_inventory_id);
+    PERFORM booking.return_to_buckets(
+        booking.end_holds(booking.dead_open_holds(p_inventory_id, 100000), 'expired')
+    );
+    v_delta := p_capacity - v_inventory.capacity;
+    IF v_delta > 0 THEN
+        v_want := booking.bucket_count_for(p_capacity);
+        IF v_want > v_inventory.bucket_count THEN
+            INSERT INTO booking.inventory_buckets (inventory_id, bucket_no, free)
+            SELECT p_inventory_id, n, 0 FROM generate_series(v_inventory.bucket_count, v_want - 1) AS n;
+        END IF;
+        PERFORM booking.add_free(p_inventory_id, v_delta);
+        UPDATE booking.inventory
+        SET capacity = p_capacity, bucket_count = greatest(bucket_count, v_want)
+        WHERE inventory_id = p_inventory_id;
+    ELSIF v_delta < 0 THEN
+        SELECT sum(b.free) INTO v_free FROM booking.inventory_buckets AS b WHERE b.inventory_id = p_inventory_id;
+        IF v_free < -v_delta THEN
+            RAISE EXCEPTION 'capacity % is below what is sold plus held (%)', p_capacity, v_inventory.capacity - v_free
+                USING ERRCODE = 'RB001';
+        END IF;
+        FOR v_row IN
+            SELECT b.bucket_no, b.free FROM booking.inventory_buckets AS b
+            WHERE b.inventory_id = p_inventory_id AND b.free > 0
+            ORDER BY b.bucket_no
+        LOOP
+            EXIT WHEN v_delta = 0;
+            UPDATE booking.inventory_buckets
+            SET free = free - least(v_row.free, -v_delta)
+            WHERE inventory_id = p_inventory_id AND bucket_no = v_row.bucket_no;
+            v_delta := v_delta + least(v_row.free, -v_delta);
+        END LOOP;
+        UPDATE booking.inventory SET capacity = p_capacity WHERE inventory_id = p_inventory_id;
+    END IF;
+END;
+$$;
+COMMENT ON FUNCTION api.set_capacity(uuid, int) IS
+'Sets an inventory''s capacity; RB001 if it would fall below what is sold plus live holds, RB005 unknown inventory.';
+
+CREATE OR REPLACE FUNCTION api.availability(p_inventory_id uuid)
+RETURNS TABLE (capacity int, sold int, held int, available int)
+LANGUAGE plpgsql
+STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+-- One statement, one snapshot: the bucket sums plus the open holds already past their
+-- deadline (dead, not yet swept). Reads at most 16 bucket rows and the unswept dead
+-- holds, never the live ones.
+BEGIN
+    PERFORM core.require(p_inventory_id, 'p_inventory_id');
+    RETURN QUERY
+    SELECT
+        i.capacity,
+        b.sold::int,
+        (i.capacity - b.sold - b.free - d.units)::int,
+        (b.free + d.units)::int
+    FROM booking.inventory AS i
+    CROSS JOIN LATERAL (
+        SELECT sum(x.free) AS free, sum(x.sold) AS sold
+        FROM booking.inventory_buckets AS x WHERE x.inventory_id = i.inventory_id
+    ) AS b
+    CROSS JOIN LATERAL (
+        SELECT coalesce(sum(h.quantity), 0) AS units
+        FROM booking.holds AS h
+        WHERE h.inventory_id = i.inventory_id
+          AND h.status IN ('live', 'booked')
+          AND h.expires_at <= clock_timestamp()
+    ) AS d
+    WHERE i.inventory_id = p_inventory_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'inventory % not found', p_inventory_id USING ERRCODE = 'RB005';
+    END IF;
+END;
+$$;
+COMMENT ON FUNCTION api.availability(uuid) IS
+'capacity, sold, held (live or booked holds before their deadline) and available, exact at the moment of the call; RB005 unknown inventory.';
+
+CREATE OR REPLACE FUNCTION api.place_hold(
+    p_inventory_id uuid, p_quantity int, p_holder text, p_hold_key text DEFAULT NULL
+)
+RETURNS TABLE (hold_id uuid, expires_at timestamptz)
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_inventory booking.inventory;
+    v_existing booking.holds;
+    v_needed int := p_quantity;
+    v_home smallint;
+    v_bucket smallint;
+    v_available bigint;
+BEGIN
+    PERFORM core.require(p_inventory_id, 'p_inventory_id');
+    PERFORM core.require_range(p_quantity, 'p_quantity', 1, 100);
+    PERFORM core.require_text(p_holder, 'p_holder', 200);
+    IF p_hold_key IS NOT NULL THEN
+        PERFORM core.require_text(p_hold_key, 'p_hold_key', 255);
+    END IF;
+    SELECT * INTO v_inventory FROM booking.inventory AS i WHERE i.inventory_id = p_inventory_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'inventory % not found', p_inventory_id USING ERRCODE = 'RB005';
+    END IF;
+
+    IF p_hold_key IS NOT NULL THEN
+        -- Requests with one (holder, key) run one at a time; others are not slowed.
+        PERFORM pg_advisory_xact_lock(hashtextextended(p_holder || E'\n' || p_hold_key, 7261));
+        SELECT * INTO v_existing FROM booking.holds AS h
+        WHERE h.holder = p_holder AND h.hold_key = p_hold_key AND h.status IN ('live', 'booked')
+        FOR UPDATE;
+        IF FOUND AND v_existing.expires_at > clock_timestamp() THEN
+            IF (v_existing.inventory_id, v_existing.quantity) IS DISTINCT FROM (p_inventory_id, p_quantity) THEN
+                RAISE EXCEPTION 'hold key % was used for another request', p_hold_key
+                    USING ERRCODE = 'RI001',
+                          DETAIL = pg_catalog.format('hold %s holds %s of inventory %s',
+                                                     v_existing.hold_id, v_existing.quantity, v_existing.inventory_id);
+            END IF;
+            RETURN QUERY SELECT v_existing.hold_id, v_existing.expires_at;
+            RETURN;
+        ELSIF FOUND AND v_existing.inventory_id = p_inventory_id THEN
+            -- The key's hold is dead: end it, and hand its units (nobody else can reclaim
+            -- them while we hold its row) straight to the new hold, with no bucket lock.
+            PERFORM booking.end_holds(ARRAY[v_existing.hold_id], 'expired');
+            v_home := v_existing.bucket_no;
+            v_needed := greatest(p_quantity - v_existing.quantity, 0);
+            IF v_existing.quantity > p_quantity THEN
+                PERFORM booking.return_to_buckets(ARRAY[
+                    ROW(p_inventory_id, v_existing.bucket_no, v_existing.quantity - p_quantity)::booking.bucket_return
+                ]);
+            END IF;
+        ELSIF FOUND THEN
+            -- Dead, for another inventory: give its units back before touching ours.
+            PERFORM booking.expire_hold_if_dead(v_existing);
+        END IF;
+    END IF;
+
+    IF v_needed > 0 THEN
+        -- Fast path: one bucket that nobody else is using and that has enough, picked at
+        -- random so that concurrent buyers spread out. FOR UPDATE can lock a row whose
+        -- newer version then fails "free >= v_needed" and keep that lock; such stray
+        -- locks, taken in random order, would deadlock against the slow path's ordered
+        -- locking. So a miss is rolled back (the subtransaction releases its row locks).
+        BEGIN
+            SELECT c.bucket_no INTO v_bucket
+            FROM booking.inventory_buckets AS c
+            WHERE c.inventory_id = p_inventory_id AND c.free >= v_needed
+            ORDER BY random()
+            LIMIT 1
+            FOR UPDATE SKIP LOCKED;
+            IF v_bucket IS NULL THEN
+                RAISE EXCEPTION USING ERRCODE = 'RB001';
+            END IF;
+            UPDATE booking.inventory_buckets AS b
+            SET free = b.free - v_needed
+            WHERE b.inventory_id = p_inventory_id AND b.bucket_no = v_bucket;
+        EXCEPTION WHEN SQLSTATE 'RB001' THEN
+            v_bucket := NULL;
+        END;
+
+        IF v_bucket IS NULL THEN
+            -- Sold out as of this snapshot (dead holds counted as available): say so
+            -- without queueing behind other buyers' bucket locks.
+            SELECT a.available INTO v_available FROM api.availability(p_inventory_id) AS a;
+            IF v_available < v_needed THEN
+                RAISE EXCEPTION 'not enough available: % requested, % available', p_quantity, v_available
+                    USING ERRCODE = 'RB001';
+            END IF;
+            v_bucket := booking.take_units_slowly(p_inventory_id, v_needed);
+        END IF;
+        v_home := coalesce(v_home, v_bucket);
+    END IF;
+
+    RETURN QUERY
+    INSERT INTO booking.holds AS h (inventory_id, bucket_no, quantity, holder, hold_key, expires_at)
+    VALUES (p_inventory_id, v_home, p_quantity, p_holder, p_hold_key, clock_timestamp() + v_inventory.hold_ttl)
+    RETURNING h.hold_id, h.expires_at;
+END;
+$$;
+COMMENT ON FUNCTION api.place_hold(uuid, int, text, text) IS
+'Holds p_quantity (1..100) units for p_holder until the inventory''s hold TTL passes; returns (hold_id, expires_at). RB001 not enough available (expired holds are reclaimed first), RB005 unknown inventory; a repeated (holder, hold_key) returns the same open hold (RI001 if it was for another inventory or quantity).';
+
+CREATE OR REPLACE FUNCTION api.extend_hold(p_hold_id uuid)
+RETURNS timestamptz
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_expires_at timestamptz;
+    v_hold booking.holds;
+BEGIN
+    PERFORM core.require(p_hold_id, 'p_hold_id');
+    UPDATE booking.holds AS h
+    SET expires_at = h.expires_at + i.extension, extensions_used = h.extensions_used + 1
+    FROM booking.inventory AS i
+    WHERE h.hold_id = p_hold_id
+      AND i.inventory_id = h.inventory_id
+      AND h.status = 'live'
+      AND h.expires_at > clock_timestamp()
+      AND h.extensions_used < i.max_extensions
+    RETURNING h.expires_at INTO v_expires_at;
+    IF FOUND THEN
+        RETURN v_expires_at;
+    END IF;
+    SELECT * INTO v_hold FROM booking.holds AS h WHERE h.hold_id = p_hold_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'hold % not found', p_hold_id USING ERRCODE = 'RB005';
+    END IF;
+    IF v_hold.status <> 'live' OR v_hold.expires_at <= clock_timestamp() THEN
+        RAISE EXCEPTION 'hold % is not live', p_hold_id
+            USING ERRCODE = 'RB002',
+                  DETAIL = pg_catalog.format('status %s, expires_at %s', v_hold.status, v_hold.expires_at);
+    END IF;
+    RAISE EXCEPTION 'hold % has no extensions left', p_hold_id
+        USING ERRCODE = 'RB003', DETAIL = pg_catalog.format('%s used', v_hold.extensions_used);
+END;
+$$;
+COMMENT ON FUNCTION api.extend_hold(uuid) IS
+'Pushes a live hold''s deadline back by the inventory''s extension; returns the new expires_at. RB002 not live, RB003 no extensions left, RB005 unknown hold.';
+
+CREATE OR REPLACE FUNCTION api.release_hold(p_hold_id uuid)
+RETURNS boolean
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_hold booking.holds;
+BEGIN
+    PERFORM core.require(p_hold_id, 'p_hold_id');
+    SELECT * INTO v_hold FROM booking.holds AS h WHERE h.hold_id = p_hold_id FOR UPDATE;
+    IF NOT FOUND OR booking.expire_hold_if_dead(v_hold) OR v_hold.status <> 'live' THEN
+        RETURN false;
+    END IF;
+    PERFORM booking.return_to_buckets(booking.end_holds(ARRAY[p_hold_id], 'released'));
+    RETURN true;
+END;
+$$;
+COMMENT ON FUNCTION api.release_hold(uuid) IS
+'Releases a live hold and returns its units; true if this call released it, false if it was already not live (or is unknown). Never an error for a non-NULL id.';
+
+CREATE OR REPLACE FUNCTION api.hold_status(p_hold_id uuid)
+RETURNS TABLE (status text, quantity int, expires_at timestamptz, seconds_left int, extensions_left int)
+LANGUAGE plpgsql
+STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM core.require(p_hold_id, 'p_hold_id');
+    RETURN QUERY
+    SELECT
+        s.status,
+        s.quantity,
+        s.expires_at,
+        CASE WHEN s.status IN ('live', 'booked')
+            THEN ceil(extract(EPOCH FROM s.expires_at - s.at))::int ELSE 0 END,
+        CASE WHEN s.status = 'live' THEN greatest(s.max_extensions - s.extensions_used, 0) ELSE 0 END
+    FROM (
+        SELECT
+            CASE WHEN h.status IN ('live', 'booked') AND h.expires_at <= c.at THEN 'expired' ELSE h.status END AS status,
+            h.quantity, h.expires_at, h.extensions_used, i.max_extensions, c.at
+        FROM booking.holds AS h
+        JOIN booking.inventory AS i ON i.inventory_id = h.inventory_id
+        CROSS JOIN (SELECT clock_timestamp() AS at) AS c
+        WHERE h.hold_id = p_hold_id
+    ) AS s;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'hold % not found', p_hold_id USING ERRCODE = 'RB005';
+    END IF;
+END;
+$$;
+COMMENT ON FUNCTION api.hold_status(uuid) IS
+'status (live, booked, converted, released, expired: a hold past its deadline is expired whether or not it was swept), quantity, expires_at, seconds_left (for a checkout timer), extensions_left; RB005 unknown hold.';
+
+-- ---------------------------------------------------------------------------------------
+-- cron jobs
+
+CREATE OR REPLACE FUNCTION booking.sweep_expired_holds(
+    p_batch_size int DEFAULT 2000, p_time_budget interval DEFAULT '10 seconds'
+)
+RETURNS jsonb
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+-- Marks open holds past their deadline expired (rows kept for audit) and gives their
+-- units back, in batches by deadline until none is left or the time budget is spent.
+-- Bucket rows are locked once, at the end, so buyers wait for them only briefly.
+-- Nothing depends on this running: a dead hold is already not counted.
+DECLARE
+    v_started timestamptz := clock_timestamp();
+    v_ids uuid[];
+    v_returns booking.bucket_return[] := '{}';
+    v_holds int := 0;
+    v_batches int := 0;
+BEGIN
+    LOOP
+        v_ids := booking.dead_open_holds(NULL, p_batch_size);
+        EXIT WHEN cardinality(v_ids) = 0;
+        v_returns := v_returns || booking.end_holds(v_ids, 'expired');
+        v_holds := v_holds + cardinality(v_ids);
+        v_batches := v_batches + 1;
+        EXIT WHEN cardinality(v_ids) < p_batch_size OR clock_timestamp() - v_started > p_time_budget;
+    END LOOP;
+    RETURN jsonb_build_object(
+        'expired_holds', v_holds,
+        'units_returned', booking.return_to_buckets(v_returns),
+        'batches', v_batches,
+        'ms', round(extract(EPOCH FROM clock_timestamp() - v_started) * 1000)
+    );
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION booking.purge_ended_holds(
+    p_retention interval DEFAULT '30 days', p_batch_size int DEFAULT 10000
+)
+RETURNS jsonb
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+-- Deletes released and expired holds that ended more than p_retention ago, one batch.
+DECLARE
+    v_deleted int;
+BEGIN
+    DELETE FROM booking.holds
+    WHERE hold_id IN (
+        SELECT h.hold_id FROM booking.holds AS h
+        WHERE h.ended_at < now() - p_retention AND h.status IN ('released', 'expired')
+        ORDER BY h.ended_at
+        LIMIT p_batch_size
+    );
+    GET DIAGNOSTICS v_deleted = ROW_COUNT;
+    RETURN jsonb_build_object('deleted', v_deleted);
+END;
+$$;
