@@ -44,6 +44,10 @@ psql:
 send-test-event:
 	scripts/send-test-event.sh
 
+# Benchmarks (not part of make test): each prints its figures beside a baseline measured in the same run.
+bench: deps
+	$(VENV)/bin/python -m tests.bench.holds_bench
+
 # Rewrite sql/schema.sql from the embedded cluster's migrated database.
 snapshot:
 	scripts/snapshot.sh "$$(scripts/cluster.sh url)" > sql/schema.sql

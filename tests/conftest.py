@@ -3,36 +3,17 @@
 from __future__ import annotations
 
 import pytest
-import testing.postgresql
 
 from tests.pg import (
-    APP_LOGIN, CRON_DB, OPS_LOGIN, ROOT, TEMPLATE_DB, Database, connect, database_from_template,
-    empty_database, migrate, url_for,
+    APP_LOGIN, OPS_LOGIN, TEMPLATE_DB, Database, CRON_DB, connect, database_from_template, empty_database,
+    migrate, start_cluster, url_for,
 )
-
-POSTGRES_ARGS = " ".join([
-    "-h 127.0.0.1",
-    "-F",  # no fsync: a test cluster
-    "-c logging_collector=off",
-    "-c shared_preload_libraries=pg_cron",
-    f"-c cron.database_name={CRON_DB}",
-    "-c cron.use_background_workers=on",
-    "-c max_worker_processes=32",
-    "-c max_connections=300",
-    "-c log_min_messages=warning",
-])
 
 
 @pytest.fixture(scope="session")
 def cluster():
     """The running cluster; its base URL names the pg_cron database."""
-    # initdb and postgres refuse to run as root: these wrappers run them as 'postgres' then.
-    pg = testing.postgresql.Postgresql(
-        initdb=str(ROOT / "scripts" / "initdb"),
-        postgres=str(ROOT / "scripts" / "postgres"),
-        initdb_args="-U postgres -A trust -E UTF8 --locale=C.UTF-8",
-        postgres_args=POSTGRES_ARGS,
-    )
+    pg = start_cluster(fsync=False)
     try:
         yield pg.url()
     finally:

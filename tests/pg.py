@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
+import testing.postgresql
 
 ROOT = Path(__file__).resolve().parents[1]
 SQL = ROOT / "sql"
@@ -16,6 +17,30 @@ CRON_DB = "test"  # testing.postgresql's database; pg_cron lives here (cron.data
 TEMPLATE_DB = "booking_template"
 APP_LOGIN = "shim_login"  # holds booking_app only
 OPS_LOGIN = "ops_login"  # holds booking_ops only
+
+
+def start_cluster(fsync: bool = False, extra: tuple[str, ...] = ()) -> testing.postgresql.Postgresql:
+    """A new PostgreSQL 15 cluster with pg_cron loaded, on 127.0.0.1 and a free port."""
+    args = [
+        "-h 127.0.0.1",
+        "-c logging_collector=off",
+        "-c shared_preload_libraries=pg_cron",
+        f"-c cron.database_name={CRON_DB}",
+        "-c cron.use_background_workers=on",
+        "-c max_worker_processes=32",
+        "-c max_connections=300",
+        "-c log_min_messages=warning",
+        *extra,
+    ]
+    if not fsync:
+        args.append("-F")  # tests need no durability; benchmarks keep it
+    # initdb and postgres refuse to run as root: these wrappers run them as 'postgres' then.
+    return testing.postgresql.Postgresql(
+        initdb=str(ROOT / "scripts" / "initdb"),
+        postgres=str(ROOT / "scripts" / "postgres"),
+        initdb_args="-U postgres -A trust -E UTF8 --locale=C.UTF-8",
+        postgres_args=" ".join(args),
+    )
 
 
 def url_for(base_url: str, dbname: str, user: str = "postgres") -> str:

@@ -1,13 +1,13 @@
 -- The pg_cron jobs, declared in one place. core.sync_cron_jobs registers them, schedules
--- each as SELECT core.run_cron_job('<jobname>') and unschedules 'booking-*' jobs no
--- longer listed. pg_cron 1.4: minute granularity at best, UTC. No correctness property
+-- each (a function as SELECT core.run_cron_job('<jobname>'), a procedure that commits as
+-- it goes as CALL <procedure>()) and unschedules 'booking-*' jobs no longer listed. pg_cron 1.4: minute granularity at best, UTC. No correctness property
 -- depends on how often any of them runs.
 SELECT core.sync_cron_jobs($jobs$[
   {
     "jobname": "booking-sweep-holds",
     "schedule": "* * * * *",
-    "job_function": "booking.sweep_expired_holds",
-    "description": "Marks holds past their deadline expired and returns their units, 2k a batch, 10 s at most.",
+    "job_function": "booking.sweep_holds_cron",
+    "description": "Marks holds past their deadline expired and returns their units: 2k a batch, a commit after each, 30 s at most, pausing as long as each batch took.",
     "max_silence": "10 minutes"
   },
   {

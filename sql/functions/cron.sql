@@ -38,10 +38,8 @@ BEGIN
         RAISE NOTICE 'pg_cron is not installed in this database: % job(s) registered, none scheduled', v_count;
         RETURN v_count;
     END IF;
-    FOR v_job IN SELECT c.jobname, c.schedule FROM core.cron_jobs AS c LOOP
-        PERFORM cron.schedule(
-            v_job.jobname, v_job.schedule, format('SELECT core.run_cron_job(%L)', v_job.jobname)
-        );
+    FOR v_job IN SELECT c.jobname, c.schedule, c.job_function FROM core.cron_jobs AS c LOOP
+        PERFORM cron.schedule(v_job.jobname, v_job.schedule, core.cron_command(v_job.jobname, v_job.job_function));
     END LOOP;
     PERFORM cron.unschedule(j.jobid)
     FROM cron.job AS j
@@ -49,6 +47,48 @@ BEGIN
       AND NOT EXISTS (SELECT FROM core.cron_jobs AS c WHERE c.jobname = j.jobname);
     RETURN v_count;
 END;
+$$;
+
+CREATE OR REPLACE FUNCTION core.cron_command(p_jobname text, p_job_function text)
+RETURNS text
+LANGUAGE sql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    -- A function job runs through core.run_cron_job, in one transaction; a procedure job
+    -- (one that commits as it goes) is CALLed and records its own runs.
+    SELECT CASE
+        WHEN (SELECT p.prokind FROM pg_proc AS p WHERE p.oid = to_regproc(p_job_function)) = 'p'
+            THEN format('CALL %s()', p_job_function)
+        ELSE format('SELECT core.run_cron_job(%L)', p_jobname)
+    END;
+$$;
+
+CREATE OR REPLACE FUNCTION core.cron_run_begin(p_jobname text)
+RETURNS void
+LANGUAGE sql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    INSERT INTO core.cron_runs AS r (jobname, last_started_at, last_status, runs)
+    VALUES (p_jobname, clock_timestamp(), 'running', 1)
+    ON CONFLICT (jobname) DO UPDATE
+        SET last_started_at = excluded.last_started_at, last_status = 'running', runs = r.runs + 1;
+$$;
+
+CREATE OR REPLACE FUNCTION core.cron_run_end(p_jobname text, p_result jsonb, p_error text DEFAULT NULL)
+RETURNS void
+LANGUAGE sql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    UPDATE core.cron_runs
+    SET last_finished_at = clock_timestamp(),
+        last_status = CASE WHEN p_error IS NULL THEN 'ok' ELSE 'failed' END,
+        last_error = left(p_error, 2000),
+        last_result = p_result,
+        failures = failures + CASE WHEN p_error IS NULL THEN 0 ELSE 1 END
+    WHERE jobname = p_jobname;
 $$;
 
 CREATE OR REPLACE FUNCTION core.run_cron_job(p_jobname text)
@@ -67,23 +107,15 @@ BEGIN
     IF v_function IS NULL THEN
         RAISE EXCEPTION 'unknown cron job %', p_jobname USING ERRCODE = 'RB005';
     END IF;
-    INSERT INTO core.cron_runs AS r (jobname, last_started_at, last_status, runs)
-    VALUES (p_jobname, clock_timestamp(), 'running', 1)
-    ON CONFLICT (jobname) DO UPDATE
-        SET last_started_at = excluded.last_started_at, last_status = 'running', runs = r.runs + 1;
+    PERFORM core.cron_run_begin(p_jobname);
     BEGIN
         EXECUTE format('SELECT to_jsonb(%s())', v_function::regproc) INTO v_result;
     EXCEPTION WHEN OTHERS THEN
         GET STACKED DIAGNOSTICS v_error = MESSAGE_TEXT;
-        UPDATE core.cron_runs
-        SET last_finished_at = clock_timestamp(), last_status = 'failed',
-            last_error = left(v_error, 2000), failures = failures + 1
-        WHERE jobname = p_jobname;
+        PERFORM core.cron_run_end(p_jobname, NULL, v_error);
         RETURN jsonb_build_object('status', 'failed', 'error', v_error);
     END;
-    UPDATE core.cron_runs
-    SET last_finished_at = clock_timestamp(), last_status = 'ok', last_error = NULL, last_result = v_result
-    WHERE jobname = p_jobname;
+    PERFORM core.cron_run_end(p_jobname, v_result);
     RETURN v_result;
 END;
 $$;

@@ -11,9 +11,10 @@ LANGUAGE sql
 IMMUTABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    -- One bucket per 8 units, at most 16: enough rows that 32 concurrent buyers rarely
-    -- meet on one, few enough that a sold-out check reads little.
-    SELECT least(16, greatest(1, p_capacity / 8))::smallint;
+    -- One bucket per 8 units, at most 64: more rows than concurrent buyers, so that SKIP
+    -- LOCKED nearly always finds an idle one (measured: 16 buckets gave 2.3x the hot-row
+    -- baseline at 32 clients, 64 gave 3x), few enough that a sold-out check reads little.
+    SELECT least(64, greatest(1, p_capacity / 8))::smallint;
 $$;
 
 CREATE OR REPLACE FUNCTION booking.add_free(p_inventory_id uuid, p_units int)
@@ -111,7 +112,7 @@ AS $$
         SELECT h.hold_id
         FROM booking.holds AS h
         WHERE h.status IN ('live', 'booked')
-          AND h.expires_at <= clock_timestamp()
+          AND h.expires_at <= (SELECT clock_timestamp())  -- an InitPlan: a value the index can use
           AND (p_inventory_id IS NULL OR h.inventory_id = p_inventory_id)
         ORDER BY h.expires_at
         LIMIT p_limit
@@ -320,7 +321,7 @@ BEGIN
         FROM booking.holds AS h
         WHERE h.inventory_id = i.inventory_id
           AND h.status IN ('live', 'booked')
-          AND h.expires_at <= clock_timestamp()
+          AND h.expires_at <= (SELECT clock_timestamp())  -- an InitPlan: indexable
     ) AS d
     WHERE i.inventory_id = p_inventory_id;
     IF NOT FOUND THEN
@@ -338,6 +339,9 @@ RETURNS TABLE (hold_id uuid, expires_at timestamptz)
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+-- Custom plans were re-planned on every call (a quarter of the CPU at 32 clients); the
+-- generic plans are the right ones for these key lookups.
+SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
     v_inventory booking.inventory;
@@ -345,7 +349,10 @@ DECLARE
     v_needed int := p_quantity;
     v_home smallint;
     v_bucket smallint;
+    v_pick smallint;
     v_available bigint;
+    v_hold_id uuid;
+    v_expires_at timestamptz;
 BEGIN
     PERFORM core.require(p_inventory_id, 'p_inventory_id');
     PERFORM core.require_range(p_quantity, 'p_quantity', 1, 100);
@@ -392,26 +399,61 @@ BEGIN
 
     IF v_needed > 0 THEN
         -- Fast path: one bucket that nobody else is using and that has enough, picked at
-        -- random so that concurrent buyers spread out. FOR UPDATE can lock a row whose
-        -- newer version then fails "free >= v_needed" and keep that lock; such stray
-        -- locks, taken in random order, would deadlock against the slow path's ordered
-        -- locking. So a miss is rolled back (the subtransaction releases its row locks).
+        -- random so that concurrent buyers spread out; when all such buckets are busy,
+        -- wait for one of them (one row, holding no other bucket, so no deadlock).
+        -- FOR UPDATE can lock a row whose newer version then fails "free >= v_needed"
+        -- and keep that lock; such a stray lock would deadlock against the slow path's
+        -- ordered locking (or another waiter), so each attempt runs in a subtransaction
+        -- and a miss is rolled back, which releases it.
         BEGIN
-            SELECT c.bucket_no INTO v_bucket
-            FROM booking.inventory_buckets AS c
-            WHERE c.inventory_id = p_inventory_id AND c.free >= v_needed
-            ORDER BY random()
-            LIMIT 1
-            FOR UPDATE SKIP LOCKED;
-            IF v_bucket IS NULL THEN
+            WITH pick AS MATERIALIZED (
+                SELECT c.bucket_no
+                FROM booking.inventory_buckets AS c
+                WHERE c.inventory_id = p_inventory_id AND c.free >= v_needed
+                ORDER BY random()
+                LIMIT 1
+                FOR UPDATE SKIP LOCKED
+            ),
+            taken AS (
+                UPDATE booking.inventory_buckets AS b
+                SET free = b.free - v_needed
+                FROM pick
+                WHERE b.inventory_id = p_inventory_id AND b.bucket_no = pick.bucket_no
+                RETURNING b.bucket_no
+            )
+            INSERT INTO booking.holds AS h (inventory_id, bucket_no, quantity, holder, hold_key, expires_at)
+            SELECT p_inventory_id, coalesce(v_home, taken.bucket_no), p_quantity, p_holder, p_hold_key,
+                   clock_timestamp() + v_inventory.hold_ttl
+            FROM taken
+            RETURNING h.hold_id, h.expires_at INTO v_hold_id, v_expires_at;
+            IF v_hold_id IS NULL THEN
                 RAISE EXCEPTION USING ERRCODE = 'RB001';
             END IF;
-            UPDATE booking.inventory_buckets AS b
-            SET free = b.free - v_needed
-            WHERE b.inventory_id = p_inventory_id AND b.bucket_no = v_bucket;
         EXCEPTION WHEN SQLSTATE 'RB001' THEN
-            v_bucket := NULL;
+            v_hold_id := NULL;
         END;
+        IF v_hold_id IS NULL THEN
+            BEGIN
+                SELECT c.bucket_no INTO v_pick
+                FROM booking.inventory_buckets AS c
+                WHERE c.inventory_id = p_inventory_id AND c.free >= v_needed
+                ORDER BY random()
+                LIMIT 1;
+                UPDATE booking.inventory_buckets AS b
+                SET free = b.free - v_needed
+                WHERE b.inventory_id = p_inventory_id AND b.bucket_no = v_pick AND b.free >= v_needed
+                RETURNING b.bucket_no INTO v_bucket;
+                IF v_bucket IS NULL THEN
+                    RAISE EXCEPTION USING ERRCODE = 'RB001';
+                END IF;
+            EXCEPTION WHEN SQLSTATE 'RB001' THEN
+                v_bucket := NULL;
+            END;
+        END IF;
+        IF v_hold_id IS NOT NULL THEN
+            RETURN QUERY SELECT v_hold_id, v_expires_at;
+            RETURN;
+        END IF;
 
         IF v_bucket IS NULL THEN
             -- Sold out as of this snapshot (dead holds counted as available): say so
@@ -532,39 +574,84 @@ COMMENT ON FUNCTION api.hold_status(uuid) IS
 -- ---------------------------------------------------------------------------------------
 -- cron jobs
 
-CREATE OR REPLACE FUNCTION booking.sweep_expired_holds(
-    p_batch_size int DEFAULT 2000, p_time_budget interval DEFAULT '10 seconds'
-)
+-- Signatures replaced by a later version of this file (CREATE OR REPLACE would add an overload).
+DROP FUNCTION IF EXISTS booking.sweep_expired_holds(int, interval);
+DROP FUNCTION IF EXISTS booking.sweep_expired_holds(int, interval, float8);
+
+CREATE OR REPLACE FUNCTION booking.sweep_batch(p_batch_size int)
 RETURNS jsonb
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
--- Marks open holds past their deadline expired (rows kept for audit) and gives their
--- units back, in batches by deadline until none is left or the time budget is spent.
--- Bucket rows are locked once, at the end, so buyers wait for them only briefly.
--- Nothing depends on this running: a dead hold is already not counted.
+-- One batch, in the caller's transaction: the p_batch_size open holds with the oldest
+-- deadlines already passed are marked expired (rows kept for audit) and their units go
+-- back to their buckets, locked once, in order, at the end.
 DECLARE
-    v_started timestamptz := clock_timestamp();
-    v_ids uuid[];
-    v_returns booking.bucket_return[] := '{}';
+    v_ids uuid[] := booking.dead_open_holds(NULL, p_batch_size);
+BEGIN
+    RETURN jsonb_build_object(
+        'expired_holds', cardinality(v_ids),
+        'units_returned', booking.return_to_buckets(booking.end_holds(v_ids, 'expired'))
+    );
+END;
+$$;
+
+CREATE OR REPLACE PROCEDURE booking.sweep_expired_holds(
+    INOUT p_result jsonb DEFAULT NULL,
+    p_batch_size int DEFAULT 2000,
+    p_time_budget interval DEFAULT '30 seconds',
+    p_pause_ratio float8 DEFAULT 1.0
+)
+LANGUAGE plpgsql
+AS $$
+-- Sweeps batch after batch, each in its own short transaction, until no dead open hold is
+-- left or the time budget is spent; after each batch it pauses p_pause_ratio times as long
+-- as the batch took (like vacuum's cost delay), so a backlog does not take the CPU from
+-- buyers. Short transactions matter: one long one would hold back pruning of the hot
+-- bucket rows' dead versions and slow every buyer. Nothing depends on this running: a
+-- dead hold is already not counted. (A procedure that commits may have no SET clause
+-- and cannot be SECURITY DEFINER: every name here is schema-qualified.)
+DECLARE
+    v_started timestamptz := pg_catalog.clock_timestamp();
+    v_batch_started timestamptz;
+    v_batch jsonb;
     v_holds int := 0;
+    v_units int := 0;
     v_batches int := 0;
 BEGIN
     LOOP
-        v_ids := booking.dead_open_holds(NULL, p_batch_size);
-        EXIT WHEN cardinality(v_ids) = 0;
-        v_returns := v_returns || booking.end_holds(v_ids, 'expired');
-        v_holds := v_holds + cardinality(v_ids);
+        v_batch_started := pg_catalog.clock_timestamp();
+        v_batch := booking.sweep_batch(p_batch_size);
+        COMMIT;
+        EXIT WHEN (v_batch ->> 'expired_holds')::int = 0;
+        v_holds := v_holds + (v_batch ->> 'expired_holds')::int;
+        v_units := v_units + (v_batch ->> 'units_returned')::int;
         v_batches := v_batches + 1;
-        EXIT WHEN cardinality(v_ids) < p_batch_size OR clock_timestamp() - v_started > p_time_budget;
+        EXIT WHEN (v_batch ->> 'expired_holds')::int < p_batch_size
+            OR pg_catalog.clock_timestamp() - v_started > p_time_budget;
+        PERFORM pg_catalog.pg_sleep(
+            extract(EPOCH FROM pg_catalog.clock_timestamp() - v_batch_started) * p_pause_ratio
+        );
     END LOOP;
-    RETURN jsonb_build_object(
-        'expired_holds', v_holds,
-        'units_returned', booking.return_to_buckets(v_returns),
-        'batches', v_batches,
-        'ms', round(extract(EPOCH FROM clock_timestamp() - v_started) * 1000)
+    p_result := pg_catalog.jsonb_build_object(
+        'expired_holds', v_holds, 'units_returned', v_units, 'batches', v_batches,
+        'ms', round(extract(EPOCH FROM pg_catalog.clock_timestamp() - v_started) * 1000)
     );
+END;
+$$;
+
+CREATE OR REPLACE PROCEDURE booking.sweep_holds_cron()
+LANGUAGE plpgsql
+AS $$
+-- The booking-sweep-holds cron job: the sweep between two heartbeats (see core.cron_run_begin).
+DECLARE
+    v_result jsonb;
+BEGIN
+    PERFORM core.cron_run_begin('booking-sweep-holds');
+    COMMIT;
+    CALL booking.sweep_expired_holds(v_result);
+    PERFORM core.cron_run_end('booking-sweep-holds', v_result);
 END;
 $$;
 

@@ -1,7 +1,7 @@
 -- Inventory (a sellable pool: an event's ticket type, a flight's fare bucket) and holds.
 --
 -- Capacity lives in booking.inventory_buckets, not on the inventory row: a hot on-sale
--- spreads buyers over up to 16 bucket rows (taken with FOR UPDATE SKIP LOCKED) instead of
+-- spreads buyers over up to 64 bucket rows (taken with FOR UPDATE SKIP LOCKED) instead of
 -- queueing them all on one row. For every inventory, at every commit:
 --   capacity = sum(bucket.free) + sum(bucket.sold) + sum(quantity of holds 'live' or 'booked')
 -- and CHECK (free >= 0) makes overselling impossible. A hold past its deadline is dead at

@@ -230,8 +230,8 @@ def test_set_capacity(db, app):
     assert availability(app, inventory) == (6, 0, 6, 0)
     app.execute("SELECT api.set_capacity(%s, 1000)", (inventory,))
     assert availability(app, inventory) == (1000, 0, 6, 994)
-    assert db.one("SELECT bucket_count FROM booking.inventory") == 16
-    assert db.one("SELECT count(*) FROM booking.inventory_buckets") == 16
+    assert db.one("SELECT bucket_count FROM booking.inventory") == 64
+    assert db.one("SELECT count(*) FROM booking.inventory_buckets") == 64
     assert sqlstate_of(app, "SELECT api.set_capacity(%s, -1)", (inventory,)) == "22023"
     assert sqlstate_of(app, "SELECT api.set_capacity(%s, NULL)", (inventory,)) == "22004"
     assert sqlstate_of(app, "SELECT api.set_capacity(%s, 5)", (uuid.uuid4(),)) == "RB005"
@@ -247,12 +247,12 @@ def test_the_sweeper_expires_dead_holds_in_batches_and_keeps_the_rows(db, app):
         place(app, inventory, 1 + i % 3)
     place(app, live_inventory, 5)
     time.sleep(1.1)
-    result = db.one("SELECT booking.sweep_expired_holds(10)")
+    result = db.one("CALL booking.sweep_expired_holds(NULL, 10)")
     assert (result["expired_holds"], result["batches"], result["units_returned"]) == (25, 3, sum(1 + i % 3 for i in range(25)))
     assert db.rows("SELECT status, count(*) FROM booking.holds GROUP BY 1 ORDER BY 1") == [("expired", 25), ("live", 1)]
     assert availability(app, inventory) == (100, 0, 0, 100)
     assert availability(app, live_inventory) == (100, 0, 5, 95)
-    assert db.one("SELECT booking.sweep_expired_holds()")["expired_holds"] == 0
+    assert db.one("CALL booking.sweep_expired_holds()")["expired_holds"] == 0
     assert db.rows("SELECT count(*) FROM ops.oversold_inventory") == [(0,)]
 
     assert db.one("SELECT booking.purge_ended_holds('1 hour')")["deleted"] == 0
@@ -261,13 +261,18 @@ def test_the_sweeper_expires_dead_holds_in_batches_and_keeps_the_rows(db, app):
     assert db.one("SELECT count(*) FROM booking.holds") == 1
 
 
-def test_the_sweeper_runs_through_the_cron_dispatcher(db, app):
+def test_the_sweeper_cron_job_commits_per_batch_and_records_its_run(db, app):
     inventory = new_inventory(app, 10, ttl="1 second")
     place(app, inventory, 3)
     time.sleep(1.1)
-    result = db.one("SELECT core.run_cron_job('booking-sweep-holds')")
-    assert result["expired_holds"] == 1
-    assert db.rows("SELECT last_status FROM ops.cron_jobs WHERE jobname = 'booking-sweep-holds'") == [("ok",)]
+    command = db.one("SELECT command FROM (SELECT core.cron_command(jobname, job_function) AS command "
+                     "FROM core.cron_jobs WHERE jobname = 'booking-sweep-holds') AS c")
+    assert command == "CALL booking.sweep_holds_cron()"
+    with connect(db.url) as conn:
+        conn.execute(command)
+    assert db.rows("SELECT last_status, last_result ->> 'expired_holds' FROM ops.cron_jobs "
+                   "WHERE jobname = 'booking-sweep-holds'") == [("ok", "1")]
+    assert availability(app, inventory) == (10, 0, 0, 10)
 
 
 @pytest.mark.parametrize("again", [1, 3, 5])

@@ -75,7 +75,7 @@ def check(s: dict):
 
 
 @pytest.mark.slow
-def test_64_clients_with_releases_and_expiries_never_oversell(db):
+def test_64_clients_with_releases_expiries_and_the_sweeper_never_oversell(db):
     with connect(db.app_url) as conn:
         inventory = conn.execute("SELECT api.create_inventory('hot-show', 100, 5000, 'usd', '2 seconds')").fetchone()[0]
     counts = {"held": 0, "rb001": 0, "released": 0}
@@ -108,12 +108,23 @@ def test_64_clients_with_releases_and_expiries_never_oversell(db):
         while not sampling.is_set():
             samples.append(sample(db.url, inventory))
 
-    sampler_thread = threading.Thread(target=sampler)
-    sampler_thread.start()
+    swept = []
+
+    def sweeper():  # the cron job's work, running all the time, in small batches
+        with connect(db.url) as conn:
+            while not sampling.is_set():
+                swept.append(conn.execute("CALL booking.sweep_expired_holds(NULL, 20, '1 second', 0)").fetchone()[0])
+                time.sleep(0.05)
+
+    helpers = [threading.Thread(target=sampler), threading.Thread(target=sweeper)]
+    for t in helpers:
+        t.start()
     errors = run_clients(db.app_url, buyer, seconds=6)
     sampling.set()
-    sampler_thread.join()
+    for t in helpers:
+        t.join()
     assert errors == []
+    assert sum(r["expired_holds"] for r in swept) > 0
     assert len(samples) > 20
     for s in samples:
         check(s)

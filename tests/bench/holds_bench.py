@@ -1,0 +1,144 @@
+"""make bench (holds): api.place_hold throughput against a hot-row baseline, the sweeper's
+cost per expired hold at two table sizes, and place_hold throughput during a sweep.
+
+    .venv/bin/python -m tests.bench.holds_bench [--seconds N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import threading
+import time
+
+from tests.bench.common import bench_cluster, pgbench, table
+from tests.pg import connect
+
+BASELINE_SETUP = """
+CREATE TABLE bench_counter (id int PRIMARY KEY, free int NOT NULL CHECK (free >= 0));
+INSERT INTO bench_counter VALUES (1, 2000000000);
+CREATE TABLE bench_holds (
+    hold_id uuid PRIMARY KEY DEFAULT gen_random_uuid(), inventory_id int NOT NULL, quantity int NOT NULL,
+    holder text NOT NULL, status text NOT NULL DEFAULT 'live', expires_at timestamptz NOT NULL
+);
+"""
+# The naive design: one hot counter row, conditionally decremented, plus a hold row.
+BASELINE_SCRIPT = """\\set q random(1, 4)
+WITH taken AS (UPDATE bench_counter SET free = free - :q WHERE id = 1 AND free >= :q RETURNING id)
+INSERT INTO bench_holds (inventory_id, quantity, holder, expires_at)
+SELECT id, :q, 'bench', clock_timestamp() + interval '15 minutes' FROM taken;
+"""
+PLACE_HOLD_SCRIPT = """\\set q random(1, 4)
+SELECT * FROM api.place_hold(:inv, :q, 'bench');
+"""
+
+
+def new_inventory(url: str, sku: str, capacity: int = 10_000_000) -> str:
+    with connect(url) as conn:
+        return str(conn.execute("SELECT api.create_inventory(%s, %s, 5000, 'usd')", (sku, capacity)).fetchone()[0])
+
+
+def plant_expired(url: str, inventory_id: str, expired: int, live: int = 0, ended: int = 0) -> None:
+    """Holds written directly (faster than calling place_hold a million times), keeping the
+    unit invariant: the buckets give up what the open holds hold."""
+    with connect(url) as conn:
+        started = conn.execute("SELECT clock_timestamp()").fetchone()[0]
+        n = conn.execute("SELECT bucket_count FROM booking.inventory WHERE inventory_id = %s", (inventory_id,)).fetchone()[0]
+        for count, status, expires, ended_at in (
+            (expired, "live", "now() - interval '1 minute'", "NULL"),
+            (live, "live", "now() + interval '1 day'", "NULL"),
+            (ended, "expired", "now() - interval '2 days'", "now() - interval '1 day'"),
+        ):
+            if count:
+                conn.execute(
+                    f"""
+                    INSERT INTO booking.holds (inventory_id, bucket_no, quantity, holder, status, expires_at, ended_at)
+                    SELECT %s, mod(g, {n}), 1, 'planted', '{status}', {expires}, {ended_at}
+                    FROM generate_series(1, %s) AS g
+                    """,
+                    (inventory_id, count),
+                )
+        conn.execute(
+            """
+            UPDATE booking.inventory_buckets AS b SET free = b.free - o.units
+            FROM (SELECT bucket_no, sum(quantity) AS units FROM booking.holds
+                  WHERE inventory_id = %(i)s AND status IN ('live', 'booked') AND holder = 'planted'
+                    AND created_at >= %(t)s
+                  GROUP BY bucket_no) AS o
+            WHERE b.inventory_id = %(i)s AND b.bucket_no = o.bucket_no
+            """,
+            {"i": inventory_id, "t": started},
+        )
+        conn.execute("VACUUM ANALYZE booking.holds")
+        conn.execute("VACUUM ANALYZE booking.inventory_buckets")
+
+
+def sweep_all(url: str) -> tuple[int, float]:
+    started = time.perf_counter()
+    total = 0
+    with connect(url) as conn:
+        while True:
+            swept = conn.execute("CALL booking.sweep_expired_holds(NULL, 2000, '1 hour', 0)").fetchone()[0]["expired_holds"]
+            if not swept:
+                break
+            total += swept
+    return total, time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=int, default=10)
+    args = parser.parse_args()
+    with bench_cluster() as url:
+        with connect(url) as conn:
+            conn.execute(BASELINE_SETUP)
+
+        rows = []
+        for clients in (1, 8, 32):
+            baseline = pgbench(url, BASELINE_SCRIPT, clients, args.seconds)
+            inventory = new_inventory(url, f"bench-{clients}")
+            ours = pgbench(url, PLACE_HOLD_SCRIPT, clients, args.seconds, defines={"inv": inventory})
+            rows.append([clients, f"{baseline:,.0f}", f"{ours:,.0f}", f"{ours / baseline:.2f}x"])
+        table(f"api.place_hold on one inventory, {args.seconds} s per run (target at 32 clients: >= 3x baseline)",
+              ["clients", "baseline tps (hot row + insert)", "api.place_hold tps", "ratio"], rows)
+
+        sweep_rows = []
+        per_hold = {}
+        for label, live, ended in (("100k expired among 100k", 0, 0), ("100k expired among 1M", 450_000, 450_000)):
+            inventory = new_inventory(url, f"sweep-{live}")
+            plant_expired(url, inventory, 100_000, live=live, ended=ended)
+            swept, elapsed = sweep_all(url)
+            assert swept == 100_000, swept
+            per_hold[label] = elapsed / swept * 1e6
+            sweep_rows.append([label, f"{swept:,}", f"{elapsed:.2f}", f"{per_hold[label]:.1f}"])
+        ratio = per_hold["100k expired among 1M"] / per_hold["100k expired among 100k"]
+        table(f"sweeper cost per expired hold (target: within 1.5x): ratio {ratio:.2f}x",
+              ["case", "holds swept", "seconds", "us per hold"], sweep_rows)
+
+        inventory = new_inventory(url, "during-sweep")
+        defines = {"inv": inventory}
+        # The same state for both runs: a million dead holds waiting to be swept.
+        plant_expired(url, inventory, 1_000_000)
+        idle = pgbench(url, PLACE_HOLD_SCRIPT, 32, args.seconds, defines=defines)
+        stop = threading.Event()
+        sweeps = []
+
+        def sweeper():
+            with connect(url) as conn:
+                while not stop.is_set():
+                    sweeps.append(conn.execute("CALL booking.sweep_expired_holds()").fetchone()[0]["expired_holds"])
+
+        thread = threading.Thread(target=sweeper)
+        thread.start()
+        during = pgbench(url, PLACE_HOLD_SCRIPT, 32, args.seconds, defines=defines)
+        stop.set()
+        thread.join()
+        table("api.place_hold at 32 clients while the sweeper runs on the same inventory (target: >= 80% of idle)",
+              ["idle tps", "during sweep tps", "ratio", "holds swept meanwhile"],
+              [[f"{idle:,.0f}", f"{during:,.0f}", f"{during / idle:.0%}", f"{sum(sweeps):,}"]])
+        with connect(url) as conn:
+            oversold = conn.execute("SELECT count(*) FROM ops.oversold_inventory").fetchone()[0]
+        print(f"\nops.oversold_inventory rows after the benchmark: {oversold}")
+
+
+if __name__ == "__main__":
+    main()
