@@ -70,20 +70,30 @@ def test_unknown_job_is_rb005(db):
 
 
 @pytest.mark.slow
-def test_pg_cron_really_runs_a_job_through_the_dispatcher(cron_db):
-    """pg_cron runs at minute granularity: this waits for at most ~70 s."""
-    before = cron_db.one("SELECT coalesce(max(runs), 0) FROM ops.cron_jobs WHERE jobname = 'booking-prune-cron-history'")
-    cron_db.one(
-        "SELECT cron.schedule('probe-every-minute', '* * * * *', "
-        "$$SELECT core.run_cron_job('booking-prune-cron-history')$$)"
-    )
+def test_pg_cron_really_runs_a_function_job_and_a_procedure_job(cron_db):
+    """pg_cron runs at minute granularity: this waits for at most ~75 s. Both kinds of
+    job command are exercised: SELECT core.run_cron_job(...) and CALL of a procedure
+    that commits as it goes (which pg_cron must run outside a transaction block)."""
+    jobs = ("booking-prune-cron-history", "booking-sweep-holds")
+
+    def runs():
+        return dict(cron_db.rows("SELECT jobname, runs FROM ops.cron_jobs WHERE jobname = ANY(%s)", (list(jobs),)))
+
+    before = runs()
+    commands = {name: cron_db.one(
+        "SELECT core.cron_command(jobname, job_function) FROM core.cron_jobs WHERE jobname = %s", (name,)
+    ) for name in jobs}
+    assert commands["booking-sweep-holds"].startswith("CALL ")
+    for name, command in commands.items():
+        cron_db.one("SELECT cron.schedule(%s, '* * * * *', %s)", (f"probe-{name}", command))
     try:
         deadline = time.monotonic() + 75
-        runs = before
-        while time.monotonic() < deadline and runs == before:
+        while time.monotonic() < deadline and not all(runs()[j] > before[j] for j in jobs):
             time.sleep(1)
-            runs = cron_db.one("SELECT runs FROM ops.cron_jobs WHERE jobname = 'booking-prune-cron-history'") or 0
-        assert runs > before, "pg_cron did not run the job within 75 s"
-        assert cron_db.one("SELECT last_status FROM ops.cron_jobs WHERE jobname = 'booking-prune-cron-history'") == "ok"
+        assert all(runs()[j] > before[j] for j in jobs), f"pg_cron did not run both jobs within 75 s: {runs()}"
+        statuses = dict(cron_db.rows("SELECT jobname, last_status FROM ops.cron_jobs WHERE jobname = ANY(%s)",
+                                     (list(jobs),)))
+        assert statuses == {j: "ok" for j in jobs}
     finally:
-        cron_db.one("SELECT cron.unschedule('probe-every-minute')")
+        for name in jobs:
+            cron_db.one("SELECT cron.unschedule(%s)", (f"probe-{name}",))
