@@ -47,6 +47,7 @@ send-test-event:
 # Benchmarks (not part of make test): each prints its figures beside a baseline measured in the same run.
 bench: deps
 	$(VENV)/bin/python -m tests.bench.holds_bench
+	$(VENV)/bin/python -m tests.bench.bookings_bench
 
 # Rewrite sql/schema.sql from the embedded cluster's migrated database.
 snapshot:

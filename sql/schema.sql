@@ -80,6 +80,38 @@ COMMENT ON EXTENSION pg_cron IS 'Job scheduler for PostgreSQL';
 
 
 --
+-- Name: jobs; Type: SCHEMA; Schema: -; Owner: booking_owner
+--
+
+CREATE SCHEMA jobs;
+
+
+ALTER SCHEMA jobs OWNER TO booking_owner;
+
+--
+-- Name: SCHEMA jobs; Type: COMMENT; Schema: -; Owner: booking_owner
+--
+
+COMMENT ON SCHEMA jobs IS 'Outbox of work with outside effects, done by python -m pyshim worker';
+
+
+--
+-- Name: ledger; Type: SCHEMA; Schema: -; Owner: booking_owner
+--
+
+CREATE SCHEMA ledger;
+
+
+ALTER SCHEMA ledger OWNER TO booking_owner;
+
+--
+-- Name: SCHEMA ledger; Type: COMMENT; Schema: -; Owner: booking_owner
+--
+
+COMMENT ON SCHEMA ledger IS 'Double-entry ledger: one transaction per Stripe object that moved money';
+
+
+--
 -- Name: migrate; Type: SCHEMA; Schema: -; Owner: booking_owner
 --
 
@@ -189,6 +221,154 @@ COMMENT ON FUNCTION api.availability(p_inventory_id uuid) IS 'capacity, sold, he
 
 
 --
+-- Name: cancel_booking(uuid, text); Type: FUNCTION; Schema: api; Owner: booking_owner
+--
+
+CREATE FUNCTION api.cancel_booking(p_booking_id uuid, p_reason text) RETURNS text
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+BEGIN
+    PERFORM core.require(p_booking_id, 'p_booking_id');
+    PERFORM core.require_text(p_reason, 'p_reason', 500);
+    RETURN booking.apply_event(p_booking_id, 'cancel', NULL, p_reason);
+END;
+$$;
+
+
+ALTER FUNCTION api.cancel_booking(p_booking_id uuid, p_reason text) OWNER TO booking_owner;
+
+--
+-- Name: FUNCTION cancel_booking(p_booking_id uuid, p_reason text); Type: COMMENT; Schema: api; Owner: booking_owner
+--
+
+COMMENT ON FUNCTION api.cancel_booking(p_booking_id uuid, p_reason text) IS 'Cancels a booking and returns its new status: cancelled before payment (units released), refund_pending after payment (a stripe.refund job is enqueued). RB004 when its status does not allow it, RB005 unknown booking.';
+
+
+--
+-- Name: create_booking(text, text, uuid[], jsonb); Type: FUNCTION; Schema: api; Owner: booking_owner
+--
+
+CREATE FUNCTION api.create_booking(p_idempotency_key text, p_holder text, p_hold_ids uuid[], p_metadata jsonb DEFAULT '{}'::jsonb) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    SET plan_cache_mode TO 'force_generic_plan'
+    AS $$
+DECLARE
+    v_hold_ids uuid[];
+    v_fingerprint text;
+    v_existing booking.bookings;
+    v_holds record;
+    v_booking_id uuid := gen_random_uuid();
+    v_response jsonb;
+BEGIN
+    IF p_idempotency_key IS NOT NULL THEN
+        PERFORM core.require_text(p_idempotency_key, 'p_idempotency_key', 255);
+    END IF;
+    PERFORM core.require_text(p_holder, 'p_holder', 200);
+    PERFORM core.require(p_hold_ids, 'p_hold_ids');
+    IF cardinality(p_hold_ids) NOT BETWEEN 1 AND 50 THEN
+        RAISE EXCEPTION 'p_hold_ids must name 1 to 50 holds, got %', cardinality(p_hold_ids) USING ERRCODE = '22023';
+    END IF;
+    IF array_position(p_hold_ids, NULL) IS NOT NULL THEN
+        RAISE EXCEPTION 'p_hold_ids must not contain NULL' USING ERRCODE = '22004';
+    END IF;
+    SELECT array_agg(DISTINCT x ORDER BY x) INTO v_hold_ids FROM unnest(p_hold_ids) AS x;
+    IF cardinality(v_hold_ids) <> cardinality(p_hold_ids) THEN
+        RAISE EXCEPTION 'p_hold_ids names a hold twice' USING ERRCODE = '22023';
+    END IF;
+    PERFORM core.require(p_metadata, 'p_metadata');
+    IF jsonb_typeof(p_metadata) <> 'object' THEN
+        RAISE EXCEPTION 'p_metadata must be a JSON object' USING ERRCODE = '22023';
+    END IF;
+    IF octet_length(p_metadata::text) > 8192 THEN
+        RAISE EXCEPTION 'p_metadata is % bytes, at most 8192 are allowed', octet_length(p_metadata::text)
+            USING ERRCODE = '22001';
+    END IF;
+
+    -- The request, canonical (jsonb orders keys; the holds as a sorted set).
+    v_fingerprint := encode(sha256(convert_to(
+        jsonb_build_object('holder', p_holder, 'hold_ids', to_jsonb(v_hold_ids), 'metadata', p_metadata)::text,
+        'UTF8'
+    )), 'hex');
+    IF p_idempotency_key IS NOT NULL THEN
+        -- One request per (holder, key) at a time; the second waits, then replays.
+        PERFORM pg_advisory_xact_lock(hashtextextended('booking' || E'\n' || p_holder || E'\n' || p_idempotency_key, 7262));
+        SELECT * INTO v_existing FROM booking.bookings AS b
+        WHERE b.holder = p_holder AND b.idempotency_key = p_idempotency_key;
+        IF FOUND THEN
+            IF v_existing.request_fingerprint <> v_fingerprint THEN
+                RAISE EXCEPTION 'idempotency key % was used for another request', p_idempotency_key
+                    USING ERRCODE = 'RI001', DETAIL = pg_catalog.format('booking %s', v_existing.booking_id);
+            END IF;
+            RETURN v_existing.response;
+        END IF;
+    END IF;
+
+    -- The holds, locked in id order; each must be live, unexpired and the holder's.
+    SELECT
+        count(*) AS n,
+        count(*) FILTER (WHERE h.holder <> p_holder) AS not_theirs,
+        count(*) FILTER (WHERE h.status <> 'live' OR h.expires_at <= clock_timestamp()) AS not_live,
+        count(DISTINCT i.currency) AS currencies,
+        min(i.currency) AS currency,
+        sum(h.quantity::bigint * i.unit_amount) AS amount,
+        min(h.expires_at) AS expires_at
+    INTO v_holds
+    FROM (
+        SELECT x.* FROM booking.holds AS x WHERE x.hold_id = ANY(v_hold_ids) ORDER BY x.hold_id FOR UPDATE
+    ) AS h
+    JOIN booking.inventory AS i ON i.inventory_id = h.inventory_id;
+    IF v_holds.n <> cardinality(v_hold_ids) THEN
+        RAISE EXCEPTION '% of the % holds do not exist', cardinality(v_hold_ids) - v_holds.n, cardinality(v_hold_ids)
+            USING ERRCODE = 'RB005';
+    END IF;
+    IF v_holds.not_theirs > 0 THEN
+        RAISE EXCEPTION '% hold(s) are not %''s', v_holds.not_theirs, p_holder USING ERRCODE = 'RB002';
+    END IF;
+    IF v_holds.not_live > 0 THEN
+        RAISE EXCEPTION '% hold(s) are not live', v_holds.not_live
+            USING ERRCODE = 'RB002', HINT = 'Released, expired or already booked holds cannot be booked.';
+    END IF;
+    IF v_holds.currencies > 1 THEN
+        RAISE EXCEPTION 'the holds are priced in % currencies; a booking has one' , v_holds.currencies
+            USING ERRCODE = '22023';
+    END IF;
+
+    v_response := jsonb_build_object(
+        'booking_id', v_booking_id,
+        'status', 'pending_payment',
+        'amount', v_holds.amount,
+        'currency', v_holds.currency,
+        'expires_at', v_holds.expires_at
+    );
+    INSERT INTO booking.bookings (
+        booking_id, holder, idempotency_key, request_fingerprint, status, amount, currency, metadata,
+        expires_at, response
+    )
+    VALUES (
+        v_booking_id, p_holder, p_idempotency_key, v_fingerprint, 'pending_payment', v_holds.amount,
+        v_holds.currency, p_metadata, v_holds.expires_at, v_response
+    );
+    -- The holds now live and die with the booking: one deadline for all of them.
+    UPDATE booking.holds
+    SET status = 'booked', booking_id = v_booking_id, expires_at = v_holds.expires_at
+    WHERE hold_id = ANY(v_hold_ids);
+    RETURN v_response;
+END;
+$$;
+
+
+ALTER FUNCTION api.create_booking(p_idempotency_key text, p_holder text, p_hold_ids uuid[], p_metadata jsonb) OWNER TO booking_owner;
+
+--
+-- Name: FUNCTION create_booking(p_idempotency_key text, p_holder text, p_hold_ids uuid[], p_metadata jsonb); Type: COMMENT; Schema: api; Owner: booking_owner
+--
+
+COMMENT ON FUNCTION api.create_booking(p_idempotency_key text, p_holder text, p_hold_ids uuid[], p_metadata jsonb) IS 'Turns the holder''s live holds into a booking awaiting payment: {"booking_id", "status": "pending_payment", "amount", "currency", "expires_at"}. Idempotent on (holder, key): the same request returns the same jsonb; RI001 same key with another request; RB002 a hold not live or not the holder''s; RB005 unknown hold. A NULL key asks for no replay protection.';
+
+
+--
 -- Name: create_inventory(text, integer, bigint, text, interval, interval, integer); Type: FUNCTION; Schema: api; Owner: booking_owner
 --
 
@@ -295,6 +475,74 @@ ALTER FUNCTION api.extend_hold(p_hold_id uuid) OWNER TO booking_owner;
 --
 
 COMMENT ON FUNCTION api.extend_hold(p_hold_id uuid) IS 'Pushes a live hold''s deadline back by the inventory''s extension; returns the new expires_at. RB002 not live, RB003 no extensions left, RB005 unknown hold.';
+
+
+--
+-- Name: get_booking(uuid); Type: FUNCTION; Schema: api; Owner: booking_owner
+--
+
+CREATE FUNCTION api.get_booking(p_booking_id uuid) RETURNS jsonb
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+    v_result jsonb;
+BEGIN
+    PERFORM core.require(p_booking_id, 'p_booking_id');
+    SELECT jsonb_build_object(
+        'booking_id', b.booking_id,
+        'status', b.status,
+        'amount', b.amount,
+        'currency', b.currency,
+        'holder', b.holder,
+        'metadata', b.metadata,
+        'expires_at', b.expires_at,
+        'payment_intent_id', b.payment_intent_id,
+        'amount_paid', coalesce(l.paid, 0),
+        'amount_refunded', coalesce(l.refunded, 0),
+        'holds', coalesce((
+            SELECT jsonb_agg(jsonb_build_object(
+                'hold_id', h.hold_id, 'inventory_id', h.inventory_id, 'sku', i.sku,
+                'quantity', h.quantity, 'status', h.status
+            ) ORDER BY h.created_at, h.hold_id)
+            FROM booking.holds AS h
+            JOIN booking.inventory AS i ON i.inventory_id = h.inventory_id
+            WHERE h.booking_id = b.booking_id
+        ), '[]'::jsonb),
+        'history', (
+            SELECT jsonb_agg(jsonb_build_object(
+                'event', x.event, 'from_status', x.from_status, 'to_status', x.to_status, 'at', x.at,
+                'stripe_event_id', x.stripe_event_id, 'correlation_id', x.correlation_id
+            ) ORDER BY x.history_id)
+            FROM booking.booking_history AS x
+            WHERE x.booking_id = b.booking_id
+        )
+    )
+    INTO v_result
+    FROM booking.bookings AS b
+    LEFT JOIN LATERAL (
+        SELECT
+            sum(t.amount) FILTER (WHERE t.kind = 'charge') AS paid,
+            sum(t.amount) FILTER (WHERE t.kind = 'refund') AS refunded
+        FROM ledger.transactions AS t
+        WHERE t.booking_id = b.booking_id
+    ) AS l ON true
+    WHERE b.booking_id = p_booking_id;
+    IF v_result IS NULL THEN
+        RAISE EXCEPTION 'booking % not found', p_booking_id USING ERRCODE = 'RB005';
+    END IF;
+    RETURN v_result;
+END;
+$$;
+
+
+ALTER FUNCTION api.get_booking(p_booking_id uuid) OWNER TO booking_owner;
+
+--
+-- Name: FUNCTION get_booking(p_booking_id uuid); Type: COMMENT; Schema: api; Owner: booking_owner
+--
+
+COMMENT ON FUNCTION api.get_booking(p_booking_id uuid) IS 'The booking as JSON: booking_id, status, amount, currency, holder, metadata, holds, payment_intent_id, amount_paid and amount_refunded (from the ledger), expires_at, and history (oldest first: event, from_status, to_status, at, stripe_event_id, correlation_id). RB005 unknown booking.';
 
 
 --
@@ -414,6 +662,147 @@ ALTER FUNCTION api.hold_status(p_hold_id uuid) OWNER TO booking_owner;
 --
 
 COMMENT ON FUNCTION api.hold_status(p_hold_id uuid) IS 'status (live, booked, converted, released, expired: a hold past its deadline is expired whether or not it was swept), quantity, expires_at, seconds_left (for a checkout timer), extensions_left; RB005 unknown hold.';
+
+
+--
+-- Name: idempotency_begin(text, text, text, jsonb, interval, interval); Type: FUNCTION; Schema: api; Owner: booking_owner
+--
+
+CREATE FUNCTION api.idempotency_begin(p_scope text, p_key text, p_principal text, p_request jsonb, p_lock_timeout interval DEFAULT '00:02:00'::interval, p_ttl interval DEFAULT '48:00:00'::interval) RETURNS TABLE(outcome text, response jsonb, response_status integer)
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+    v_fingerprint text;
+    v_row core.idempotency_keys;
+BEGIN
+    PERFORM core.require_text(p_scope, 'p_scope', 100);
+    PERFORM core.require_text(p_key, 'p_key', 255);
+    IF p_principal IS NULL THEN
+        RAISE EXCEPTION 'p_principal must not be NULL (use '''' for none)' USING ERRCODE = '22004';
+    END IF;
+    IF length(p_principal) > 200 THEN
+        RAISE EXCEPTION 'p_principal is % characters long, at most 200 are allowed', length(p_principal)
+            USING ERRCODE = '22001';
+    END IF;
+    PERFORM core.require(p_request, 'p_request');
+    PERFORM core.require_interval(p_lock_timeout, 'p_lock_timeout', interval '1 second', interval '1 day');
+    PERFORM core.require_interval(p_ttl, 'p_ttl', interval '1 minute', interval '90 days');
+    -- jsonb is canonical: key order and whitespace do not change the fingerprint.
+    v_fingerprint := encode(sha256(convert_to(p_request::text, 'UTF8')), 'hex');
+
+    INSERT INTO core.idempotency_keys AS k (scope, principal, key, fingerprint, status, locked_at, expires_at)
+    VALUES (p_scope, p_principal, p_key, v_fingerprint, 'started', clock_timestamp(), clock_timestamp() + p_ttl)
+    ON CONFLICT (scope, principal, key) DO NOTHING;
+    IF FOUND THEN
+        RETURN QUERY SELECT 'started'::text, NULL::jsonb, NULL::int;
+        RETURN;
+    END IF;
+
+    SELECT * INTO v_row FROM core.idempotency_keys AS k
+    WHERE k.scope = p_scope AND k.principal = p_principal AND k.key = p_key
+    FOR UPDATE;
+    IF v_row.expires_at <= clock_timestamp() THEN
+        -- Past its time to live: the key is new again.
+        UPDATE core.idempotency_keys AS k
+        SET fingerprint = v_fingerprint, status = 'started', response = NULL, response_status = NULL,
+            locked_at = clock_timestamp(), attempts = 1, created_at = now(), completed_at = NULL,
+            expires_at = clock_timestamp() + p_ttl
+        WHERE k.scope = p_scope AND k.principal = p_principal AND k.key = p_key;
+        RETURN QUERY SELECT 'started'::text, NULL::jsonb, NULL::int;
+        RETURN;
+    END IF;
+    IF v_row.fingerprint <> v_fingerprint THEN
+        RAISE EXCEPTION 'idempotency key % was used for another request', p_key USING ERRCODE = 'RI001';
+    END IF;
+    IF v_row.status IN ('completed', 'failed') THEN
+        RETURN QUERY SELECT 'replay'::text, v_row.response, v_row.response_status;
+        RETURN;
+    END IF;
+    IF v_row.locked_at > clock_timestamp() - p_lock_timeout THEN
+        RAISE EXCEPTION 'a request with idempotency key % is in progress', p_key
+            USING ERRCODE = 'RI002',
+                  DETAIL = pg_catalog.format('started at %s, taken over after %s', v_row.locked_at, p_lock_timeout);
+    END IF;
+    -- Abandoned (its caller crashed): this caller takes it over.
+    UPDATE core.idempotency_keys AS k
+    SET locked_at = clock_timestamp(), attempts = k.attempts + 1
+    WHERE k.scope = p_scope AND k.principal = p_principal AND k.key = p_key;
+    RETURN QUERY SELECT 'started'::text, NULL::jsonb, NULL::int;
+END;
+$$;
+
+
+ALTER FUNCTION api.idempotency_begin(p_scope text, p_key text, p_principal text, p_request jsonb, p_lock_timeout interval, p_ttl interval) OWNER TO booking_owner;
+
+--
+-- Name: FUNCTION idempotency_begin(p_scope text, p_key text, p_principal text, p_request jsonb, p_lock_timeout interval, p_ttl interval); Type: COMMENT; Schema: api; Owner: booking_owner
+--
+
+COMMENT ON FUNCTION api.idempotency_begin(p_scope text, p_key text, p_principal text, p_request jsonb, p_lock_timeout interval, p_ttl interval) IS 'Starts work under (scope, principal, key): outcome ''started'' (do the work, then complete or fail it) or ''replay'' (return response/response_status as stored). RI001 same key with a different request (checked first); RI002 another caller holds it; a ''started'' key older than p_lock_timeout is taken over. p_principal is never NULL (use '''').';
+
+
+--
+-- Name: idempotency_complete(text, text, text, jsonb, integer); Type: FUNCTION; Schema: api; Owner: booking_owner
+--
+
+CREATE FUNCTION api.idempotency_complete(p_scope text, p_key text, p_principal text, p_response jsonb, p_response_status integer) RETURNS void
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+BEGIN
+    PERFORM core.require(p_response, 'p_response');
+    PERFORM core.require_range(p_response_status, 'p_response_status', 100, 599);
+    PERFORM core.started_idempotency_key(p_scope, p_key, p_principal);
+    UPDATE core.idempotency_keys AS k
+    SET status = 'completed', response = p_response, response_status = p_response_status,
+        completed_at = clock_timestamp()
+    WHERE k.scope = p_scope AND k.principal = p_principal AND k.key = p_key;
+END;
+$$;
+
+
+ALTER FUNCTION api.idempotency_complete(p_scope text, p_key text, p_principal text, p_response jsonb, p_response_status integer) OWNER TO booking_owner;
+
+--
+-- Name: FUNCTION idempotency_complete(p_scope text, p_key text, p_principal text, p_response jsonb, p_response_status integer); Type: COMMENT; Schema: api; Owner: booking_owner
+--
+
+COMMENT ON FUNCTION api.idempotency_complete(p_scope text, p_key text, p_principal text, p_response jsonb, p_response_status integer) IS 'Stores the answer of started work; later begins with the same request replay it. RB005 unknown key, RB002 not in progress.';
+
+
+--
+-- Name: idempotency_fail(text, text, text, text, boolean); Type: FUNCTION; Schema: api; Owner: booking_owner
+--
+
+CREATE FUNCTION api.idempotency_fail(p_scope text, p_key text, p_principal text, p_error text, p_retryable boolean) RETURNS void
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+BEGIN
+    PERFORM core.require_text(p_error, 'p_error', 2000);
+    PERFORM core.require(p_retryable, 'p_retryable');
+    PERFORM core.started_idempotency_key(p_scope, p_key, p_principal);
+    IF p_retryable THEN
+        DELETE FROM core.idempotency_keys AS k
+        WHERE k.scope = p_scope AND k.principal = p_principal AND k.key = p_key;
+    ELSE
+        UPDATE core.idempotency_keys AS k
+        SET status = 'failed', response_status = 422, completed_at = clock_timestamp(),
+            response = jsonb_build_object('error', jsonb_build_object('code', 'failed', 'message', p_error))
+        WHERE k.scope = p_scope AND k.principal = p_principal AND k.key = p_key;
+    END IF;
+END;
+$$;
+
+
+ALTER FUNCTION api.idempotency_fail(p_scope text, p_key text, p_principal text, p_error text, p_retryable boolean) OWNER TO booking_owner;
+
+--
+-- Name: FUNCTION idempotency_fail(p_scope text, p_key text, p_principal text, p_error text, p_retryable boolean); Type: COMMENT; Schema: api; Owner: booking_owner
+--
+
+COMMENT ON FUNCTION api.idempotency_fail(p_scope text, p_key text, p_principal text, p_error text, p_retryable boolean) IS 'Ends started work that failed. Retryable: the key is freed for a retry. Not retryable: stored as the final answer, replayed as {"error": {"code": "failed", "message": p_error}} with status 422.';
 
 
 --
@@ -780,6 +1169,97 @@ $$;
 ALTER FUNCTION booking.add_free(p_inventory_id uuid, p_units integer) OWNER TO booking_owner;
 
 --
+-- Name: after_booking_change(); Type: FUNCTION; Schema: booking; Owner: booking_owner
+--
+
+CREATE FUNCTION booking.after_booking_change() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+-- AFTER INSERT OR UPDATE on booking.bookings: the history row, and what entering a state
+-- implies, in the same transaction (so no path can skip it).
+DECLARE
+    v_correlation_id text := left(current_setting('app.correlation_id', true), 200);
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO booking.booking_history (booking_id, event, from_status, to_status, correlation_id)
+        VALUES (NEW.booking_id, 'created', NULL, NEW.status, v_correlation_id);
+        RETURN NULL;
+    END IF;
+    IF NEW.version = OLD.version THEN
+        RETURN NULL;
+    END IF;
+    INSERT INTO booking.booking_history (
+        booking_id, event, from_status, to_status, stripe_event_id, correlation_id, detail
+    )
+    VALUES (
+        NEW.booking_id, NEW.last_event, OLD.status, NEW.status, NEW.last_stripe_event_id, v_correlation_id,
+        nullif(current_setting('booking.transition_detail', true), '')
+    );
+    IF NEW.status = 'confirmed' AND OLD.status <> 'disputed' THEN
+        PERFORM booking.convert_booked_holds(NEW.booking_id);
+        PERFORM jobs.enqueue(
+            'email.booking_confirmed', jsonb_build_object('booking_id', NEW.booking_id),
+            'email.booking_confirmed:' || NEW.booking_id
+        );
+    ELSIF NEW.status IN ('cancelled', 'refunded') THEN
+        -- Not paid, or all the money went back: the units are for sale again.
+        PERFORM booking.give_back_units(NEW.booking_id);
+    ELSIF NEW.status = 'refund_pending' AND OLD.status <> 'refund_pending' THEN
+        PERFORM booking.give_back_units(NEW.booking_id);
+        PERFORM jobs.enqueue(
+            'stripe.refund', jsonb_build_object('booking_id', NEW.booking_id, 'reason', NEW.last_event),
+            'stripe.refund:' || NEW.booking_id || ':' || NEW.version
+        );
+    END IF;
+    -- 'expired': its holds share its deadline, so they are already dead and not counted;
+    -- the hold sweeper (or a buyer short of units) gives their units back.
+    RETURN NULL;
+END;
+$$;
+
+
+ALTER FUNCTION booking.after_booking_change() OWNER TO booking_owner;
+
+--
+-- Name: apply_event(uuid, text, text, text); Type: FUNCTION; Schema: booking; Owner: booking_owner
+--
+
+CREATE FUNCTION booking.apply_event(p_booking_id uuid, p_event text, p_stripe_event_id text DEFAULT NULL::text, p_detail text DEFAULT NULL::text) RETURNS text
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+-- Moves a booking along the transition for p_event from its current status and returns
+-- the new status; RB004 if no such transition, RB005 unknown booking. The row lock makes
+-- two concurrent events on one booking take turns: the second sees the first's result.
+DECLARE
+    v_status text;
+    v_to text;
+BEGIN
+    SELECT b.status INTO v_status FROM booking.bookings AS b WHERE b.booking_id = p_booking_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'booking % not found', p_booking_id USING ERRCODE = 'RB005';
+    END IF;
+    SELECT t.to_status INTO v_to
+    FROM booking.booking_transitions AS t
+    WHERE t.from_status = v_status AND t.event = p_event;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'booking % is %: % is not allowed', p_booking_id, v_status, p_event
+            USING ERRCODE = 'RB004', HINT = 'Allowed transitions: SELECT * FROM ops.booking_transitions.';
+    END IF;
+    PERFORM set_config('booking.transition_detail', coalesce(left(p_detail, 1000), ''), true);
+    UPDATE booking.bookings
+    SET status = v_to, version = version + 1, last_event = p_event, last_stripe_event_id = p_stripe_event_id
+    WHERE booking_id = p_booking_id;
+    PERFORM set_config('booking.transition_detail', '', true);
+    RETURN v_to;
+END;
+$$;
+
+
+ALTER FUNCTION booking.apply_event(p_booking_id uuid, p_event text, p_stripe_event_id text, p_detail text) OWNER TO booking_owner;
+
+--
 -- Name: bucket_count_for(integer); Type: FUNCTION; Schema: booking; Owner: booking_owner
 --
 
@@ -795,6 +1275,44 @@ $$;
 
 
 ALTER FUNCTION booking.bucket_count_for(p_capacity integer) OWNER TO booking_owner;
+
+--
+-- Name: convert_booked_holds(uuid); Type: FUNCTION; Schema: booking; Owner: booking_owner
+--
+
+CREATE FUNCTION booking.convert_booked_holds(p_booking_id uuid) RETURNS integer
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+-- The booking is paid: its booked holds become converted and their units sold (the units
+-- left 'free' when the hold was placed; now they move from the hold to 'sold').
+DECLARE
+    v_row record;
+    v_units int := 0;
+BEGIN
+    FOR v_row IN
+        WITH converted AS (
+            UPDATE booking.holds AS h
+            SET status = 'converted', ended_at = clock_timestamp()
+            WHERE h.booking_id = p_booking_id AND h.status = 'booked'
+            RETURNING h.inventory_id, h.bucket_no, h.quantity
+        )
+        SELECT c.inventory_id, c.bucket_no, sum(c.quantity)::int AS units
+        FROM converted AS c
+        GROUP BY c.inventory_id, c.bucket_no
+        ORDER BY c.inventory_id, c.bucket_no
+    LOOP
+        UPDATE booking.inventory_buckets
+        SET sold = sold + v_row.units
+        WHERE inventory_id = v_row.inventory_id AND bucket_no = v_row.bucket_no;
+        v_units := v_units + v_row.units;
+    END LOOP;
+    RETURN v_units;
+END;
+$$;
+
+
+ALTER FUNCTION booking.convert_booked_holds(p_booking_id uuid) OWNER TO booking_owner;
 
 --
 -- Name: dead_open_holds(uuid, integer); Type: FUNCTION; Schema: booking; Owner: booking_owner
@@ -856,6 +1374,39 @@ $$;
 
 ALTER FUNCTION booking.end_holds(p_hold_ids uuid[], p_status text) OWNER TO booking_owner;
 
+--
+-- Name: expire_due_bookings(integer); Type: FUNCTION; Schema: booking; Owner: booking_owner
+--
+
+CREATE FUNCTION booking.expire_due_bookings(p_limit integer) RETURNS integer
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+-- Bookings still awaiting payment past their deadline become expired (a later payment can
+-- still confirm them if the units are there).
+DECLARE
+    v_id uuid;
+    v_count int := 0;
+BEGIN
+    FOR v_id IN
+        SELECT b.booking_id
+        FROM booking.bookings AS b
+        WHERE b.status IN ('pending_payment', 'payment_failed')
+          AND b.expires_at <= (SELECT clock_timestamp())
+        ORDER BY b.expires_at
+        LIMIT p_limit
+        FOR UPDATE SKIP LOCKED
+    LOOP
+        PERFORM booking.apply_event(v_id, 'expire');
+        v_count := v_count + 1;
+    END LOOP;
+    RETURN v_count;
+END;
+$$;
+
+
+ALTER FUNCTION booking.expire_due_bookings(p_limit integer) OWNER TO booking_owner;
+
 SET default_tablespace = '';
 
 SET default_table_access_method = heap;
@@ -876,6 +1427,8 @@ CREATE TABLE booking.holds (
     expires_at timestamp with time zone NOT NULL,
     extensions_used integer DEFAULT 0 NOT NULL,
     ended_at timestamp with time zone,
+    booking_id uuid,
+    CONSTRAINT check_holds_booked CHECK (((status <> 'booked'::text) OR (booking_id IS NOT NULL))),
     CONSTRAINT check_holds_ended CHECK (((status = ANY (ARRAY['live'::text, 'booked'::text])) = (ended_at IS NULL))),
     CONSTRAINT check_holds_extensions_used CHECK (((extensions_used >= 0) AND (extensions_used <= 10))),
     CONSTRAINT check_holds_hold_key CHECK (((length(hold_key) >= 1) AND (length(hold_key) <= 255))),
@@ -907,6 +1460,96 @@ $$;
 
 
 ALTER FUNCTION booking.expire_hold_if_dead(p_hold booking.holds) OWNER TO booking_owner;
+
+--
+-- Name: give_back_units(uuid); Type: FUNCTION; Schema: booking; Owner: booking_owner
+--
+
+CREATE FUNCTION booking.give_back_units(p_booking_id uuid) RETURNS integer
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+-- The booking's booked and converted holds are released and their units go back to
+-- 'free' (converted ones leave 'sold'), one bucket at a time in bucket order.
+DECLARE
+    v_row record;
+    v_total int := 0;
+BEGIN
+    FOR v_row IN
+        WITH gone AS (
+            UPDATE booking.holds AS h
+            SET status = 'released', ended_at = clock_timestamp()
+            FROM (
+                SELECT x.hold_id, x.status AS old_status
+                FROM booking.holds AS x
+                WHERE x.booking_id = p_booking_id AND x.status IN ('booked', 'converted')
+                ORDER BY x.hold_id
+                FOR UPDATE
+            ) AS o
+            WHERE h.hold_id = o.hold_id
+            RETURNING h.inventory_id, h.bucket_no, h.quantity, o.old_status
+        )
+        SELECT
+            g.inventory_id, g.bucket_no, sum(g.quantity)::int AS units,
+            coalesce(sum(g.quantity) FILTER (WHERE g.old_status = 'converted'), 0)::int AS unsold
+        FROM gone AS g
+        GROUP BY g.inventory_id, g.bucket_no
+        ORDER BY g.inventory_id, g.bucket_no
+    LOOP
+        UPDATE booking.inventory_buckets
+        SET free = free + v_row.units, sold = sold - v_row.unsold
+        WHERE inventory_id = v_row.inventory_id AND bucket_no = v_row.bucket_no;
+        v_total := v_total + v_row.units;
+    END LOOP;
+    RETURN v_total;
+END;
+$$;
+
+
+ALTER FUNCTION booking.give_back_units(p_booking_id uuid) OWNER TO booking_owner;
+
+--
+-- Name: guard_booking_change(); Type: FUNCTION; Schema: booking; Owner: booking_owner
+--
+
+CREATE FUNCTION booking.guard_booking_change() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+-- BEFORE INSERT OR UPDATE on booking.bookings: RB004 unless the change is a transition
+-- listed in booking.booking_transitions, made with version + 1 and its event.
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        IF NEW.status <> 'pending_payment' OR NEW.version <> 1 OR NEW.last_event <> 'created' THEN
+            RAISE EXCEPTION 'a booking starts as pending_payment' USING ERRCODE = 'RB004';
+        END IF;
+        RETURN NEW;
+    END IF;
+    IF (NEW.booking_id, NEW.holder, NEW.idempotency_key, NEW.request_fingerprint, NEW.amount, NEW.currency,
+        NEW.response, NEW.created_at)
+        IS DISTINCT FROM (OLD.booking_id, OLD.holder, OLD.idempotency_key, OLD.request_fingerprint, OLD.amount,
+                          OLD.currency, OLD.response, OLD.created_at) THEN
+        RAISE EXCEPTION 'booking %: who, what and how much never change', OLD.booking_id USING ERRCODE = 'RB004';
+    END IF;
+    IF NEW.status IS DISTINCT FROM OLD.status OR NEW.version IS DISTINCT FROM OLD.version
+        OR NEW.last_event IS DISTINCT FROM OLD.last_event THEN
+        IF NEW.version IS DISTINCT FROM OLD.version + 1 OR NOT EXISTS (
+            SELECT FROM booking.booking_transitions AS t
+            WHERE t.from_status = OLD.status AND t.event = NEW.last_event AND t.to_status = NEW.status
+        ) THEN
+            RAISE EXCEPTION 'booking % cannot go from % to % on %', OLD.booking_id, OLD.status, NEW.status,
+                coalesce(NEW.last_event, 'no event')
+                USING ERRCODE = 'RB004',
+                      HINT = 'Allowed transitions: SELECT * FROM ops.booking_transitions.';
+        END IF;
+    END IF;
+    NEW.updated_at := now();
+    RETURN NEW;
+END;
+$$;
+
+
+ALTER FUNCTION booking.guard_booking_change() OWNER TO booking_owner;
 
 --
 -- Name: lock_buckets(uuid); Type: FUNCTION; Schema: booking; Owner: booking_owner
@@ -994,13 +1637,17 @@ CREATE FUNCTION booking.sweep_batch(p_batch_size integer) RETURNS jsonb
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
--- One batch, in the caller's transaction: the p_batch_size open holds with the oldest
+-- One batch, in the caller's transaction: bookings awaiting payment past their deadline
+-- become expired (booking rows first, then holds: the lock order everywhere); then the
+-- p_batch_size open holds with the oldest
 -- deadlines already passed are marked expired (rows kept for audit) and their units go
 -- back to their buckets, locked once, in order, at the end.
 DECLARE
+    v_bookings int := booking.expire_due_bookings(p_batch_size);
     v_ids uuid[] := booking.dead_open_holds(NULL, p_batch_size);
 BEGIN
     RETURN jsonb_build_object(
+        'expired_bookings', v_bookings,
         'expired_holds', cardinality(v_ids),
         'units_returned', booking.return_to_buckets(booking.end_holds(v_ids, 'expired'))
     );
@@ -1029,6 +1676,7 @@ DECLARE
     v_batch_started timestamptz;
     v_batch jsonb;
     v_holds int := 0;
+    v_bookings int := 0;
     v_units int := 0;
     v_batches int := 0;
 BEGIN
@@ -1036,18 +1684,19 @@ BEGIN
         v_batch_started := pg_catalog.clock_timestamp();
         v_batch := booking.sweep_batch(p_batch_size);
         COMMIT;
-        EXIT WHEN (v_batch ->> 'expired_holds')::int = 0;
+        EXIT WHEN (v_batch ->> 'expired_holds')::int = 0 AND (v_batch ->> 'expired_bookings')::int = 0;
         v_holds := v_holds + (v_batch ->> 'expired_holds')::int;
+        v_bookings := v_bookings + (v_batch ->> 'expired_bookings')::int;
         v_units := v_units + (v_batch ->> 'units_returned')::int;
         v_batches := v_batches + 1;
-        EXIT WHEN (v_batch ->> 'expired_holds')::int < p_batch_size
+        EXIT WHEN greatest((v_batch ->> 'expired_holds')::int, (v_batch ->> 'expired_bookings')::int) < p_batch_size
             OR pg_catalog.clock_timestamp() - v_started > p_time_budget;
         PERFORM pg_catalog.pg_sleep(
             extract(EPOCH FROM pg_catalog.clock_timestamp() - v_batch_started) * p_pause_ratio
         );
     END LOOP;
     p_result := pg_catalog.jsonb_build_object(
-        'expired_holds', v_holds, 'units_returned', v_units, 'batches', v_batches,
+        'expired_holds', v_holds, 'expired_bookings', v_bookings, 'units_returned', v_units, 'batches', v_batches,
         'ms', round(extract(EPOCH FROM pg_catalog.clock_timestamp() - v_started) * 1000)
     );
 END;
@@ -1212,6 +1861,34 @@ $$;
 ALTER FUNCTION core.prune_cron_history() OWNER TO booking_owner;
 
 --
+-- Name: purge_idempotency_keys(integer); Type: FUNCTION; Schema: core; Owner: booking_owner
+--
+
+CREATE FUNCTION core.purge_idempotency_keys(p_batch_size integer DEFAULT 10000) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+-- Deletes keys past their time to live, one batch (a started key is kept while locked).
+DECLARE
+    v_deleted int;
+BEGIN
+    DELETE FROM core.idempotency_keys
+    WHERE (scope, principal, key) IN (
+        SELECT k.scope, k.principal, k.key FROM core.idempotency_keys AS k
+        WHERE k.expires_at < now()
+        ORDER BY k.expires_at
+        LIMIT p_batch_size
+        FOR UPDATE SKIP LOCKED
+    );
+    GET DIAGNOSTICS v_deleted = ROW_COUNT;
+    RETURN jsonb_build_object('deleted', v_deleted);
+END;
+$$;
+
+
+ALTER FUNCTION core.purge_idempotency_keys(p_batch_size integer) OWNER TO booking_owner;
+
+--
 -- Name: require(anyelement, text); Type: FUNCTION; Schema: core; Owner: booking_owner
 --
 
@@ -1336,6 +2013,62 @@ $$;
 ALTER FUNCTION core.run_cron_job(p_jobname text) OWNER TO booking_owner;
 
 --
+-- Name: idempotency_keys; Type: TABLE; Schema: core; Owner: booking_owner
+--
+
+CREATE TABLE core.idempotency_keys (
+    scope text NOT NULL,
+    principal text NOT NULL,
+    key text NOT NULL,
+    fingerprint text NOT NULL,
+    status text NOT NULL,
+    response jsonb,
+    response_status integer,
+    locked_at timestamp with time zone,
+    attempts integer DEFAULT 1 NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    completed_at timestamp with time zone,
+    expires_at timestamp with time zone NOT NULL,
+    CONSTRAINT check_idempotency_keys_final CHECK (((status = 'started'::text) = (response IS NULL))),
+    CONSTRAINT check_idempotency_keys_key CHECK (((length(key) >= 1) AND (length(key) <= 255))),
+    CONSTRAINT check_idempotency_keys_principal CHECK ((length(principal) <= 200)),
+    CONSTRAINT check_idempotency_keys_response_status CHECK (((response_status >= 100) AND (response_status <= 599))),
+    CONSTRAINT check_idempotency_keys_scope CHECK (((length(scope) >= 1) AND (length(scope) <= 100))),
+    CONSTRAINT check_idempotency_keys_status CHECK ((status = ANY (ARRAY['started'::text, 'completed'::text, 'failed'::text])))
+);
+
+
+ALTER TABLE core.idempotency_keys OWNER TO booking_owner;
+
+--
+-- Name: started_idempotency_key(text, text, text); Type: FUNCTION; Schema: core; Owner: booking_owner
+--
+
+CREATE FUNCTION core.started_idempotency_key(p_scope text, p_key text, p_principal text) RETURNS core.idempotency_keys
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+-- The locked, started key row; RB005 unknown, RB002 not in progress.
+DECLARE
+    v_row core.idempotency_keys;
+BEGIN
+    SELECT * INTO v_row FROM core.idempotency_keys AS k
+    WHERE k.scope = p_scope AND k.principal = p_principal AND k.key = p_key
+    FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'no idempotency key % in scope %', p_key, p_scope USING ERRCODE = 'RB005';
+    END IF;
+    IF v_row.status <> 'started' THEN
+        RAISE EXCEPTION 'idempotency key % is already %', p_key, v_row.status USING ERRCODE = 'RB002';
+    END IF;
+    RETURN v_row;
+END;
+$$;
+
+
+ALTER FUNCTION core.started_idempotency_key(p_scope text, p_key text, p_principal text) OWNER TO booking_owner;
+
+--
 -- Name: sync_cron_jobs(jsonb); Type: FUNCTION; Schema: core; Owner: booking_owner
 --
 
@@ -1388,6 +2121,201 @@ $$;
 
 
 ALTER FUNCTION core.sync_cron_jobs(p_jobs jsonb) OWNER TO booking_owner;
+
+--
+-- Name: enqueue(text, jsonb, text, timestamp with time zone); Type: FUNCTION; Schema: jobs; Owner: booking_owner
+--
+
+CREATE FUNCTION jobs.enqueue(p_kind text, p_payload jsonb, p_dedupe_key text DEFAULT NULL::text, p_run_at timestamp with time zone DEFAULT now()) RETURNS uuid
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+-- Adds a job in the caller's transaction; with a dedupe key, at most one job ever exists
+-- for it and its id is returned again.
+DECLARE
+    v_job_id uuid;
+BEGIN
+    INSERT INTO jobs.jobs (kind, payload, dedupe_key, run_at, correlation_id)
+    VALUES (p_kind, p_payload, p_dedupe_key, p_run_at, left(current_setting('app.correlation_id', true), 200))
+    ON CONFLICT (dedupe_key) DO NOTHING
+    RETURNING job_id INTO v_job_id;
+    IF v_job_id IS NULL THEN
+        SELECT j.job_id INTO v_job_id FROM jobs.jobs AS j WHERE j.dedupe_key = p_dedupe_key;
+    END IF;
+    RETURN v_job_id;
+END;
+$$;
+
+
+ALTER FUNCTION jobs.enqueue(p_kind text, p_payload jsonb, p_dedupe_key text, p_run_at timestamp with time zone) OWNER TO booking_owner;
+
+--
+-- Name: check_balanced(); Type: FUNCTION; Schema: ledger; Owner: booking_owner
+--
+
+CREATE FUNCTION ledger.check_balanced() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+-- Deferred to commit: the transaction of each new line has at least two lines, in its
+-- own currency, summing to zero.
+DECLARE
+    v_bad record;
+BEGIN
+    SELECT t.txn_id, t.currency, count(l.line_id) AS lines, coalesce(sum(l.amount), 0) AS total,
+           count(*) FILTER (WHERE l.currency <> t.currency) AS foreign_lines
+    INTO v_bad
+    FROM ledger.transactions AS t
+    LEFT JOIN ledger.lines AS l ON l.txn_id = t.txn_id
+    WHERE t.txn_id = NEW.txn_id
+    GROUP BY t.txn_id, t.currency;
+    IF v_bad.lines < 2 OR v_bad.total <> 0 OR v_bad.foreign_lines > 0 THEN
+        RAISE EXCEPTION 'ledger transaction % is unbalanced', NEW.txn_id
+            USING ERRCODE = 'RX001',
+                  DETAIL = pg_catalog.format('%s lines summing to %s %s, %s in another currency',
+                                             v_bad.lines, v_bad.total, v_bad.currency, v_bad.foreign_lines);
+    END IF;
+    RETURN NULL;
+END;
+$$;
+
+
+ALTER FUNCTION ledger.check_balanced() OWNER TO booking_owner;
+
+--
+-- Name: post(text, text, uuid, bigint, text, text, text, text); Type: FUNCTION; Schema: ledger; Owner: booking_owner
+--
+
+CREATE FUNCTION ledger.post(p_kind text, p_stripe_object_id text, p_booking_id uuid, p_amount bigint, p_currency text, p_debit text, p_credit text, p_stripe_event_id text DEFAULT NULL::text) RETURNS bigint
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+-- Posts p_amount from p_credit to p_debit, once per (kind, Stripe object): returns the new
+-- transaction id, or NULL when that object was already posted (a concurrent second post
+-- waits for the first to commit, then finds it). RX001 if the earlier posting differs.
+DECLARE
+    v_txn_id bigint;
+    v_existing ledger.transactions;
+BEGIN
+    PERFORM core.require_text(p_stripe_object_id, 'p_stripe_object_id', 255);
+    PERFORM core.require_range(p_amount, 'p_amount', 1, 100000000000);
+    PERFORM core.require(p_currency, 'p_currency');
+    INSERT INTO ledger.transactions (kind, stripe_object_id, booking_id, currency, amount, stripe_event_id, correlation_id)
+    VALUES (p_kind, p_stripe_object_id, p_booking_id, p_currency, p_amount, p_stripe_event_id,
+            left(current_setting('app.correlation_id', true), 200))
+    ON CONFLICT (kind, stripe_object_id) DO NOTHING
+    RETURNING txn_id INTO v_txn_id;
+    IF v_txn_id IS NULL THEN
+        SELECT * INTO v_existing FROM ledger.transactions AS t
+        WHERE t.kind = p_kind AND t.stripe_object_id = p_stripe_object_id;
+        IF (v_existing.amount, v_existing.currency, v_existing.booking_id)
+            IS DISTINCT FROM (p_amount, p_currency, p_booking_id) THEN
+            RAISE EXCEPTION '% % was posted before with other figures', p_kind, p_stripe_object_id
+                USING ERRCODE = 'RX001',
+                      DETAIL = pg_catalog.format('posted %s %s for %s, now %s %s for %s', v_existing.amount,
+                                                 v_existing.currency, v_existing.booking_id, p_amount, p_currency,
+                                                 p_booking_id);
+        END IF;
+        RETURN NULL;
+    END IF;
+    INSERT INTO ledger.lines (txn_id, account, currency, amount)
+    VALUES (v_txn_id, p_debit, p_currency, p_amount), (v_txn_id, p_credit, p_currency, -p_amount);
+    RETURN v_txn_id;
+END;
+$$;
+
+
+ALTER FUNCTION ledger.post(p_kind text, p_stripe_object_id text, p_booking_id uuid, p_amount bigint, p_currency text, p_debit text, p_credit text, p_stripe_event_id text) OWNER TO booking_owner;
+
+--
+-- Name: post_charge(uuid, text, bigint, text, boolean, text); Type: FUNCTION; Schema: ledger; Owner: booking_owner
+--
+
+CREATE FUNCTION ledger.post_charge(p_booking_id uuid, p_payment_intent_id text, p_amount bigint, p_currency text, p_unallocated boolean DEFAULT false, p_stripe_event_id text DEFAULT NULL::text) RETURNS bigint
+    LANGUAGE sql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+    -- Money received for a booking (or, unallocated, money no booking can keep).
+    SELECT ledger.post(
+        'charge', p_payment_intent_id, p_booking_id, p_amount, p_currency, 'cash_at_stripe',
+        CASE WHEN p_unallocated THEN 'unallocated_receipts' ELSE 'booking_revenue' END, p_stripe_event_id
+    );
+$$;
+
+
+ALTER FUNCTION ledger.post_charge(p_booking_id uuid, p_payment_intent_id text, p_amount bigint, p_currency text, p_unallocated boolean, p_stripe_event_id text) OWNER TO booking_owner;
+
+--
+-- Name: post_dispute(uuid, text, bigint, text, text); Type: FUNCTION; Schema: ledger; Owner: booking_owner
+--
+
+CREATE FUNCTION ledger.post_dispute(p_booking_id uuid, p_dispute_id text, p_amount bigint, p_currency text, p_stripe_event_id text DEFAULT NULL::text) RETURNS bigint
+    LANGUAGE sql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+    -- Stripe withdrew the disputed amount.
+    SELECT ledger.post(
+        'dispute', p_dispute_id, p_booking_id, p_amount, p_currency, 'disputed_funds', 'cash_at_stripe',
+        p_stripe_event_id
+    );
+$$;
+
+
+ALTER FUNCTION ledger.post_dispute(p_booking_id uuid, p_dispute_id text, p_amount bigint, p_currency text, p_stripe_event_id text) OWNER TO booking_owner;
+
+--
+-- Name: post_dispute_reversal(uuid, text, bigint, text, text); Type: FUNCTION; Schema: ledger; Owner: booking_owner
+--
+
+CREATE FUNCTION ledger.post_dispute_reversal(p_booking_id uuid, p_dispute_id text, p_amount bigint, p_currency text, p_stripe_event_id text DEFAULT NULL::text) RETURNS bigint
+    LANGUAGE sql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+    -- A won dispute: Stripe gave the amount back.
+    SELECT ledger.post(
+        'dispute_reversal', p_dispute_id, p_booking_id, p_amount, p_currency, 'cash_at_stripe', 'disputed_funds',
+        p_stripe_event_id
+    );
+$$;
+
+
+ALTER FUNCTION ledger.post_dispute_reversal(p_booking_id uuid, p_dispute_id text, p_amount bigint, p_currency text, p_stripe_event_id text) OWNER TO booking_owner;
+
+--
+-- Name: post_refund(uuid, text, bigint, text, boolean, text); Type: FUNCTION; Schema: ledger; Owner: booking_owner
+--
+
+CREATE FUNCTION ledger.post_refund(p_booking_id uuid, p_refund_id text, p_amount bigint, p_currency text, p_unallocated boolean DEFAULT false, p_stripe_event_id text DEFAULT NULL::text) RETURNS bigint
+    LANGUAGE sql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+    -- Money sent back, by refund object.
+    SELECT ledger.post(
+        'refund', p_refund_id, p_booking_id, p_amount, p_currency,
+        CASE WHEN p_unallocated THEN 'unallocated_receipts' ELSE 'booking_revenue' END, 'cash_at_stripe',
+        p_stripe_event_id
+    );
+$$;
+
+
+ALTER FUNCTION ledger.post_refund(p_booking_id uuid, p_refund_id text, p_amount bigint, p_currency text, p_unallocated boolean, p_stripe_event_id text) OWNER TO booking_owner;
+
+--
+-- Name: refuse_change(); Type: FUNCTION; Schema: ledger; Owner: booking_owner
+--
+
+CREATE FUNCTION ledger.refuse_change() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+BEGIN
+    RAISE EXCEPTION 'the ledger is append-only: % on % is refused', TG_OP, TG_TABLE_NAME
+        USING ERRCODE = 'RX001', HINT = 'Correct a posting with a new, opposite transaction.';
+END;
+$$;
+
+
+ALTER FUNCTION ledger.refuse_change() OWNER TO booking_owner;
 
 --
 -- Name: plan(text, text, text); Type: FUNCTION; Schema: migrate; Owner: booking_owner
@@ -1544,6 +2472,100 @@ $$;
 ALTER FUNCTION stripe.retry_delay(p_attempts integer) OWNER TO booking_owner;
 
 --
+-- Name: booking_history; Type: TABLE; Schema: booking; Owner: booking_owner
+--
+
+CREATE TABLE booking.booking_history (
+    history_id bigint NOT NULL,
+    booking_id uuid NOT NULL,
+    event text NOT NULL,
+    from_status text,
+    to_status text NOT NULL,
+    at timestamp with time zone DEFAULT clock_timestamp() NOT NULL,
+    actor text DEFAULT CURRENT_USER NOT NULL,
+    stripe_event_id text,
+    correlation_id text,
+    detail text,
+    CONSTRAINT check_booking_history_detail CHECK ((length(detail) <= 1000))
+);
+
+
+ALTER TABLE booking.booking_history OWNER TO booking_owner;
+
+--
+-- Name: booking_history_history_id_seq; Type: SEQUENCE; Schema: booking; Owner: booking_owner
+--
+
+ALTER TABLE booking.booking_history ALTER COLUMN history_id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME booking.booking_history_history_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
+
+
+--
+-- Name: booking_states; Type: TABLE; Schema: booking; Owner: booking_owner
+--
+
+CREATE TABLE booking.booking_states (
+    status text NOT NULL,
+    description text NOT NULL
+);
+
+
+ALTER TABLE booking.booking_states OWNER TO booking_owner;
+
+--
+-- Name: booking_transitions; Type: TABLE; Schema: booking; Owner: booking_owner
+--
+
+CREATE TABLE booking.booking_transitions (
+    from_status text NOT NULL,
+    event text NOT NULL,
+    to_status text NOT NULL,
+    CONSTRAINT check_booking_transitions_event CHECK ((event ~ '^[a-z_]{1,40}$'::text))
+);
+
+
+ALTER TABLE booking.booking_transitions OWNER TO booking_owner;
+
+--
+-- Name: bookings; Type: TABLE; Schema: booking; Owner: booking_owner
+--
+
+CREATE TABLE booking.bookings (
+    booking_id uuid DEFAULT gen_random_uuid() NOT NULL,
+    holder text NOT NULL,
+    idempotency_key text,
+    request_fingerprint text NOT NULL,
+    status text NOT NULL,
+    version integer DEFAULT 1 NOT NULL,
+    last_event text DEFAULT 'created'::text NOT NULL,
+    last_stripe_event_id text,
+    amount bigint NOT NULL,
+    currency text NOT NULL,
+    metadata jsonb DEFAULT '{}'::jsonb NOT NULL,
+    expires_at timestamp with time zone NOT NULL,
+    payment_intent_id text,
+    payment_intent_status text,
+    response jsonb NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT check_bookings_amount CHECK ((amount >= 0)),
+    CONSTRAINT check_bookings_holder CHECK (((length(holder) >= 1) AND (length(holder) <= 200))),
+    CONSTRAINT check_bookings_idempotency_key CHECK (((length(idempotency_key) >= 1) AND (length(idempotency_key) <= 255))),
+    CONSTRAINT check_bookings_metadata CHECK ((jsonb_typeof(metadata) = 'object'::text)),
+    CONSTRAINT check_bookings_payment_intent_id CHECK (((length(payment_intent_id) >= 1) AND (length(payment_intent_id) <= 255))),
+    CONSTRAINT check_bookings_version CHECK ((version >= 1))
+);
+
+
+ALTER TABLE booking.bookings OWNER TO booking_owner;
+
+--
 -- Name: inventory; Type: TABLE; Schema: booking; Owner: booking_owner
 --
 
@@ -1640,6 +2662,117 @@ CREATE TABLE core.currencies (
 ALTER TABLE core.currencies OWNER TO booking_owner;
 
 --
+-- Name: jobs; Type: TABLE; Schema: jobs; Owner: booking_owner
+--
+
+CREATE TABLE jobs.jobs (
+    job_id uuid DEFAULT gen_random_uuid() NOT NULL,
+    kind text NOT NULL,
+    payload jsonb DEFAULT '{}'::jsonb NOT NULL,
+    dedupe_key text,
+    status text DEFAULT 'queued'::text NOT NULL,
+    run_at timestamp with time zone DEFAULT now() NOT NULL,
+    attempts integer DEFAULT 0 NOT NULL,
+    max_attempts integer DEFAULT 10 NOT NULL,
+    locked_by text,
+    lease_token uuid,
+    lease_expires_at timestamp with time zone,
+    last_error text,
+    errors jsonb DEFAULT '[]'::jsonb NOT NULL,
+    result jsonb,
+    correlation_id text,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    finished_at timestamp with time zone,
+    CONSTRAINT check_jobs_attempts CHECK (((attempts >= 0) AND ((max_attempts >= 1) AND (max_attempts <= 100)))),
+    CONSTRAINT check_jobs_dedupe_key CHECK ((length(dedupe_key) <= 255)),
+    CONSTRAINT check_jobs_kind CHECK ((kind = ANY (ARRAY['email.booking_confirmed'::text, 'stripe.refund'::text, 'stripe.reconcile'::text, 'alert.notify'::text]))),
+    CONSTRAINT check_jobs_payload CHECK ((jsonb_typeof(payload) = 'object'::text)),
+    CONSTRAINT check_jobs_status CHECK ((status = ANY (ARRAY['queued'::text, 'running'::text, 'done'::text, 'failed'::text, 'dead'::text])))
+);
+
+
+ALTER TABLE jobs.jobs OWNER TO booking_owner;
+
+--
+-- Name: accounts; Type: TABLE; Schema: ledger; Owner: booking_owner
+--
+
+CREATE TABLE ledger.accounts (
+    account text NOT NULL,
+    description text NOT NULL,
+    CONSTRAINT check_accounts_account CHECK ((account ~ '^[a-z_]{1,40}$'::text))
+);
+
+
+ALTER TABLE ledger.accounts OWNER TO booking_owner;
+
+--
+-- Name: lines; Type: TABLE; Schema: ledger; Owner: booking_owner
+--
+
+CREATE TABLE ledger.lines (
+    line_id bigint NOT NULL,
+    txn_id bigint NOT NULL,
+    account text NOT NULL,
+    currency text NOT NULL,
+    amount bigint NOT NULL,
+    CONSTRAINT check_lines_amount CHECK ((amount <> 0))
+);
+
+
+ALTER TABLE ledger.lines OWNER TO booking_owner;
+
+--
+-- Name: lines_line_id_seq; Type: SEQUENCE; Schema: ledger; Owner: booking_owner
+--
+
+ALTER TABLE ledger.lines ALTER COLUMN line_id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME ledger.lines_line_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
+
+
+--
+-- Name: transactions; Type: TABLE; Schema: ledger; Owner: booking_owner
+--
+
+CREATE TABLE ledger.transactions (
+    txn_id bigint NOT NULL,
+    kind text NOT NULL,
+    stripe_object_id text NOT NULL,
+    booking_id uuid,
+    currency text NOT NULL,
+    amount bigint NOT NULL,
+    posted_at timestamp with time zone DEFAULT clock_timestamp() NOT NULL,
+    stripe_event_id text,
+    correlation_id text,
+    CONSTRAINT check_transactions_amount CHECK ((amount > 0)),
+    CONSTRAINT check_transactions_kind CHECK ((kind = ANY (ARRAY['charge'::text, 'refund'::text, 'dispute'::text, 'dispute_reversal'::text]))),
+    CONSTRAINT check_transactions_object CHECK (((length(stripe_object_id) >= 1) AND (length(stripe_object_id) <= 255)))
+);
+
+
+ALTER TABLE ledger.transactions OWNER TO booking_owner;
+
+--
+-- Name: transactions_txn_id_seq; Type: SEQUENCE; Schema: ledger; Owner: booking_owner
+--
+
+ALTER TABLE ledger.transactions ALTER COLUMN txn_id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME ledger.transactions_txn_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
+
+
+--
 -- Name: history; Type: TABLE; Schema: migrate; Owner: booking_owner
 --
 
@@ -1662,6 +2795,107 @@ ALTER TABLE migrate.history OWNER TO booking_owner;
 --
 
 COMMENT ON TABLE migrate.history IS 'One row per migration file: versioned files once, repeatables with their last applied checksum.';
+
+
+--
+-- Name: booking_history; Type: VIEW; Schema: ops; Owner: booking_owner
+--
+
+CREATE VIEW ops.booking_history AS
+ SELECT booking_history.booking_id,
+    booking_history.history_id,
+    booking_history.event,
+    booking_history.from_status,
+    booking_history.to_status,
+    booking_history.at,
+    booking_history.actor,
+    booking_history.stripe_event_id,
+    booking_history.correlation_id,
+    booking_history.detail
+   FROM booking.booking_history;
+
+
+ALTER TABLE ops.booking_history OWNER TO booking_owner;
+
+--
+-- Name: VIEW booking_history; Type: COMMENT; Schema: ops; Owner: booking_owner
+--
+
+COMMENT ON VIEW ops.booking_history IS 'Every status change of every booking, with its cause.';
+
+
+--
+-- Name: booking_ledger; Type: VIEW; Schema: ops; Owner: booking_owner
+--
+
+CREATE VIEW ops.booking_ledger AS
+ SELECT transactions.booking_id,
+    transactions.currency,
+    (COALESCE(sum(transactions.amount) FILTER (WHERE (transactions.kind = 'charge'::text)), (0)::numeric))::bigint AS paid,
+    (COALESCE(sum(transactions.amount) FILTER (WHERE (transactions.kind = 'refund'::text)), (0)::numeric))::bigint AS refunded,
+    ((COALESCE(sum(transactions.amount) FILTER (WHERE (transactions.kind = 'dispute'::text)), (0)::numeric) - COALESCE(sum(transactions.amount) FILTER (WHERE (transactions.kind = 'dispute_reversal'::text)), (0)::numeric)))::bigint AS disputed,
+    ((COALESCE(sum(transactions.amount) FILTER (WHERE (transactions.kind = ANY (ARRAY['charge'::text, 'dispute_reversal'::text]))), (0)::numeric) - COALESCE(sum(transactions.amount) FILTER (WHERE (transactions.kind = ANY (ARRAY['refund'::text, 'dispute'::text]))), (0)::numeric)))::bigint AS net
+   FROM ledger.transactions
+  WHERE (transactions.booking_id IS NOT NULL)
+  GROUP BY transactions.booking_id, transactions.currency;
+
+
+ALTER TABLE ops.booking_ledger OWNER TO booking_owner;
+
+--
+-- Name: VIEW booking_ledger; Type: COMMENT; Schema: ops; Owner: booking_owner
+--
+
+COMMENT ON VIEW ops.booking_ledger IS 'Per booking: paid, refunded, disputed (open or lost) and what we keep (net).';
+
+
+--
+-- Name: booking_transitions; Type: VIEW; Schema: ops; Owner: booking_owner
+--
+
+CREATE VIEW ops.booking_transitions AS
+ SELECT booking_transitions.from_status,
+    booking_transitions.event,
+    booking_transitions.to_status
+   FROM booking.booking_transitions
+  ORDER BY booking_transitions.from_status, booking_transitions.event;
+
+
+ALTER TABLE ops.booking_transitions OWNER TO booking_owner;
+
+--
+-- Name: VIEW booking_transitions; Type: COMMENT; Schema: ops; Owner: booking_owner
+--
+
+COMMENT ON VIEW ops.booking_transitions IS 'The booking state machine: every allowed (from_status, event, to_status).';
+
+
+--
+-- Name: bookings; Type: VIEW; Schema: ops; Owner: booking_owner
+--
+
+CREATE VIEW ops.bookings AS
+ SELECT b.booking_id,
+    b.holder,
+    b.status,
+    b.amount,
+    b.currency,
+    b.expires_at,
+    b.payment_intent_id,
+    b.last_event,
+    b.version,
+    b.created_at,
+    b.updated_at
+   FROM booking.bookings b;
+
+
+ALTER TABLE ops.bookings OWNER TO booking_owner;
+
+--
+-- Name: VIEW bookings; Type: COMMENT; Schema: ops; Owner: booking_owner
+--
+
+COMMENT ON VIEW ops.bookings IS 'Every booking and its current status; history in ops.booking_history.';
 
 
 --
@@ -1728,6 +2962,75 @@ ALTER TABLE ops.holds_overview OWNER TO booking_owner;
 --
 
 COMMENT ON VIEW ops.holds_overview IS 'Per inventory: capacity, sold, units in holds before their deadline, units in dead holds not yet swept, the next deadline.';
+
+
+--
+-- Name: jobs_overview; Type: VIEW; Schema: ops; Owner: booking_owner
+--
+
+CREATE VIEW ops.jobs_overview AS
+ SELECT jobs.kind,
+    jobs.status,
+    count(*) AS count,
+    min(jobs.run_at) FILTER (WHERE (jobs.status = ANY (ARRAY['queued'::text, 'failed'::text]))) AS oldest_due_at
+   FROM jobs.jobs
+  GROUP BY jobs.kind, jobs.status;
+
+
+ALTER TABLE ops.jobs_overview OWNER TO booking_owner;
+
+--
+-- Name: VIEW jobs_overview; Type: COMMENT; Schema: ops; Owner: booking_owner
+--
+
+COMMENT ON VIEW ops.jobs_overview IS 'Jobs per kind and status, with the oldest due one.';
+
+
+--
+-- Name: ledger_balances; Type: VIEW; Schema: ops; Owner: booking_owner
+--
+
+CREATE VIEW ops.ledger_balances AS
+ SELECT lines.account,
+    lines.currency,
+    (sum(lines.amount))::bigint AS balance
+   FROM ledger.lines
+  GROUP BY lines.account, lines.currency;
+
+
+ALTER TABLE ops.ledger_balances OWNER TO booking_owner;
+
+--
+-- Name: VIEW ledger_balances; Type: COMMENT; Schema: ops; Owner: booking_owner
+--
+
+COMMENT ON VIEW ops.ledger_balances IS 'Signed balance of each account (debits positive); the balances of each currency sum to zero.';
+
+
+--
+-- Name: ledger_imbalances; Type: VIEW; Schema: ops; Owner: booking_owner
+--
+
+CREATE VIEW ops.ledger_imbalances AS
+ SELECT t.txn_id,
+    t.kind,
+    t.stripe_object_id,
+    t.currency,
+    count(l.line_id) AS lines,
+    (COALESCE(sum(l.amount), (0)::numeric))::bigint AS total
+   FROM (ledger.transactions t
+     LEFT JOIN ledger.lines l ON ((t.txn_id = l.txn_id)))
+  GROUP BY t.txn_id, t.kind, t.stripe_object_id, t.currency
+ HAVING ((count(l.line_id) < 2) OR (COALESCE(sum(l.amount), (0)::numeric) <> (0)::numeric) OR (count(*) FILTER (WHERE (l.currency <> t.currency)) > 0));
+
+
+ALTER TABLE ops.ledger_imbalances OWNER TO booking_owner;
+
+--
+-- Name: VIEW ledger_imbalances; Type: COMMENT; Schema: ops; Owner: booking_owner
+--
+
+COMMENT ON VIEW ops.ledger_imbalances IS 'Always empty: ledger transactions whose lines do not sum to zero.';
 
 
 --
@@ -1844,6 +3147,54 @@ COMMENT ON VIEW ops.stripe_events_dead IS 'Stripe events that ran out of retries
 
 
 --
+-- Name: booking_history booking_history_pkey; Type: CONSTRAINT; Schema: booking; Owner: booking_owner
+--
+
+ALTER TABLE ONLY booking.booking_history
+    ADD CONSTRAINT booking_history_pkey PRIMARY KEY (history_id);
+
+
+--
+-- Name: booking_states booking_states_pkey; Type: CONSTRAINT; Schema: booking; Owner: booking_owner
+--
+
+ALTER TABLE ONLY booking.booking_states
+    ADD CONSTRAINT booking_states_pkey PRIMARY KEY (status);
+
+
+--
+-- Name: booking_transitions booking_transitions_pkey; Type: CONSTRAINT; Schema: booking; Owner: booking_owner
+--
+
+ALTER TABLE ONLY booking.booking_transitions
+    ADD CONSTRAINT booking_transitions_pkey PRIMARY KEY (from_status, event);
+
+
+--
+-- Name: bookings bookings_holder_key; Type: CONSTRAINT; Schema: booking; Owner: booking_owner
+--
+
+ALTER TABLE ONLY booking.bookings
+    ADD CONSTRAINT bookings_holder_key UNIQUE (holder, idempotency_key);
+
+
+--
+-- Name: bookings bookings_payment_intent_key; Type: CONSTRAINT; Schema: booking; Owner: booking_owner
+--
+
+ALTER TABLE ONLY booking.bookings
+    ADD CONSTRAINT bookings_payment_intent_key UNIQUE (payment_intent_id);
+
+
+--
+-- Name: bookings bookings_pkey; Type: CONSTRAINT; Schema: booking; Owner: booking_owner
+--
+
+ALTER TABLE ONLY booking.bookings
+    ADD CONSTRAINT bookings_pkey PRIMARY KEY (booking_id);
+
+
+--
 -- Name: holds holds_pkey; Type: CONSTRAINT; Schema: booking; Owner: booking_owner
 --
 
@@ -1900,6 +3251,62 @@ ALTER TABLE ONLY core.currencies
 
 
 --
+-- Name: idempotency_keys idempotency_keys_pkey; Type: CONSTRAINT; Schema: core; Owner: booking_owner
+--
+
+ALTER TABLE ONLY core.idempotency_keys
+    ADD CONSTRAINT idempotency_keys_pkey PRIMARY KEY (scope, principal, key);
+
+
+--
+-- Name: jobs jobs_dedupe_key; Type: CONSTRAINT; Schema: jobs; Owner: booking_owner
+--
+
+ALTER TABLE ONLY jobs.jobs
+    ADD CONSTRAINT jobs_dedupe_key UNIQUE (dedupe_key);
+
+
+--
+-- Name: jobs jobs_pkey; Type: CONSTRAINT; Schema: jobs; Owner: booking_owner
+--
+
+ALTER TABLE ONLY jobs.jobs
+    ADD CONSTRAINT jobs_pkey PRIMARY KEY (job_id);
+
+
+--
+-- Name: accounts accounts_pkey; Type: CONSTRAINT; Schema: ledger; Owner: booking_owner
+--
+
+ALTER TABLE ONLY ledger.accounts
+    ADD CONSTRAINT accounts_pkey PRIMARY KEY (account);
+
+
+--
+-- Name: lines lines_pkey; Type: CONSTRAINT; Schema: ledger; Owner: booking_owner
+--
+
+ALTER TABLE ONLY ledger.lines
+    ADD CONSTRAINT lines_pkey PRIMARY KEY (line_id);
+
+
+--
+-- Name: transactions transactions_kind_object_key; Type: CONSTRAINT; Schema: ledger; Owner: booking_owner
+--
+
+ALTER TABLE ONLY ledger.transactions
+    ADD CONSTRAINT transactions_kind_object_key UNIQUE (kind, stripe_object_id);
+
+
+--
+-- Name: transactions transactions_pkey; Type: CONSTRAINT; Schema: ledger; Owner: booking_owner
+--
+
+ALTER TABLE ONLY ledger.transactions
+    ADD CONSTRAINT transactions_pkey PRIMARY KEY (txn_id);
+
+
+--
 -- Name: history history_pkey; Type: CONSTRAINT; Schema: migrate; Owner: booking_owner
 --
 
@@ -1913,6 +3320,27 @@ ALTER TABLE ONLY migrate.history
 
 ALTER TABLE ONLY stripe.events
     ADD CONSTRAINT events_pkey PRIMARY KEY (event_id);
+
+
+--
+-- Name: booking_history_booking_idx; Type: INDEX; Schema: booking; Owner: booking_owner
+--
+
+CREATE INDEX booking_history_booking_idx ON booking.booking_history USING btree (booking_id, history_id);
+
+
+--
+-- Name: bookings_open_expiry_idx; Type: INDEX; Schema: booking; Owner: booking_owner
+--
+
+CREATE INDEX bookings_open_expiry_idx ON booking.bookings USING btree (expires_at) WHERE (status = ANY (ARRAY['pending_payment'::text, 'payment_failed'::text]));
+
+
+--
+-- Name: holds_booking_idx; Type: INDEX; Schema: booking; Owner: booking_owner
+--
+
+CREATE INDEX holds_booking_idx ON booking.holds USING btree (booking_id) WHERE (booking_id IS NOT NULL);
 
 
 --
@@ -1944,6 +3372,34 @@ CREATE INDEX holds_open_inventory_deadline_idx ON booking.holds USING btree (inv
 
 
 --
+-- Name: idempotency_keys_expires_idx; Type: INDEX; Schema: core; Owner: booking_owner
+--
+
+CREATE INDEX idempotency_keys_expires_idx ON core.idempotency_keys USING btree (expires_at);
+
+
+--
+-- Name: jobs_due_idx; Type: INDEX; Schema: jobs; Owner: booking_owner
+--
+
+CREATE INDEX jobs_due_idx ON jobs.jobs USING btree (run_at) WHERE (status = ANY (ARRAY['queued'::text, 'failed'::text]));
+
+
+--
+-- Name: lines_txn_idx; Type: INDEX; Schema: ledger; Owner: booking_owner
+--
+
+CREATE INDEX lines_txn_idx ON ledger.lines USING btree (txn_id);
+
+
+--
+-- Name: transactions_booking_idx; Type: INDEX; Schema: ledger; Owner: booking_owner
+--
+
+CREATE INDEX transactions_booking_idx ON ledger.transactions USING btree (booking_id);
+
+
+--
 -- Name: events_received_at_idx; Type: INDEX; Schema: stripe; Owner: booking_owner
 --
 
@@ -1955,6 +3411,102 @@ CREATE INDEX events_received_at_idx ON stripe.events USING btree (received_at);
 --
 
 CREATE INDEX events_retry_due_idx ON stripe.events USING btree (next_attempt_at) WHERE (status = ANY (ARRAY['deferred'::text, 'failed'::text]));
+
+
+--
+-- Name: bookings bookings_after_change; Type: TRIGGER; Schema: booking; Owner: booking_owner
+--
+
+CREATE TRIGGER bookings_after_change AFTER INSERT OR UPDATE ON booking.bookings FOR EACH ROW EXECUTE FUNCTION booking.after_booking_change();
+
+
+--
+-- Name: bookings bookings_guard; Type: TRIGGER; Schema: booking; Owner: booking_owner
+--
+
+CREATE TRIGGER bookings_guard BEFORE INSERT OR UPDATE ON booking.bookings FOR EACH ROW EXECUTE FUNCTION booking.guard_booking_change();
+
+
+--
+-- Name: lines lines_append_only; Type: TRIGGER; Schema: ledger; Owner: booking_owner
+--
+
+CREATE TRIGGER lines_append_only BEFORE DELETE OR UPDATE ON ledger.lines FOR EACH ROW EXECUTE FUNCTION ledger.refuse_change();
+
+
+--
+-- Name: lines lines_balanced; Type: TRIGGER; Schema: ledger; Owner: booking_owner
+--
+
+CREATE CONSTRAINT TRIGGER lines_balanced AFTER INSERT ON ledger.lines DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION ledger.check_balanced();
+
+
+--
+-- Name: lines lines_no_truncate; Type: TRIGGER; Schema: ledger; Owner: booking_owner
+--
+
+CREATE TRIGGER lines_no_truncate BEFORE TRUNCATE ON ledger.lines FOR EACH STATEMENT EXECUTE FUNCTION ledger.refuse_change();
+
+
+--
+-- Name: transactions transactions_append_only; Type: TRIGGER; Schema: ledger; Owner: booking_owner
+--
+
+CREATE TRIGGER transactions_append_only BEFORE DELETE OR UPDATE ON ledger.transactions FOR EACH ROW EXECUTE FUNCTION ledger.refuse_change();
+
+
+--
+-- Name: transactions transactions_balanced; Type: TRIGGER; Schema: ledger; Owner: booking_owner
+--
+
+CREATE CONSTRAINT TRIGGER transactions_balanced AFTER INSERT ON ledger.transactions DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION ledger.check_balanced();
+
+
+--
+-- Name: transactions transactions_no_truncate; Type: TRIGGER; Schema: ledger; Owner: booking_owner
+--
+
+CREATE TRIGGER transactions_no_truncate BEFORE TRUNCATE ON ledger.transactions FOR EACH STATEMENT EXECUTE FUNCTION ledger.refuse_change();
+
+
+--
+-- Name: booking_history booking_history_booking_id_fkey; Type: FK CONSTRAINT; Schema: booking; Owner: booking_owner
+--
+
+ALTER TABLE ONLY booking.booking_history
+    ADD CONSTRAINT booking_history_booking_id_fkey FOREIGN KEY (booking_id) REFERENCES booking.bookings(booking_id);
+
+
+--
+-- Name: booking_transitions booking_transitions_from_status_fkey; Type: FK CONSTRAINT; Schema: booking; Owner: booking_owner
+--
+
+ALTER TABLE ONLY booking.booking_transitions
+    ADD CONSTRAINT booking_transitions_from_status_fkey FOREIGN KEY (from_status) REFERENCES booking.booking_states(status);
+
+
+--
+-- Name: booking_transitions booking_transitions_to_status_fkey; Type: FK CONSTRAINT; Schema: booking; Owner: booking_owner
+--
+
+ALTER TABLE ONLY booking.booking_transitions
+    ADD CONSTRAINT booking_transitions_to_status_fkey FOREIGN KEY (to_status) REFERENCES booking.booking_states(status);
+
+
+--
+-- Name: bookings bookings_currency_fkey; Type: FK CONSTRAINT; Schema: booking; Owner: booking_owner
+--
+
+ALTER TABLE ONLY booking.bookings
+    ADD CONSTRAINT bookings_currency_fkey FOREIGN KEY (currency) REFERENCES core.currencies(code);
+
+
+--
+-- Name: bookings bookings_status_fkey; Type: FK CONSTRAINT; Schema: booking; Owner: booking_owner
+--
+
+ALTER TABLE ONLY booking.bookings
+    ADD CONSTRAINT bookings_status_fkey FOREIGN KEY (status) REFERENCES booking.booking_states(status);
 
 
 --
@@ -1982,6 +3534,38 @@ ALTER TABLE ONLY core.cron_runs
 
 
 --
+-- Name: lines lines_account_fkey; Type: FK CONSTRAINT; Schema: ledger; Owner: booking_owner
+--
+
+ALTER TABLE ONLY ledger.lines
+    ADD CONSTRAINT lines_account_fkey FOREIGN KEY (account) REFERENCES ledger.accounts(account);
+
+
+--
+-- Name: lines lines_currency_fkey; Type: FK CONSTRAINT; Schema: ledger; Owner: booking_owner
+--
+
+ALTER TABLE ONLY ledger.lines
+    ADD CONSTRAINT lines_currency_fkey FOREIGN KEY (currency) REFERENCES core.currencies(code);
+
+
+--
+-- Name: lines lines_txn_id_fkey; Type: FK CONSTRAINT; Schema: ledger; Owner: booking_owner
+--
+
+ALTER TABLE ONLY ledger.lines
+    ADD CONSTRAINT lines_txn_id_fkey FOREIGN KEY (txn_id) REFERENCES ledger.transactions(txn_id);
+
+
+--
+-- Name: transactions transactions_currency_fkey; Type: FK CONSTRAINT; Schema: ledger; Owner: booking_owner
+--
+
+ALTER TABLE ONLY ledger.transactions
+    ADD CONSTRAINT transactions_currency_fkey FOREIGN KEY (currency) REFERENCES core.currencies(code);
+
+
+--
 -- Name: SCHEMA api; Type: ACL; Schema: -; Owner: booking_owner
 --
 
@@ -2004,6 +3588,22 @@ GRANT ALL ON FUNCTION api.availability(p_inventory_id uuid) TO booking_app;
 
 
 --
+-- Name: FUNCTION cancel_booking(p_booking_id uuid, p_reason text); Type: ACL; Schema: api; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION api.cancel_booking(p_booking_id uuid, p_reason text) FROM PUBLIC;
+GRANT ALL ON FUNCTION api.cancel_booking(p_booking_id uuid, p_reason text) TO booking_app;
+
+
+--
+-- Name: FUNCTION create_booking(p_idempotency_key text, p_holder text, p_hold_ids uuid[], p_metadata jsonb); Type: ACL; Schema: api; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION api.create_booking(p_idempotency_key text, p_holder text, p_hold_ids uuid[], p_metadata jsonb) FROM PUBLIC;
+GRANT ALL ON FUNCTION api.create_booking(p_idempotency_key text, p_holder text, p_hold_ids uuid[], p_metadata jsonb) TO booking_app;
+
+
+--
 -- Name: FUNCTION create_inventory(p_sku text, p_capacity integer, p_unit_amount bigint, p_currency text, p_hold_ttl interval, p_extension interval, p_max_extensions integer); Type: ACL; Schema: api; Owner: booking_owner
 --
 
@@ -2020,6 +3620,14 @@ GRANT ALL ON FUNCTION api.extend_hold(p_hold_id uuid) TO booking_app;
 
 
 --
+-- Name: FUNCTION get_booking(p_booking_id uuid); Type: ACL; Schema: api; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION api.get_booking(p_booking_id uuid) FROM PUBLIC;
+GRANT ALL ON FUNCTION api.get_booking(p_booking_id uuid) TO booking_app;
+
+
+--
 -- Name: FUNCTION health(); Type: ACL; Schema: api; Owner: booking_owner
 --
 
@@ -2033,6 +3641,30 @@ GRANT ALL ON FUNCTION api.health() TO booking_app;
 
 REVOKE ALL ON FUNCTION api.hold_status(p_hold_id uuid) FROM PUBLIC;
 GRANT ALL ON FUNCTION api.hold_status(p_hold_id uuid) TO booking_app;
+
+
+--
+-- Name: FUNCTION idempotency_begin(p_scope text, p_key text, p_principal text, p_request jsonb, p_lock_timeout interval, p_ttl interval); Type: ACL; Schema: api; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION api.idempotency_begin(p_scope text, p_key text, p_principal text, p_request jsonb, p_lock_timeout interval, p_ttl interval) FROM PUBLIC;
+GRANT ALL ON FUNCTION api.idempotency_begin(p_scope text, p_key text, p_principal text, p_request jsonb, p_lock_timeout interval, p_ttl interval) TO booking_app;
+
+
+--
+-- Name: FUNCTION idempotency_complete(p_scope text, p_key text, p_principal text, p_response jsonb, p_response_status integer); Type: ACL; Schema: api; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION api.idempotency_complete(p_scope text, p_key text, p_principal text, p_response jsonb, p_response_status integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION api.idempotency_complete(p_scope text, p_key text, p_principal text, p_response jsonb, p_response_status integer) TO booking_app;
+
+
+--
+-- Name: FUNCTION idempotency_fail(p_scope text, p_key text, p_principal text, p_error text, p_retryable boolean); Type: ACL; Schema: api; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION api.idempotency_fail(p_scope text, p_key text, p_principal text, p_error text, p_retryable boolean) FROM PUBLIC;
+GRANT ALL ON FUNCTION api.idempotency_fail(p_scope text, p_key text, p_principal text, p_error text, p_retryable boolean) TO booking_app;
 
 
 --
@@ -2083,10 +3715,31 @@ REVOKE ALL ON FUNCTION booking.add_free(p_inventory_id uuid, p_units integer) FR
 
 
 --
+-- Name: FUNCTION after_booking_change(); Type: ACL; Schema: booking; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION booking.after_booking_change() FROM PUBLIC;
+
+
+--
+-- Name: FUNCTION apply_event(p_booking_id uuid, p_event text, p_stripe_event_id text, p_detail text); Type: ACL; Schema: booking; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION booking.apply_event(p_booking_id uuid, p_event text, p_stripe_event_id text, p_detail text) FROM PUBLIC;
+
+
+--
 -- Name: FUNCTION bucket_count_for(p_capacity integer); Type: ACL; Schema: booking; Owner: booking_owner
 --
 
 REVOKE ALL ON FUNCTION booking.bucket_count_for(p_capacity integer) FROM PUBLIC;
+
+
+--
+-- Name: FUNCTION convert_booked_holds(p_booking_id uuid); Type: ACL; Schema: booking; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION booking.convert_booked_holds(p_booking_id uuid) FROM PUBLIC;
 
 
 --
@@ -2104,10 +3757,31 @@ REVOKE ALL ON FUNCTION booking.end_holds(p_hold_ids uuid[], p_status text) FROM 
 
 
 --
+-- Name: FUNCTION expire_due_bookings(p_limit integer); Type: ACL; Schema: booking; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION booking.expire_due_bookings(p_limit integer) FROM PUBLIC;
+
+
+--
 -- Name: FUNCTION expire_hold_if_dead(p_hold booking.holds); Type: ACL; Schema: booking; Owner: booking_owner
 --
 
 REVOKE ALL ON FUNCTION booking.expire_hold_if_dead(p_hold booking.holds) FROM PUBLIC;
+
+
+--
+-- Name: FUNCTION give_back_units(p_booking_id uuid); Type: ACL; Schema: booking; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION booking.give_back_units(p_booking_id uuid) FROM PUBLIC;
+
+
+--
+-- Name: FUNCTION guard_booking_change(); Type: ACL; Schema: booking; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION booking.guard_booking_change() FROM PUBLIC;
 
 
 --
@@ -2188,6 +3862,13 @@ REVOKE ALL ON FUNCTION core.prune_cron_history() FROM PUBLIC;
 
 
 --
+-- Name: FUNCTION purge_idempotency_keys(p_batch_size integer); Type: ACL; Schema: core; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION core.purge_idempotency_keys(p_batch_size integer) FROM PUBLIC;
+
+
+--
 -- Name: FUNCTION require(p_value anyelement, p_name text); Type: ACL; Schema: core; Owner: booking_owner
 --
 
@@ -2223,10 +3904,73 @@ REVOKE ALL ON FUNCTION core.run_cron_job(p_jobname text) FROM PUBLIC;
 
 
 --
+-- Name: FUNCTION started_idempotency_key(p_scope text, p_key text, p_principal text); Type: ACL; Schema: core; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION core.started_idempotency_key(p_scope text, p_key text, p_principal text) FROM PUBLIC;
+
+
+--
 -- Name: FUNCTION sync_cron_jobs(p_jobs jsonb); Type: ACL; Schema: core; Owner: booking_owner
 --
 
 REVOKE ALL ON FUNCTION core.sync_cron_jobs(p_jobs jsonb) FROM PUBLIC;
+
+
+--
+-- Name: FUNCTION enqueue(p_kind text, p_payload jsonb, p_dedupe_key text, p_run_at timestamp with time zone); Type: ACL; Schema: jobs; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION jobs.enqueue(p_kind text, p_payload jsonb, p_dedupe_key text, p_run_at timestamp with time zone) FROM PUBLIC;
+
+
+--
+-- Name: FUNCTION check_balanced(); Type: ACL; Schema: ledger; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION ledger.check_balanced() FROM PUBLIC;
+
+
+--
+-- Name: FUNCTION post(p_kind text, p_stripe_object_id text, p_booking_id uuid, p_amount bigint, p_currency text, p_debit text, p_credit text, p_stripe_event_id text); Type: ACL; Schema: ledger; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION ledger.post(p_kind text, p_stripe_object_id text, p_booking_id uuid, p_amount bigint, p_currency text, p_debit text, p_credit text, p_stripe_event_id text) FROM PUBLIC;
+
+
+--
+-- Name: FUNCTION post_charge(p_booking_id uuid, p_payment_intent_id text, p_amount bigint, p_currency text, p_unallocated boolean, p_stripe_event_id text); Type: ACL; Schema: ledger; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION ledger.post_charge(p_booking_id uuid, p_payment_intent_id text, p_amount bigint, p_currency text, p_unallocated boolean, p_stripe_event_id text) FROM PUBLIC;
+
+
+--
+-- Name: FUNCTION post_dispute(p_booking_id uuid, p_dispute_id text, p_amount bigint, p_currency text, p_stripe_event_id text); Type: ACL; Schema: ledger; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION ledger.post_dispute(p_booking_id uuid, p_dispute_id text, p_amount bigint, p_currency text, p_stripe_event_id text) FROM PUBLIC;
+
+
+--
+-- Name: FUNCTION post_dispute_reversal(p_booking_id uuid, p_dispute_id text, p_amount bigint, p_currency text, p_stripe_event_id text); Type: ACL; Schema: ledger; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION ledger.post_dispute_reversal(p_booking_id uuid, p_dispute_id text, p_amount bigint, p_currency text, p_stripe_event_id text) FROM PUBLIC;
+
+
+--
+-- Name: FUNCTION post_refund(p_booking_id uuid, p_refund_id text, p_amount bigint, p_currency text, p_unallocated boolean, p_stripe_event_id text); Type: ACL; Schema: ledger; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION ledger.post_refund(p_booking_id uuid, p_refund_id text, p_amount bigint, p_currency text, p_unallocated boolean, p_stripe_event_id text) FROM PUBLIC;
+
+
+--
+-- Name: FUNCTION refuse_change(); Type: ACL; Schema: ledger; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION ledger.refuse_change() FROM PUBLIC;
 
 
 --
@@ -2279,6 +4023,34 @@ REVOKE ALL ON FUNCTION stripe.retry_delay(p_attempts integer) FROM PUBLIC;
 
 
 --
+-- Name: TABLE booking_history; Type: ACL; Schema: ops; Owner: booking_owner
+--
+
+GRANT SELECT ON TABLE ops.booking_history TO booking_ops;
+
+
+--
+-- Name: TABLE booking_ledger; Type: ACL; Schema: ops; Owner: booking_owner
+--
+
+GRANT SELECT ON TABLE ops.booking_ledger TO booking_ops;
+
+
+--
+-- Name: TABLE booking_transitions; Type: ACL; Schema: ops; Owner: booking_owner
+--
+
+GRANT SELECT ON TABLE ops.booking_transitions TO booking_ops;
+
+
+--
+-- Name: TABLE bookings; Type: ACL; Schema: ops; Owner: booking_owner
+--
+
+GRANT SELECT ON TABLE ops.bookings TO booking_ops;
+
+
+--
 -- Name: TABLE cron_jobs; Type: ACL; Schema: ops; Owner: booking_owner
 --
 
@@ -2290,6 +4062,27 @@ GRANT SELECT ON TABLE ops.cron_jobs TO booking_ops;
 --
 
 GRANT SELECT ON TABLE ops.holds_overview TO booking_ops;
+
+
+--
+-- Name: TABLE jobs_overview; Type: ACL; Schema: ops; Owner: booking_owner
+--
+
+GRANT SELECT ON TABLE ops.jobs_overview TO booking_ops;
+
+
+--
+-- Name: TABLE ledger_balances; Type: ACL; Schema: ops; Owner: booking_owner
+--
+
+GRANT SELECT ON TABLE ops.ledger_balances TO booking_ops;
+
+
+--
+-- Name: TABLE ledger_imbalances; Type: ACL; Schema: ops; Owner: booking_owner
+--
+
+GRANT SELECT ON TABLE ops.ledger_imbalances TO booking_ops;
 
 
 --
@@ -2329,4 +4122,5 @@ ALTER DEFAULT PRIVILEGES FOR ROLE booking_owner REVOKE ALL ON FUNCTIONS  FROM PU
 -- pg_cron jobs
 -- booking-prune-cron-history | 17 * * * * | SELECT core.run_cron_job('booking-prune-cron-history')
 -- booking-purge-holds | 41 3 * * * | SELECT core.run_cron_job('booking-purge-holds')
+-- booking-purge-idempotency-keys | 23 * * * * | SELECT core.run_cron_job('booking-purge-idempotency-keys')
 -- booking-sweep-holds | * * * * * | CALL booking.sweep_holds_cron()

@@ -18,6 +18,13 @@ SELECT core.sync_cron_jobs($jobs$[
     "max_silence": "2 days"
   },
   {
+    "jobname": "booking-purge-idempotency-keys",
+    "schedule": "23 * * * *",
+    "job_function": "core.purge_idempotency_keys",
+    "description": "Deletes idempotency keys past their time to live, 10k a run.",
+    "max_silence": "2 hours"
+  },
+  {
     "jobname": "booking-prune-cron-history",
     "schedule": "17 * * * *",
     "job_function": "core.prune_cron_history",

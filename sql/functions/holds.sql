@@ -584,13 +584,17 @@ LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
--- One batch, in the caller's transaction: the p_batch_size open holds with the oldest
+-- One batch, in the caller's transaction: bookings awaiting payment past their deadline
+-- become expired (booking rows first, then holds: the lock order everywhere); then the
+-- p_batch_size open holds with the oldest
 -- deadlines already passed are marked expired (rows kept for audit) and their units go
 -- back to their buckets, locked once, in order, at the end.
 DECLARE
+    v_bookings int := booking.expire_due_bookings(p_batch_size);
     v_ids uuid[] := booking.dead_open_holds(NULL, p_batch_size);
 BEGIN
     RETURN jsonb_build_object(
+        'expired_bookings', v_bookings,
         'expired_holds', cardinality(v_ids),
         'units_returned', booking.return_to_buckets(booking.end_holds(v_ids, 'expired'))
     );
@@ -617,6 +621,7 @@ DECLARE
     v_batch_started timestamptz;
     v_batch jsonb;
     v_holds int := 0;
+    v_bookings int := 0;
     v_units int := 0;
     v_batches int := 0;
 BEGIN
@@ -624,18 +629,19 @@ BEGIN
         v_batch_started := pg_catalog.clock_timestamp();
         v_batch := booking.sweep_batch(p_batch_size);
         COMMIT;
-        EXIT WHEN (v_batch ->> 'expired_holds')::int = 0;
+        EXIT WHEN (v_batch ->> 'expired_holds')::int = 0 AND (v_batch ->> 'expired_bookings')::int = 0;
         v_holds := v_holds + (v_batch ->> 'expired_holds')::int;
+        v_bookings := v_bookings + (v_batch ->> 'expired_bookings')::int;
         v_units := v_units + (v_batch ->> 'units_returned')::int;
         v_batches := v_batches + 1;
-        EXIT WHEN (v_batch ->> 'expired_holds')::int < p_batch_size
+        EXIT WHEN greatest((v_batch ->> 'expired_holds')::int, (v_batch ->> 'expired_bookings')::int) < p_batch_size
             OR pg_catalog.clock_timestamp() - v_started > p_time_budget;
         PERFORM pg_catalog.pg_sleep(
             extract(EPOCH FROM pg_catalog.clock_timestamp() - v_batch_started) * p_pause_ratio
         );
     END LOOP;
     p_result := pg_catalog.jsonb_build_object(
-        'expired_holds', v_holds, 'units_returned', v_units, 'batches', v_batches,
+        'expired_holds', v_holds, 'expired_bookings', v_bookings, 'units_returned', v_units, 'batches', v_batches,
         'ms', round(extract(EPOCH FROM pg_catalog.clock_timestamp() - v_started) * 1000)
     );
 END;

@@ -90,3 +90,96 @@ WHERE
     OR bucket_free + sold + live_held + expired_unswept != capacity;
 COMMENT ON VIEW ops.oversold_inventory IS
 'Always empty: inventories sold or held beyond capacity, or whose units do not add up.';
+
+CREATE OR REPLACE VIEW ops.booking_transitions AS
+SELECT
+    from_status,
+    event,
+    to_status
+FROM booking.booking_transitions
+ORDER BY from_status, event;
+COMMENT ON VIEW ops.booking_transitions IS 'The booking state machine: every allowed (from_status, event, to_status).';
+
+CREATE OR REPLACE VIEW ops.bookings AS
+SELECT
+    b.booking_id,
+    b.holder,
+    b.status,
+    b.amount,
+    b.currency,
+    b.expires_at,
+    b.payment_intent_id,
+    b.last_event,
+    b.version,
+    b.created_at,
+    b.updated_at
+FROM booking.bookings AS b;
+COMMENT ON VIEW ops.bookings IS 'Every booking and its current status; history in ops.booking_history.';
+
+CREATE OR REPLACE VIEW ops.booking_history AS
+SELECT
+    booking_id,
+    history_id,
+    event,
+    from_status,
+    to_status,
+    at,
+    actor,
+    stripe_event_id,
+    correlation_id,
+    detail
+FROM booking.booking_history;
+COMMENT ON VIEW ops.booking_history IS 'Every status change of every booking, with its cause.';
+
+CREATE OR REPLACE VIEW ops.ledger_balances AS
+SELECT
+    account,
+    currency,
+    sum(amount)::bigint AS balance
+FROM ledger.lines
+GROUP BY account, currency;
+COMMENT ON VIEW ops.ledger_balances IS
+'Signed balance of each account (debits positive); the balances of each currency sum to zero.';
+
+CREATE OR REPLACE VIEW ops.booking_ledger AS
+SELECT
+    booking_id,
+    currency,
+    coalesce(sum(amount) FILTER (WHERE kind = 'charge'), 0)::bigint AS paid,
+    coalesce(sum(amount) FILTER (WHERE kind = 'refund'), 0)::bigint AS refunded,
+    (coalesce(sum(amount) FILTER (WHERE kind = 'dispute'), 0)
+    - coalesce(sum(amount) FILTER (WHERE kind = 'dispute_reversal'), 0))::bigint AS disputed,
+    (coalesce(sum(amount) FILTER (WHERE kind IN ('charge', 'dispute_reversal')), 0)
+    - coalesce(sum(amount) FILTER (WHERE kind IN ('refund', 'dispute')), 0))::bigint AS net
+FROM ledger.transactions
+WHERE booking_id IS NOT NULL
+GROUP BY booking_id, currency;
+COMMENT ON VIEW ops.booking_ledger IS 'Per booking: paid, refunded, disputed (open or lost) and what we keep (net).';
+
+-- Always empty: a row is a ledger transaction whose lines do not balance.
+CREATE OR REPLACE VIEW ops.ledger_imbalances AS
+SELECT
+    t.txn_id,
+    t.kind,
+    t.stripe_object_id,
+    t.currency,
+    count(l.line_id) AS lines,
+    coalesce(sum(l.amount), 0)::bigint AS total
+FROM ledger.transactions AS t
+LEFT JOIN ledger.lines AS l ON t.txn_id = l.txn_id
+GROUP BY t.txn_id, t.kind, t.stripe_object_id, t.currency
+HAVING
+    count(l.line_id) < 2
+    OR coalesce(sum(l.amount), 0) != 0
+    OR count(*) FILTER (WHERE l.currency != t.currency) > 0;
+COMMENT ON VIEW ops.ledger_imbalances IS 'Always empty: ledger transactions whose lines do not sum to zero.';
+
+CREATE OR REPLACE VIEW ops.jobs_overview AS
+SELECT
+    kind,
+    status,
+    count(*) AS count,
+    min(run_at) FILTER (WHERE status IN ('queued', 'failed')) AS oldest_due_at
+FROM jobs.jobs
+GROUP BY kind, status;
+COMMENT ON VIEW ops.jobs_overview IS 'Jobs per kind and status, with the oldest due one.';

@@ -31,6 +31,12 @@ def bench_cluster():
 
 def pgbench(url: str, script: str, clients: int, seconds: int, *, defines: dict[str, str] | None = None) -> float:
     """Runs a pgbench custom script; returns transactions per second."""
+    return pgbench_run(url, script, clients, seconds, defines=defines)[0]
+
+
+def pgbench_run(url: str, script: str, clients: int, seconds: int, *,
+                defines: dict[str, str] | None = None) -> tuple[float, float]:
+    """Runs a pgbench custom script; returns (transactions per second, mean latency in ms)."""
     u = urlparse(url)
     with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as f:
         f.write(script)
@@ -44,10 +50,11 @@ def pgbench(url: str, script: str, clients: int, seconds: int, *, defines: dict[
         if out.returncode != 0:
             raise RuntimeError(f"pgbench failed: {out.stderr[-2000:]}")
         match = re.search(r"tps = ([0-9.]+) \(without initial connection time\)", out.stdout)
+        latency = re.search(r"latency average = ([0-9.]+) ms", out.stdout)
         failed = re.search(r"number of failed transactions: (\d+)", out.stdout)
         if failed and int(failed.group(1)):
             raise RuntimeError(f"pgbench: {failed.group(1)} failed transactions")
-        return float(match.group(1))
+        return float(match.group(1)), float(latency.group(1))
     finally:
         os.unlink(path)
 

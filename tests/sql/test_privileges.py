@@ -7,7 +7,7 @@ import pytest
 
 from tests.pg import connect
 
-OUR_SCHEMAS = ("api", "ops", "core", "stripe", "booking", "migrate")
+OUR_SCHEMAS = ("api", "ops", "core", "stripe", "booking", "ledger", "jobs", "migrate")
 
 
 def test_every_api_function_is_hardened(db):

@@ -1,0 +1,420 @@
+-- Bookings and their state machine (contract: "Bookings"). Transitions are rows of
+-- booking.booking_transitions; the guard trigger refuses any other change of status,
+-- whoever makes it, and the history trigger records every change.
+
+CREATE OR REPLACE FUNCTION booking.guard_booking_change()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+-- BEFORE INSERT OR UPDATE on booking.bookings: RB004 unless the change is a transition
+-- listed in booking.booking_transitions, made with version + 1 and its event.
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        IF NEW.status <> 'pending_payment' OR NEW.version <> 1 OR NEW.last_event <> 'created' THEN
+            RAISE EXCEPTION 'a booking starts as pending_payment' USING ERRCODE = 'RB004';
+        END IF;
+        RETURN NEW;
+    END IF;
+    IF (NEW.booking_id, NEW.holder, NEW.idempotency_key, NEW.request_fingerprint, NEW.amount, NEW.currency,
+        NEW.response, NEW.created_at)
+        IS DISTINCT FROM (OLD.booking_id, OLD.holder, OLD.idempotency_key, OLD.request_fingerprint, OLD.amount,
+                          OLD.currency, OLD.response, OLD.created_at) THEN
+        RAISE EXCEPTION 'booking %: who, what and how much never change', OLD.booking_id USING ERRCODE = 'RB004';
+    END IF;
+    IF NEW.status IS DISTINCT FROM OLD.status OR NEW.version IS DISTINCT FROM OLD.version
+        OR NEW.last_event IS DISTINCT FROM OLD.last_event THEN
+        IF NEW.version IS DISTINCT FROM OLD.version + 1 OR NOT EXISTS (
+            SELECT FROM booking.booking_transitions AS t
+            WHERE t.from_status = OLD.status AND t.event = NEW.last_event AND t.to_status = NEW.status
+        ) THEN
+            RAISE EXCEPTION 'booking % cannot go from % to % on %', OLD.booking_id, OLD.status, NEW.status,
+                coalesce(NEW.last_event, 'no event')
+                USING ERRCODE = 'RB004',
+                      HINT = 'Allowed transitions: SELECT * FROM ops.booking_transitions.';
+        END IF;
+    END IF;
+    NEW.updated_at := now();
+    RETURN NEW;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION booking.after_booking_change()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+-- AFTER INSERT OR UPDATE on booking.bookings: the history row, and what entering a state
+-- implies, in the same transaction (so no path can skip it).
+DECLARE
+    v_correlation_id text := left(current_setting('app.correlation_id', true), 200);
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO booking.booking_history (booking_id, event, from_status, to_status, correlation_id)
+        VALUES (NEW.booking_id, 'created', NULL, NEW.status, v_correlation_id);
+        RETURN NULL;
+    END IF;
+    IF NEW.version = OLD.version THEN
+        RETURN NULL;
+    END IF;
+    INSERT INTO booking.booking_history (
+        booking_id, event, from_status, to_status, stripe_event_id, correlation_id, detail
+    )
+    VALUES (
+        NEW.booking_id, NEW.last_event, OLD.status, NEW.status, NEW.last_stripe_event_id, v_correlation_id,
+        nullif(current_setting('booking.transition_detail', true), '')
+    );
+    IF NEW.status = 'confirmed' AND OLD.status <> 'disputed' THEN
+        PERFORM booking.convert_booked_holds(NEW.booking_id);
+        PERFORM jobs.enqueue(
+            'email.booking_confirmed', jsonb_build_object('booking_id', NEW.booking_id),
+            'email.booking_confirmed:' || NEW.booking_id
+        );
+    ELSIF NEW.status IN ('cancelled', 'refunded') THEN
+        -- Not paid, or all the money went back: the units are for sale again.
+        PERFORM booking.give_back_units(NEW.booking_id);
+    ELSIF NEW.status = 'refund_pending' AND OLD.status <> 'refund_pending' THEN
+        PERFORM booking.give_back_units(NEW.booking_id);
+        PERFORM jobs.enqueue(
+            'stripe.refund', jsonb_build_object('booking_id', NEW.booking_id, 'reason', NEW.last_event),
+            'stripe.refund:' || NEW.booking_id || ':' || NEW.version
+        );
+    END IF;
+    -- 'expired': its holds share its deadline, so they are already dead and not counted;
+    -- the hold sweeper (or a buyer short of units) gives their units back.
+    RETURN NULL;
+END;
+$$;
+
+DROP TRIGGER IF EXISTS bookings_guard ON booking.bookings;
+CREATE TRIGGER bookings_guard BEFORE INSERT OR UPDATE ON booking.bookings
+FOR EACH ROW EXECUTE FUNCTION booking.guard_booking_change();
+DROP TRIGGER IF EXISTS bookings_after_change ON booking.bookings;
+CREATE TRIGGER bookings_after_change AFTER INSERT OR UPDATE ON booking.bookings
+FOR EACH ROW EXECUTE FUNCTION booking.after_booking_change();
+
+CREATE OR REPLACE FUNCTION booking.convert_booked_holds(p_booking_id uuid)
+RETURNS int
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+-- The booking is paid: its booked holds become converted and their units sold (the units
+-- left 'free' when the hold was placed; now they move from the hold to 'sold').
+DECLARE
+    v_row record;
+    v_units int := 0;
+BEGIN
+    FOR v_row IN
+        WITH converted AS (
+            UPDATE booking.holds AS h
+            SET status = 'converted', ended_at = clock_timestamp()
+            WHERE h.booking_id = p_booking_id AND h.status = 'booked'
+            RETURNING h.inventory_id, h.bucket_no, h.quantity
+        )
+        SELECT c.inventory_id, c.bucket_no, sum(c.quantity)::int AS units
+        FROM converted AS c
+        GROUP BY c.inventory_id, c.bucket_no
+        ORDER BY c.inventory_id, c.bucket_no
+    LOOP
+        UPDATE booking.inventory_buckets
+        SET sold = sold + v_row.units
+        WHERE inventory_id = v_row.inventory_id AND bucket_no = v_row.bucket_no;
+        v_units := v_units + v_row.units;
+    END LOOP;
+    RETURN v_units;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION booking.give_back_units(p_booking_id uuid)
+RETURNS int
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+-- The booking's booked and converted holds are released and their units go back to
+-- 'free' (converted ones leave 'sold'), one bucket at a time in bucket order.
+DECLARE
+    v_row record;
+    v_total int := 0;
+BEGIN
+    FOR v_row IN
+        WITH gone AS (
+            UPDATE booking.holds AS h
+            SET status = 'released', ended_at = clock_timestamp()
+            FROM (
+                SELECT x.hold_id, x.status AS old_status
+                FROM booking.holds AS x
+                WHERE x.booking_id = p_booking_id AND x.status IN ('booked', 'converted')
+                ORDER BY x.hold_id
+                FOR UPDATE
+            ) AS o
+            WHERE h.hold_id = o.hold_id
+            RETURNING h.inventory_id, h.bucket_no, h.quantity, o.old_status
+        )
+        SELECT
+            g.inventory_id, g.bucket_no, sum(g.quantity)::int AS units,
+            coalesce(sum(g.quantity) FILTER (WHERE g.old_status = 'converted'), 0)::int AS unsold
+        FROM gone AS g
+        GROUP BY g.inventory_id, g.bucket_no
+        ORDER BY g.inventory_id, g.bucket_no
+    LOOP
+        UPDATE booking.inventory_buckets
+        SET free = free + v_row.units, sold = sold - v_row.unsold
+        WHERE inventory_id = v_row.inventory_id AND bucket_no = v_row.bucket_no;
+        v_total := v_total + v_row.units;
+    END LOOP;
+    RETURN v_total;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION booking.apply_event(
+    p_booking_id uuid, p_event text, p_stripe_event_id text DEFAULT NULL, p_detail text DEFAULT NULL
+)
+RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+-- Moves a booking along the transition for p_event from its current status and returns
+-- the new status; RB004 if no such transition, RB005 unknown booking. The row lock makes
+-- two concurrent events on one booking take turns: the second sees the first's result.
+DECLARE
+    v_status text;
+    v_to text;
+BEGIN
+    SELECT b.status INTO v_status FROM booking.bookings AS b WHERE b.booking_id = p_booking_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'booking % not found', p_booking_id USING ERRCODE = 'RB005';
+    END IF;
+    SELECT t.to_status INTO v_to
+    FROM booking.booking_transitions AS t
+    WHERE t.from_status = v_status AND t.event = p_event;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'booking % is %: % is not allowed', p_booking_id, v_status, p_event
+            USING ERRCODE = 'RB004', HINT = 'Allowed transitions: SELECT * FROM ops.booking_transitions.';
+    END IF;
+    PERFORM set_config('booking.transition_detail', coalesce(left(p_detail, 1000), ''), true);
+    UPDATE booking.bookings
+    SET status = v_to, version = version + 1, last_event = p_event, last_stripe_event_id = p_stripe_event_id
+    WHERE booking_id = p_booking_id;
+    PERFORM set_config('booking.transition_detail', '', true);
+    RETURN v_to;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION booking.expire_due_bookings(p_limit int)
+RETURNS int
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+-- Bookings still awaiting payment past their deadline become expired (a later payment can
+-- still confirm them if the units are there).
+DECLARE
+    v_id uuid;
+    v_count int := 0;
+BEGIN
+    FOR v_id IN
+        SELECT b.booking_id
+        FROM booking.bookings AS b
+        WHERE b.status IN ('pending_payment', 'payment_failed')
+          AND b.expires_at <= (SELECT clock_timestamp())
+        ORDER BY b.expires_at
+        LIMIT p_limit
+        FOR UPDATE SKIP LOCKED
+    LOOP
+        PERFORM booking.apply_event(v_id, 'expire');
+        v_count := v_count + 1;
+    END LOOP;
+    RETURN v_count;
+END;
+$$;
+
+-- ---------------------------------------------------------------------------------------
+-- api
+
+CREATE OR REPLACE FUNCTION api.create_booking(
+    p_idempotency_key text, p_holder text, p_hold_ids uuid[], p_metadata jsonb DEFAULT '{}'
+)
+RETURNS jsonb
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
+AS $$
+DECLARE
+    v_hold_ids uuid[];
+    v_fingerprint text;
+    v_existing booking.bookings;
+    v_holds record;
+    v_booking_id uuid := gen_random_uuid();
+    v_response jsonb;
+BEGIN
+    IF p_idempotency_key IS NOT NULL THEN
+        PERFORM core.require_text(p_idempotency_key, 'p_idempotency_key', 255);
+    END IF;
+    PERFORM core.require_text(p_holder, 'p_holder', 200);
+    PERFORM core.require(p_hold_ids, 'p_hold_ids');
+    IF cardinality(p_hold_ids) NOT BETWEEN 1 AND 50 THEN
+        RAISE EXCEPTION 'p_hold_ids must name 1 to 50 holds, got %', cardinality(p_hold_ids) USING ERRCODE = '22023';
+    END IF;
+    IF array_position(p_hold_ids, NULL) IS NOT NULL THEN
+        RAISE EXCEPTION 'p_hold_ids must not contain NULL' USING ERRCODE = '22004';
+    END IF;
+    SELECT array_agg(DISTINCT x ORDER BY x) INTO v_hold_ids FROM unnest(p_hold_ids) AS x;
+    IF cardinality(v_hold_ids) <> cardinality(p_hold_ids) THEN
+        RAISE EXCEPTION 'p_hold_ids names a hold twice' USING ERRCODE = '22023';
+    END IF;
+    PERFORM core.require(p_metadata, 'p_metadata');
+    IF jsonb_typeof(p_metadata) <> 'object' THEN
+        RAISE EXCEPTION 'p_metadata must be a JSON object' USING ERRCODE = '22023';
+    END IF;
+    IF octet_length(p_metadata::text) > 8192 THEN
+        RAISE EXCEPTION 'p_metadata is % bytes, at most 8192 are allowed', octet_length(p_metadata::text)
+            USING ERRCODE = '22001';
+    END IF;
+
+    -- The request, canonical (jsonb orders keys; the holds as a sorted set).
+    v_fingerprint := encode(sha256(convert_to(
+        jsonb_build_object('holder', p_holder, 'hold_ids', to_jsonb(v_hold_ids), 'metadata', p_metadata)::text,
+        'UTF8'
+    )), 'hex');
+    IF p_idempotency_key IS NOT NULL THEN
+        -- One request per (holder, key) at a time; the second waits, then replays.
+        PERFORM pg_advisory_xact_lock(hashtextextended('booking' || E'\n' || p_holder || E'\n' || p_idempotency_key, 7262));
+        SELECT * INTO v_existing FROM booking.bookings AS b
+        WHERE b.holder = p_holder AND b.idempotency_key = p_idempotency_key;
+        IF FOUND THEN
+            IF v_existing.request_fingerprint <> v_fingerprint THEN
+                RAISE EXCEPTION 'idempotency key % was used for another request', p_idempotency_key
+                    USING ERRCODE = 'RI001', DETAIL = pg_catalog.format('booking %s', v_existing.booking_id);
+            END IF;
+            RETURN v_existing.response;
+        END IF;
+    END IF;
+
+    -- The holds, locked in id order; each must be live, unexpired and the holder's.
+    SELECT
+        count(*) AS n,
+        count(*) FILTER (WHERE h.holder <> p_holder) AS not_theirs,
+        count(*) FILTER (WHERE h.status <> 'live' OR h.expires_at <= clock_timestamp()) AS not_live,
+        count(DISTINCT i.currency) AS currencies,
+        min(i.currency) AS currency,
+        sum(h.quantity::bigint * i.unit_amount) AS amount,
+        min(h.expires_at) AS expires_at
+    INTO v_holds
+    FROM (
+        SELECT x.* FROM booking.holds AS x WHERE x.hold_id = ANY(v_hold_ids) ORDER BY x.hold_id FOR UPDATE
+    ) AS h
+    JOIN booking.inventory AS i ON i.inventory_id = h.inventory_id;
+    IF v_holds.n <> cardinality(v_hold_ids) THEN
+        RAISE EXCEPTION '% of the % holds do not exist', cardinality(v_hold_ids) - v_holds.n, cardinality(v_hold_ids)
+            USING ERRCODE = 'RB005';
+    END IF;
+    IF v_holds.not_theirs > 0 THEN
+        RAISE EXCEPTION '% hold(s) are not %''s', v_holds.not_theirs, p_holder USING ERRCODE = 'RB002';
+    END IF;
+    IF v_holds.not_live > 0 THEN
+        RAISE EXCEPTION '% hold(s) are not live', v_holds.not_live
+            USING ERRCODE = 'RB002', HINT = 'Released, expired or already booked holds cannot be booked.';
+    END IF;
+    IF v_holds.currencies > 1 THEN
+        RAISE EXCEPTION 'the holds are priced in % currencies; a booking has one' , v_holds.currencies
+            USING ERRCODE = '22023';
+    END IF;
+
+    v_response := jsonb_build_object(
+        'booking_id', v_booking_id,
+        'status', 'pending_payment',
+        'amount', v_holds.amount,
+        'currency', v_holds.currency,
+        'expires_at', v_holds.expires_at
+    );
+    INSERT INTO booking.bookings (
+        booking_id, holder, idempotency_key, request_fingerprint, status, amount, currency, metadata,
+        expires_at, response
+    )
+    VALUES (
+        v_booking_id, p_holder, p_idempotency_key, v_fingerprint, 'pending_payment', v_holds.amount,
+        v_holds.currency, p_metadata, v_holds.expires_at, v_response
+    );
+    -- The holds now live and die with the booking: one deadline for all of them.
+    UPDATE booking.holds
+    SET status = 'booked', booking_id = v_booking_id, expires_at = v_holds.expires_at
+    WHERE hold_id = ANY(v_hold_ids);
+    RETURN v_response;
+END;
+$$;
+COMMENT ON FUNCTION api.create_booking(text, text, uuid[], jsonb) IS
+'Turns the holder''s live holds into a booking awaiting payment: {"booking_id", "status": "pending_payment", "amount", "currency", "expires_at"}. Idempotent on (holder, key): the same request returns the same jsonb; RI001 same key with another request; RB002 a hold not live or not the holder''s; RB005 unknown hold. A NULL key asks for no replay protection.';
+
+CREATE OR REPLACE FUNCTION api.cancel_booking(p_booking_id uuid, p_reason text)
+RETURNS text
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM core.require(p_booking_id, 'p_booking_id');
+    PERFORM core.require_text(p_reason, 'p_reason', 500);
+    RETURN booking.apply_event(p_booking_id, 'cancel', NULL, p_reason);
+END;
+$$;
+COMMENT ON FUNCTION api.cancel_booking(uuid, text) IS
+'Cancels a booking and returns its new status: cancelled before payment (units released), refund_pending after payment (a stripe.refund job is enqueued). RB004 when its status does not allow it, RB005 unknown booking.';
+
+CREATE OR REPLACE FUNCTION api.get_booking(p_booking_id uuid)
+RETURNS jsonb
+LANGUAGE plpgsql
+STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_result jsonb;
+BEGIN
+    PERFORM core.require(p_booking_id, 'p_booking_id');
+    SELECT jsonb_build_object(
+        'booking_id', b.booking_id,
+        'status', b.status,
+        'amount', b.amount,
+        'currency', b.currency,
+        'holder', b.holder,
+        'metadata', b.metadata,
+        'expires_at', b.expires_at,
+        'payment_intent_id', b.payment_intent_id,
+        'amount_paid', coalesce(l.paid, 0),
+        'amount_refunded', coalesce(l.refunded, 0),
+        'holds', coalesce((
+            SELECT jsonb_agg(jsonb_build_object(
+                'hold_id', h.hold_id, 'inventory_id', h.inventory_id, 'sku', i.sku,
+                'quantity', h.quantity, 'status', h.status
+            ) ORDER BY h.created_at, h.hold_id)
+            FROM booking.holds AS h
+            JOIN booking.inventory AS i ON i.inventory_id = h.inventory_id
+            WHERE h.booking_id = b.booking_id
+        ), '[]'::jsonb),
+        'history', (
+            SELECT jsonb_agg(jsonb_build_object(
+                'event', x.event, 'from_status', x.from_status, 'to_status', x.to_status, 'at', x.at,
+                'stripe_event_id', x.stripe_event_id, 'correlation_id', x.correlation_id
+            ) ORDER BY x.history_id)
+            FROM booking.booking_history AS x
+            WHERE x.booking_id = b.booking_id
+        )
+    )
+    INTO v_result
+    FROM booking.bookings AS b
+    LEFT JOIN LATERAL (
+        SELECT
+            sum(t.amount) FILTER (WHERE t.kind = 'charge') AS paid,
+            sum(t.amount) FILTER (WHERE t.kind = 'refund') AS refunded
+        FROM ledger.transactions AS t
+        WHERE t.booking_id = b.booking_id
+    ) AS l ON true
+    WHERE b.booking_id = p_booking_id;
+    IF v_result IS NULL THEN
+        RAISE EXCEPTION 'booking % not found', p_booking_id USING ERRCODE = 'RB005';
+    END IF;
+    RETURN v_result;
+END;
+$$;
+COMMENT ON FUNCTION api.get_booking(uuid) IS
+'The booking as JSON: booking_id, status, amount, currency, holder, metadata, holds, payment_intent_id, amount_paid and amount_refunded (from the ledger), expires_at, and history (oldest first: event, from_status, to_status, at, stripe_event_id, correlation_id). RB005 unknown booking.';
