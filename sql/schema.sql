@@ -847,6 +847,45 @@ COMMENT ON FUNCTION api.ingest_stripe_event(p_event jsonb) IS 'Stores a verified
 
 
 --
+-- Name: payment_intent_params(uuid); Type: FUNCTION; Schema: api; Owner: booking_owner
+--
+
+CREATE FUNCTION api.payment_intent_params(p_booking_id uuid) RETURNS jsonb
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+    v_booking booking.bookings;
+BEGIN
+    PERFORM core.require(p_booking_id, 'p_booking_id');
+    SELECT * INTO v_booking FROM booking.bookings AS b WHERE b.booking_id = p_booking_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'booking % not found', p_booking_id USING ERRCODE = 'RB005';
+    END IF;
+    IF v_booking.status NOT IN ('pending_payment', 'payment_failed') OR v_booking.expires_at <= clock_timestamp() THEN
+        RAISE EXCEPTION 'booking % is not payable now', p_booking_id
+            USING ERRCODE = 'RB002',
+                  DETAIL = pg_catalog.format('status %s, expires_at %s', v_booking.status, v_booking.expires_at);
+    END IF;
+    RETURN jsonb_build_object(
+        'amount', v_booking.amount,
+        'currency', v_booking.currency,
+        'metadata', jsonb_build_object('booking_id', v_booking.booking_id)
+    );
+END;
+$$;
+
+
+ALTER FUNCTION api.payment_intent_params(p_booking_id uuid) OWNER TO booking_owner;
+
+--
+-- Name: FUNCTION payment_intent_params(p_booking_id uuid); Type: COMMENT; Schema: api; Owner: booking_owner
+--
+
+COMMENT ON FUNCTION api.payment_intent_params(p_booking_id uuid) IS 'What to create a Stripe PaymentIntent with: {"amount", "currency", "metadata": {"booking_id"}}; RB002 if the booking is not payable now (status or deadline), RB005 unknown.';
+
+
+--
 -- Name: place_hold(uuid, integer, text, text); Type: FUNCTION; Schema: api; Owner: booking_owner
 --
 
@@ -861,8 +900,6 @@ DECLARE
     v_needed int := p_quantity;
     v_home smallint;
     v_bucket smallint;
-    v_pick smallint;
-    v_available bigint;
     v_hold_id uuid;
     v_expires_at timestamptz;
 BEGIN
@@ -944,39 +981,11 @@ BEGIN
         EXCEPTION WHEN SQLSTATE 'RB001' THEN
             v_hold_id := NULL;
         END;
-        IF v_hold_id IS NULL THEN
-            BEGIN
-                SELECT c.bucket_no INTO v_pick
-                FROM booking.inventory_buckets AS c
-                WHERE c.inventory_id = p_inventory_id AND c.free >= v_needed
-                ORDER BY random()
-                LIMIT 1;
-                UPDATE booking.inventory_buckets AS b
-                SET free = b.free - v_needed
-                WHERE b.inventory_id = p_inventory_id AND b.bucket_no = v_pick AND b.free >= v_needed
-                RETURNING b.bucket_no INTO v_bucket;
-                IF v_bucket IS NULL THEN
-                    RAISE EXCEPTION USING ERRCODE = 'RB001';
-                END IF;
-            EXCEPTION WHEN SQLSTATE 'RB001' THEN
-                v_bucket := NULL;
-            END;
-        END IF;
         IF v_hold_id IS NOT NULL THEN
             RETURN QUERY SELECT v_hold_id, v_expires_at;
             RETURN;
         END IF;
-
-        IF v_bucket IS NULL THEN
-            -- Sold out as of this snapshot (dead holds counted as available): say so
-            -- without queueing behind other buyers' bucket locks.
-            SELECT a.available INTO v_available FROM api.availability(p_inventory_id) AS a;
-            IF v_available < v_needed THEN
-                RAISE EXCEPTION 'not enough available: % requested, % available', p_quantity, v_available
-                    USING ERRCODE = 'RB001';
-            END IF;
-            v_bucket := booking.take_units_slowly(p_inventory_id, v_needed);
-        END IF;
+        v_bucket := booking.take_more_units(p_inventory_id, v_needed);
         v_home := coalesce(v_home, v_bucket);
     END IF;
 
@@ -995,6 +1004,39 @@ ALTER FUNCTION api.place_hold(p_inventory_id uuid, p_quantity integer, p_holder 
 --
 
 COMMENT ON FUNCTION api.place_hold(p_inventory_id uuid, p_quantity integer, p_holder text, p_hold_key text) IS 'Holds p_quantity (1..100) units for p_holder until the inventory''s hold TTL passes; returns (hold_id, expires_at). RB001 not enough available (expired holds are reclaimed first), RB005 unknown inventory; a repeated (holder, hold_key) returns the same open hold (RI001 if it was for another inventory or quantity).';
+
+
+--
+-- Name: record_payment_intent(uuid, text, text, text); Type: FUNCTION; Schema: api; Owner: booking_owner
+--
+
+CREATE FUNCTION api.record_payment_intent(p_booking_id uuid, p_payment_intent_id text, p_client_secret text, p_status text) RETURNS void
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+-- The client secret is not stored: only the caller's idempotent answer carries it.
+BEGIN
+    PERFORM core.require(p_booking_id, 'p_booking_id');
+    PERFORM core.require_text(p_payment_intent_id, 'p_payment_intent_id', 255);
+    PERFORM core.require_text(p_client_secret, 'p_client_secret', 500);
+    PERFORM core.require_text(p_status, 'p_status', 50);
+    UPDATE booking.bookings
+    SET payment_intent_id = p_payment_intent_id, payment_intent_status = p_status
+    WHERE booking_id = p_booking_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'booking % not found', p_booking_id USING ERRCODE = 'RB005';
+    END IF;
+END;
+$$;
+
+
+ALTER FUNCTION api.record_payment_intent(p_booking_id uuid, p_payment_intent_id text, p_client_secret text, p_status text) OWNER TO booking_owner;
+
+--
+-- Name: FUNCTION record_payment_intent(p_booking_id uuid, p_payment_intent_id text, p_client_secret text, p_status text); Type: COMMENT; Schema: api; Owner: booking_owner
+--
+
+COMMENT ON FUNCTION api.record_payment_intent(p_booking_id uuid, p_payment_intent_id text, p_client_secret text, p_status text) IS 'Records the PaymentIntent created for a booking (its latest one; payments on earlier ones are still found by metadata.booking_id). RB005 unknown booking.';
 
 
 --
@@ -1599,6 +1641,44 @@ $$;
 ALTER FUNCTION booking.purge_ended_holds(p_retention interval, p_batch_size integer) OWNER TO booking_owner;
 
 --
+-- Name: reserve_for_late_payment(uuid); Type: FUNCTION; Schema: booking; Owner: booking_owner
+--
+
+CREATE FUNCTION booking.reserve_for_late_payment(p_booking_id uuid) RETURNS boolean
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+-- A payment arrived for a booking whose deadline may have passed. Holds still 'booked'
+-- keep their units (nobody reclaimed them: their rows are locked here); for each hold
+-- that was swept or reclaimed, the same quantity is taken again if it is available.
+-- True when the booking holds all its units now; false (and nothing taken) otherwise.
+DECLARE
+    v_hold record;
+    v_bucket smallint;
+BEGIN
+    FOR v_hold IN
+        SELECT h.hold_id, h.inventory_id, h.quantity, h.holder, h.status
+        FROM booking.holds AS h
+        WHERE h.booking_id = p_booking_id AND h.status IN ('booked', 'expired')
+        ORDER BY h.hold_id
+        FOR UPDATE
+    LOOP
+        CONTINUE WHEN v_hold.status = 'booked';
+        v_bucket := booking.take_units(v_hold.inventory_id, v_hold.quantity);
+        INSERT INTO booking.holds (inventory_id, bucket_no, quantity, holder, status, expires_at, booking_id)
+        VALUES (v_hold.inventory_id, v_bucket, v_hold.quantity, v_hold.holder, 'booked', clock_timestamp(),
+                p_booking_id);
+    END LOOP;
+    RETURN true;
+EXCEPTION WHEN SQLSTATE 'RB001' THEN
+    RETURN false;
+END;
+$$;
+
+
+ALTER FUNCTION booking.reserve_for_late_payment(p_booking_id uuid) OWNER TO booking_owner;
+
+--
 -- Name: return_to_buckets(booking.bucket_return[]); Type: FUNCTION; Schema: booking; Owner: booking_owner
 --
 
@@ -1727,6 +1807,95 @@ $$;
 ALTER PROCEDURE booking.sweep_holds_cron() OWNER TO booking_owner;
 
 --
+-- Name: take_more_units(uuid, integer); Type: FUNCTION; Schema: booking; Owner: booking_owner
+--
+
+CREATE FUNCTION booking.take_more_units(p_inventory_id uuid, p_units integer) RETURNS smallint
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+-- After a miss on idle buckets: wait for one bucket that has enough (one row, holding no
+-- other bucket, so no deadlock; a stray lock from a failed recheck is released by the
+-- subtransaction's rollback); else, unless sold out, the ordered slow path. Returns the
+-- bucket the units came from (or the first of them); RB001 when there are not enough.
+DECLARE
+    v_pick smallint;
+    v_bucket smallint;
+    v_available bigint;
+BEGIN
+    BEGIN
+        SELECT c.bucket_no INTO v_pick
+        FROM booking.inventory_buckets AS c
+        WHERE c.inventory_id = p_inventory_id AND c.free >= p_units
+        ORDER BY random()
+        LIMIT 1;
+        UPDATE booking.inventory_buckets AS b
+        SET free = b.free - p_units
+        WHERE b.inventory_id = p_inventory_id AND b.bucket_no = v_pick AND b.free >= p_units
+        RETURNING b.bucket_no INTO v_bucket;
+        IF v_bucket IS NULL THEN
+            RAISE EXCEPTION USING ERRCODE = 'RB001';
+        END IF;
+        RETURN v_bucket;
+    EXCEPTION WHEN SQLSTATE 'RB001' THEN
+        NULL;
+    END;
+    -- Sold out as of this snapshot (dead holds counted as available): say so without
+    -- queueing behind other buyers' bucket locks.
+    SELECT a.available INTO v_available FROM api.availability(p_inventory_id) AS a;
+    IF v_available < p_units THEN
+        RAISE EXCEPTION 'not enough available: % requested, % available', p_units, v_available
+            USING ERRCODE = 'RB001';
+    END IF;
+    RETURN booking.take_units_slowly(p_inventory_id, p_units);
+END;
+$$;
+
+
+ALTER FUNCTION booking.take_more_units(p_inventory_id uuid, p_units integer) OWNER TO booking_owner;
+
+--
+-- Name: take_units(uuid, integer); Type: FUNCTION; Schema: booking; Owner: booking_owner
+--
+
+CREATE FUNCTION booking.take_units(p_inventory_id uuid, p_units integer) RETURNS smallint
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+-- Takes p_units from the inventory's buckets (see api.place_hold for the paths); returns
+-- the bucket they came from; RB001 when there are not enough.
+DECLARE
+    v_bucket smallint;
+BEGIN
+    BEGIN
+        WITH pick AS MATERIALIZED (
+            SELECT c.bucket_no
+            FROM booking.inventory_buckets AS c
+            WHERE c.inventory_id = p_inventory_id AND c.free >= p_units
+            ORDER BY random()
+            LIMIT 1
+            FOR UPDATE SKIP LOCKED
+        )
+        UPDATE booking.inventory_buckets AS b
+        SET free = b.free - p_units
+        FROM pick
+        WHERE b.inventory_id = p_inventory_id AND b.bucket_no = pick.bucket_no
+        RETURNING b.bucket_no INTO v_bucket;
+        IF v_bucket IS NULL THEN
+            RAISE EXCEPTION USING ERRCODE = 'RB001';
+        END IF;
+        RETURN v_bucket;
+    EXCEPTION WHEN SQLSTATE 'RB001' THEN
+        NULL;
+    END;
+    RETURN booking.take_more_units(p_inventory_id, p_units);
+END;
+$$;
+
+
+ALTER FUNCTION booking.take_units(p_inventory_id uuid, p_units integer) OWNER TO booking_owner;
+
+--
 -- Name: take_units_slowly(uuid, integer); Type: FUNCTION; Schema: booking; Owner: booking_owner
 --
 
@@ -1772,6 +1941,30 @@ $$;
 
 
 ALTER FUNCTION booking.take_units_slowly(p_inventory_id uuid, p_quantity integer) OWNER TO booking_owner;
+
+--
+-- Name: try_event(uuid, text, text); Type: FUNCTION; Schema: booking; Owner: booking_owner
+--
+
+CREATE FUNCTION booking.try_event(p_booking_id uuid, p_event text, p_stripe_event_id text) RETURNS text
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+-- Applies p_event if the booking's current status allows it; otherwise changes nothing
+-- (an event that arrives after a later one has moved the booking on). Returns the status.
+DECLARE
+    v_status text;
+BEGIN
+    SELECT b.status INTO v_status FROM booking.bookings AS b WHERE b.booking_id = p_booking_id FOR UPDATE;
+    IF EXISTS (SELECT FROM booking.booking_transitions AS t WHERE t.from_status = v_status AND t.event = p_event) THEN
+        RETURN booking.apply_event(p_booking_id, p_event, p_stripe_event_id);
+    END IF;
+    RETURN v_status;
+END;
+$$;
+
+
+ALTER FUNCTION booking.try_event(p_booking_id uuid, p_event text, p_stripe_event_id text) OWNER TO booking_owner;
 
 --
 -- Name: cron_command(text, text); Type: FUNCTION; Schema: core; Owner: booking_owner
@@ -2150,15 +2343,34 @@ $$;
 ALTER FUNCTION jobs.enqueue(p_kind text, p_payload jsonb, p_dedupe_key text, p_run_at timestamp with time zone) OWNER TO booking_owner;
 
 --
+-- Name: charge_is_unallocated(text); Type: FUNCTION; Schema: ledger; Owner: booking_owner
+--
+
+CREATE FUNCTION ledger.charge_is_unallocated(p_payment_intent_id text) RETURNS boolean
+    LANGUAGE sql STABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+    -- NULL when no charge was posted for the PaymentIntent.
+    SELECT bool_or(l.account = 'unallocated_receipts')
+    FROM ledger.transactions AS t
+    JOIN ledger.lines AS l ON l.txn_id = t.txn_id
+    WHERE t.kind = 'charge' AND t.stripe_object_id = p_payment_intent_id;
+$$;
+
+
+ALTER FUNCTION ledger.charge_is_unallocated(p_payment_intent_id text) OWNER TO booking_owner;
+
+--
 -- Name: check_balanced(); Type: FUNCTION; Schema: ledger; Owner: booking_owner
 --
 
 CREATE FUNCTION ledger.check_balanced() RETURNS trigger
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 -- Deferred to commit: the transaction of each new line has at least two lines, in its
--- own currency, summing to zero.
+-- own currency, summing to zero. SECURITY DEFINER because at commit it runs as the
+-- session's role (e.g. a booking_app login), not as the api function that wrote the lines.
 DECLARE
     v_bad record;
 BEGIN
@@ -2183,10 +2395,10 @@ $$;
 ALTER FUNCTION ledger.check_balanced() OWNER TO booking_owner;
 
 --
--- Name: post(text, text, uuid, bigint, text, text, text, text); Type: FUNCTION; Schema: ledger; Owner: booking_owner
+-- Name: post(text, text, text, uuid, bigint, text, text, text, text); Type: FUNCTION; Schema: ledger; Owner: booking_owner
 --
 
-CREATE FUNCTION ledger.post(p_kind text, p_stripe_object_id text, p_booking_id uuid, p_amount bigint, p_currency text, p_debit text, p_credit text, p_stripe_event_id text DEFAULT NULL::text) RETURNS bigint
+CREATE FUNCTION ledger.post(p_kind text, p_stripe_object_id text, p_payment_intent_id text, p_booking_id uuid, p_amount bigint, p_currency text, p_debit text, p_credit text, p_stripe_event_id text DEFAULT NULL::text) RETURNS bigint
     LANGUAGE plpgsql
     SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
@@ -2200,8 +2412,10 @@ BEGIN
     PERFORM core.require_text(p_stripe_object_id, 'p_stripe_object_id', 255);
     PERFORM core.require_range(p_amount, 'p_amount', 1, 100000000000);
     PERFORM core.require(p_currency, 'p_currency');
-    INSERT INTO ledger.transactions (kind, stripe_object_id, booking_id, currency, amount, stripe_event_id, correlation_id)
-    VALUES (p_kind, p_stripe_object_id, p_booking_id, p_currency, p_amount, p_stripe_event_id,
+    INSERT INTO ledger.transactions (
+        kind, stripe_object_id, payment_intent_id, booking_id, currency, amount, stripe_event_id, correlation_id
+    )
+    VALUES (p_kind, p_stripe_object_id, p_payment_intent_id, p_booking_id, p_currency, p_amount, p_stripe_event_id,
             left(current_setting('app.correlation_id', true), 200))
     ON CONFLICT (kind, stripe_object_id) DO NOTHING
     RETURNING txn_id INTO v_txn_id;
@@ -2225,7 +2439,7 @@ END;
 $$;
 
 
-ALTER FUNCTION ledger.post(p_kind text, p_stripe_object_id text, p_booking_id uuid, p_amount bigint, p_currency text, p_debit text, p_credit text, p_stripe_event_id text) OWNER TO booking_owner;
+ALTER FUNCTION ledger.post(p_kind text, p_stripe_object_id text, p_payment_intent_id text, p_booking_id uuid, p_amount bigint, p_currency text, p_debit text, p_credit text, p_stripe_event_id text) OWNER TO booking_owner;
 
 --
 -- Name: post_charge(uuid, text, bigint, text, boolean, text); Type: FUNCTION; Schema: ledger; Owner: booking_owner
@@ -2237,7 +2451,7 @@ CREATE FUNCTION ledger.post_charge(p_booking_id uuid, p_payment_intent_id text, 
     AS $$
     -- Money received for a booking (or, unallocated, money no booking can keep).
     SELECT ledger.post(
-        'charge', p_payment_intent_id, p_booking_id, p_amount, p_currency, 'cash_at_stripe',
+        'charge', p_payment_intent_id, p_payment_intent_id, p_booking_id, p_amount, p_currency, 'cash_at_stripe',
         CASE WHEN p_unallocated THEN 'unallocated_receipts' ELSE 'booking_revenue' END, p_stripe_event_id
     );
 $$;
@@ -2246,59 +2460,60 @@ $$;
 ALTER FUNCTION ledger.post_charge(p_booking_id uuid, p_payment_intent_id text, p_amount bigint, p_currency text, p_unallocated boolean, p_stripe_event_id text) OWNER TO booking_owner;
 
 --
--- Name: post_dispute(uuid, text, bigint, text, text); Type: FUNCTION; Schema: ledger; Owner: booking_owner
+-- Name: post_dispute(uuid, text, text, bigint, text, text); Type: FUNCTION; Schema: ledger; Owner: booking_owner
 --
 
-CREATE FUNCTION ledger.post_dispute(p_booking_id uuid, p_dispute_id text, p_amount bigint, p_currency text, p_stripe_event_id text DEFAULT NULL::text) RETURNS bigint
+CREATE FUNCTION ledger.post_dispute(p_booking_id uuid, p_dispute_id text, p_payment_intent_id text, p_amount bigint, p_currency text, p_stripe_event_id text DEFAULT NULL::text) RETURNS bigint
     LANGUAGE sql
     SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
     -- Stripe withdrew the disputed amount.
     SELECT ledger.post(
-        'dispute', p_dispute_id, p_booking_id, p_amount, p_currency, 'disputed_funds', 'cash_at_stripe',
-        p_stripe_event_id
+        'dispute', p_dispute_id, p_payment_intent_id, p_booking_id, p_amount, p_currency, 'disputed_funds',
+        'cash_at_stripe', p_stripe_event_id
     );
 $$;
 
 
-ALTER FUNCTION ledger.post_dispute(p_booking_id uuid, p_dispute_id text, p_amount bigint, p_currency text, p_stripe_event_id text) OWNER TO booking_owner;
+ALTER FUNCTION ledger.post_dispute(p_booking_id uuid, p_dispute_id text, p_payment_intent_id text, p_amount bigint, p_currency text, p_stripe_event_id text) OWNER TO booking_owner;
 
 --
--- Name: post_dispute_reversal(uuid, text, bigint, text, text); Type: FUNCTION; Schema: ledger; Owner: booking_owner
+-- Name: post_dispute_reversal(uuid, text, text, bigint, text, text); Type: FUNCTION; Schema: ledger; Owner: booking_owner
 --
 
-CREATE FUNCTION ledger.post_dispute_reversal(p_booking_id uuid, p_dispute_id text, p_amount bigint, p_currency text, p_stripe_event_id text DEFAULT NULL::text) RETURNS bigint
+CREATE FUNCTION ledger.post_dispute_reversal(p_booking_id uuid, p_dispute_id text, p_payment_intent_id text, p_amount bigint, p_currency text, p_stripe_event_id text DEFAULT NULL::text) RETURNS bigint
     LANGUAGE sql
     SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
     -- A won dispute: Stripe gave the amount back.
     SELECT ledger.post(
-        'dispute_reversal', p_dispute_id, p_booking_id, p_amount, p_currency, 'cash_at_stripe', 'disputed_funds',
-        p_stripe_event_id
+        'dispute_reversal', p_dispute_id, p_payment_intent_id, p_booking_id, p_amount, p_currency, 'cash_at_stripe',
+        'disputed_funds', p_stripe_event_id
     );
 $$;
 
 
-ALTER FUNCTION ledger.post_dispute_reversal(p_booking_id uuid, p_dispute_id text, p_amount bigint, p_currency text, p_stripe_event_id text) OWNER TO booking_owner;
+ALTER FUNCTION ledger.post_dispute_reversal(p_booking_id uuid, p_dispute_id text, p_payment_intent_id text, p_amount bigint, p_currency text, p_stripe_event_id text) OWNER TO booking_owner;
 
 --
--- Name: post_refund(uuid, text, bigint, text, boolean, text); Type: FUNCTION; Schema: ledger; Owner: booking_owner
+-- Name: post_refund(uuid, text, text, bigint, text, text); Type: FUNCTION; Schema: ledger; Owner: booking_owner
 --
 
-CREATE FUNCTION ledger.post_refund(p_booking_id uuid, p_refund_id text, p_amount bigint, p_currency text, p_unallocated boolean DEFAULT false, p_stripe_event_id text DEFAULT NULL::text) RETURNS bigint
+CREATE FUNCTION ledger.post_refund(p_booking_id uuid, p_refund_id text, p_payment_intent_id text, p_amount bigint, p_currency text, p_stripe_event_id text DEFAULT NULL::text) RETURNS bigint
     LANGUAGE sql
     SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
-    -- Money sent back, by refund object.
+    -- Money sent back, by refund object, from the account its charge went to.
     SELECT ledger.post(
-        'refund', p_refund_id, p_booking_id, p_amount, p_currency,
-        CASE WHEN p_unallocated THEN 'unallocated_receipts' ELSE 'booking_revenue' END, 'cash_at_stripe',
-        p_stripe_event_id
+        'refund', p_refund_id, p_payment_intent_id, p_booking_id, p_amount, p_currency,
+        CASE WHEN coalesce(ledger.charge_is_unallocated(p_payment_intent_id), FALSE)
+            THEN 'unallocated_receipts' ELSE 'booking_revenue' END,
+        'cash_at_stripe', p_stripe_event_id
     );
 $$;
 
 
-ALTER FUNCTION ledger.post_refund(p_booking_id uuid, p_refund_id text, p_amount bigint, p_currency text, p_unallocated boolean, p_stripe_event_id text) OWNER TO booking_owner;
+ALTER FUNCTION ledger.post_refund(p_booking_id uuid, p_refund_id text, p_payment_intent_id text, p_amount bigint, p_currency text, p_stripe_event_id text) OWNER TO booking_owner;
 
 --
 -- Name: refuse_change(); Type: FUNCTION; Schema: ledger; Owner: booking_owner
@@ -2366,6 +2581,34 @@ $$;
 ALTER FUNCTION migrate.record(p_kind text, p_name text, p_checksum text) OWNER TO booking_owner;
 
 --
+-- Name: replay_stripe_event(text); Type: FUNCTION; Schema: ops; Owner: booking_owner
+--
+
+CREATE FUNCTION ops.replay_stripe_event(p_event_id text) RETURNS text
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+BEGIN
+    PERFORM core.require_text(p_event_id, 'p_event_id', 255);
+    PERFORM 1 FROM stripe.events AS e WHERE e.event_id = p_event_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'no stored Stripe event %', p_event_id USING ERRCODE = 'RB005';
+    END IF;
+    RETURN stripe.apply_event(p_event_id);
+END;
+$$;
+
+
+ALTER FUNCTION ops.replay_stripe_event(p_event_id text) OWNER TO booking_owner;
+
+--
+-- Name: FUNCTION replay_stripe_event(p_event_id text); Type: COMMENT; Schema: ops; Owner: booking_owner
+--
+
+COMMENT ON FUNCTION ops.replay_stripe_event(p_event_id text) IS 'Re-applies a stored Stripe event now (dead, failed, deferred or any other) and returns the outcome; safe to repeat: the ledger takes each Stripe object once.';
+
+
+--
 -- Name: apply_event(text); Type: FUNCTION; Schema: stripe; Owner: booking_owner
 --
 
@@ -2373,14 +2616,37 @@ CREATE FUNCTION stripe.apply_event(p_event_id text) RETURNS text
     LANGUAGE plpgsql
     SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
--- Applies one stored, row-locked event and records the outcome on its row.
--- No event type is applied yet: every event is stored and 'ignored'.
+-- Applies one stored, row-locked event and records the outcome on its row: processed,
+-- ignored (not applicable, or another mode or account than stripe.config), or deferred
+-- (it depends on something not booked yet: retried with backoff, dead after
+-- stripe.attempts_max() attempts).
 DECLARE
-    v_outcome text := 'ignored';
+    v_event stripe.events;
+    v_config stripe.config;
+    v_outcome text;
 BEGIN
+    SELECT * INTO v_event FROM stripe.events AS e WHERE e.event_id = p_event_id;
+    SELECT * INTO v_config FROM stripe.config;
+    IF v_event.livemode IS DISTINCT FROM v_config.livemode
+        OR (v_config.account_id IS NOT NULL AND v_event.payload ->> 'account' IS NOT NULL
+            AND v_event.payload ->> 'account' <> v_config.account_id) THEN
+        v_outcome := 'ignored';
+    ELSE
+        v_outcome := stripe.dispatch(p_event_id, v_event.type, v_event.payload #> '{data,object}');
+    END IF;
     UPDATE stripe.events
-    SET status = v_outcome, attempts = attempts + 1, processed_at = clock_timestamp(),
-        next_attempt_at = NULL, last_error = NULL, last_sqlstate = NULL
+    SET status = CASE
+            WHEN v_outcome = 'deferred' AND attempts + 1 >= stripe.attempts_max() THEN 'dead'
+            ELSE v_outcome
+        END,
+        attempts = attempts + 1,
+        processed_at = CASE WHEN v_outcome = 'deferred' THEN NULL ELSE clock_timestamp() END,
+        next_attempt_at = CASE
+            WHEN v_outcome = 'deferred' AND attempts + 1 < stripe.attempts_max()
+                THEN now() + stripe.retry_delay(attempts + 1)
+        END,
+        last_error = CASE WHEN v_outcome = 'deferred' THEN 'waiting for the payment it depends on' END,
+        last_sqlstate = NULL
     WHERE event_id = p_event_id;
     RETURN v_outcome;
 END;
@@ -2403,6 +2669,43 @@ $$;
 
 
 ALTER FUNCTION stripe.attempts_max() OWNER TO booking_owner;
+
+--
+-- Name: booking_for(jsonb, text); Type: FUNCTION; Schema: stripe; Owner: booking_owner
+--
+
+CREATE FUNCTION stripe.booking_for(p_object jsonb, p_payment_intent_id text) RETURNS uuid
+    LANGUAGE plpgsql STABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $_$
+-- The booking an object belongs to: metadata.booking_id, else the booking that recorded
+-- the PaymentIntent, else the booking its charge was posted for.
+DECLARE
+    v_text text := p_object #>> '{metadata,booking_id}';
+    v_booking_id uuid;
+BEGIN
+    IF v_text ~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$' THEN
+        SELECT b.booking_id INTO v_booking_id FROM booking.bookings AS b WHERE b.booking_id = v_text::uuid;
+        IF FOUND THEN
+            RETURN v_booking_id;
+        END IF;
+    END IF;
+    IF p_payment_intent_id IS NULL THEN
+        RETURN NULL;
+    END IF;
+    SELECT b.booking_id INTO v_booking_id FROM booking.bookings AS b WHERE b.payment_intent_id = p_payment_intent_id;
+    IF FOUND THEN
+        RETURN v_booking_id;
+    END IF;
+    SELECT t.booking_id INTO v_booking_id
+    FROM ledger.transactions AS t
+    WHERE t.kind = 'charge' AND t.stripe_object_id = p_payment_intent_id;
+    RETURN v_booking_id;
+END;
+$_$;
+
+
+ALTER FUNCTION stripe.booking_for(p_object jsonb, p_payment_intent_id text) OWNER TO booking_owner;
 
 --
 -- Name: check_event(jsonb); Type: FUNCTION; Schema: stripe; Owner: booking_owner
@@ -2442,6 +2745,80 @@ $$;
 ALTER FUNCTION stripe.check_event(p_event jsonb) OWNER TO booking_owner;
 
 --
+-- Name: dispatch(text, text, jsonb); Type: FUNCTION; Schema: stripe; Owner: booking_owner
+--
+
+CREATE FUNCTION stripe.dispatch(p_event_id text, p_type text, p_object jsonb) RETURNS text
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+-- What an event means: the outcome 'processed', 'ignored' or 'deferred'.
+DECLARE
+    v_pi text;
+    v_booking_id uuid;
+    v_status text;
+BEGIN
+    IF p_type IN ('charge.refunded', 'refund.created', 'refund.updated') THEN
+        IF p_type = 'charge.refunded' THEN
+            -- Each refund object in the charge, each booked once by its own id.
+            IF jsonb_typeof(p_object #> '{refunds,data}') IS DISTINCT FROM 'array' THEN
+                RETURN 'ignored';
+            END IF;
+            SELECT CASE
+                WHEN bool_or(o = 'deferred') THEN 'deferred'
+                WHEN bool_or(o = 'processed') THEN 'processed'
+                ELSE 'ignored'
+            END INTO v_status
+            FROM (
+                SELECT stripe.on_refund(p_event_id,
+                    r || jsonb_build_object('payment_intent', coalesce(r ->> 'payment_intent', p_object ->> 'payment_intent')))
+                    AS o
+                FROM jsonb_array_elements(p_object #> '{refunds,data}') AS r
+            ) AS outcomes;
+            RETURN coalesce(v_status, 'ignored');
+        END IF;
+        RETURN stripe.on_refund(p_event_id, p_object);
+    END IF;
+    IF p_type IN ('charge.dispute.created', 'charge.dispute.closed') THEN
+        RETURN stripe.on_dispute(p_event_id, p_type, p_object);
+    END IF;
+    IF p_type NOT IN (
+        'payment_intent.succeeded', 'payment_intent.payment_failed', 'payment_intent.canceled',
+        'checkout.session.completed', 'checkout.session.async_payment_succeeded',
+        'checkout.session.async_payment_failed', 'checkout.session.expired'
+    ) THEN
+        RETURN 'ignored';
+    END IF;
+    v_pi := CASE WHEN p_type LIKE 'payment_intent.%' THEN p_object ->> 'id' ELSE p_object ->> 'payment_intent' END;
+    v_booking_id := stripe.booking_for(p_object, v_pi);
+    IF v_booking_id IS NULL THEN
+        RETURN 'ignored';  -- not a payment for one of our bookings
+    END IF;
+    IF p_type IN ('payment_intent.succeeded', 'checkout.session.async_payment_succeeded')
+        OR (p_type = 'checkout.session.completed' AND p_object ->> 'payment_status' = 'paid') THEN
+        IF v_pi IS NULL THEN
+            RETURN 'ignored';
+        END IF;
+        RETURN stripe.on_payment_succeeded(
+            p_event_id, v_booking_id, v_pi,
+            coalesce(p_object ->> 'amount_received', p_object ->> 'amount_total', p_object ->> 'amount')::bigint,
+            p_object ->> 'currency'
+        );
+    ELSIF p_type IN ('payment_intent.payment_failed', 'checkout.session.async_payment_failed') THEN
+        PERFORM booking.try_event(v_booking_id, 'payment_failed', p_event_id);
+        RETURN 'processed';
+    ELSIF p_type IN ('payment_intent.canceled', 'checkout.session.expired') THEN
+        PERFORM booking.try_event(v_booking_id, 'payment_canceled', p_event_id);
+        RETURN 'processed';
+    END IF;
+    RETURN 'ignored';  -- a checkout session completed but not paid yet (async methods)
+END;
+$$;
+
+
+ALTER FUNCTION stripe.dispatch(p_event_id text, p_type text, p_object jsonb) OWNER TO booking_owner;
+
+--
 -- Name: livemode(jsonb); Type: FUNCTION; Schema: stripe; Owner: booking_owner
 --
 
@@ -2457,6 +2834,162 @@ $$;
 ALTER FUNCTION stripe.livemode(p_event jsonb) OWNER TO booking_owner;
 
 --
+-- Name: on_dispute(text, text, jsonb); Type: FUNCTION; Schema: stripe; Owner: booking_owner
+--
+
+CREATE FUNCTION stripe.on_dispute(p_event_id text, p_type text, p_dispute jsonb) RETURNS text
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+-- Disputes: created withdraws the amount; closed as won gives it back, as lost keeps it
+-- withdrawn. Deferred until the payment (or, for closed, the dispute) has been booked.
+DECLARE
+    v_pi text := p_dispute ->> 'payment_intent';
+    v_id text := p_dispute ->> 'id';
+    v_booking_id uuid;
+BEGIN
+    IF ledger.charge_is_unallocated(v_pi) IS NULL THEN
+        RETURN 'deferred';
+    END IF;
+    v_booking_id := stripe.booking_for(p_dispute, v_pi);
+    PERFORM 1 FROM booking.bookings AS b WHERE b.booking_id = v_booking_id FOR UPDATE;
+    IF p_type = 'charge.dispute.created' THEN
+        PERFORM ledger.post_dispute(v_booking_id, v_id, v_pi, (p_dispute ->> 'amount')::bigint,
+                                    p_dispute ->> 'currency', p_event_id);
+        PERFORM booking.try_event(v_booking_id, 'dispute_opened', p_event_id);
+        RETURN 'processed';
+    END IF;
+    IF NOT EXISTS (SELECT FROM ledger.transactions AS t WHERE t.kind = 'dispute' AND t.stripe_object_id = v_id) THEN
+        RETURN 'deferred';
+    END IF;
+    IF p_dispute ->> 'status' = 'won' THEN
+        PERFORM ledger.post_dispute_reversal(v_booking_id, v_id, v_pi, (p_dispute ->> 'amount')::bigint,
+                                             p_dispute ->> 'currency', p_event_id);
+        PERFORM booking.try_event(v_booking_id, 'dispute_won', p_event_id);
+    ELSIF p_dispute ->> 'status' = 'lost' THEN
+        PERFORM booking.try_event(v_booking_id, 'dispute_lost', p_event_id);
+    ELSE
+        RETURN 'ignored';
+    END IF;
+    RETURN 'processed';
+END;
+$$;
+
+
+ALTER FUNCTION stripe.on_dispute(p_event_id text, p_type text, p_dispute jsonb) OWNER TO booking_owner;
+
+--
+-- Name: on_payment_succeeded(text, uuid, text, bigint, text); Type: FUNCTION; Schema: stripe; Owner: booking_owner
+--
+
+CREATE FUNCTION stripe.on_payment_succeeded(p_event_id text, p_booking_id uuid, p_payment_intent_id text, p_amount bigint, p_currency text) RETURNS text
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+-- Money arrived. Booked once per PaymentIntent; the booking is confirmed if it is payable
+-- or its units can be taken again; otherwise the money is unallocated and goes back.
+DECLARE
+    v_booking booking.bookings;
+BEGIN
+    SELECT * INTO v_booking FROM booking.bookings AS b WHERE b.booking_id = p_booking_id FOR UPDATE;
+    IF EXISTS (SELECT FROM ledger.transactions AS t WHERE t.kind = 'charge' AND t.stripe_object_id = p_payment_intent_id) THEN
+        RETURN 'processed';  -- another announcement of a payment already booked
+    END IF;
+    IF (p_amount, p_currency) IS DISTINCT FROM (v_booking.amount, v_booking.currency) THEN
+        RAISE EXCEPTION 'PaymentIntent % paid % %, booking % costs % %', p_payment_intent_id, p_amount, p_currency,
+            p_booking_id, v_booking.amount, v_booking.currency
+            USING ERRCODE = 'RX001';
+    END IF;
+    IF EXISTS (
+        SELECT FROM ledger.transactions AS t
+        JOIN ledger.lines AS l ON l.txn_id = t.txn_id
+        WHERE t.kind = 'charge' AND t.booking_id = p_booking_id AND l.account = 'booking_revenue'
+    ) THEN
+        -- Paid twice (two PaymentIntents): the second payment goes back.
+        PERFORM ledger.post_charge(p_booking_id, p_payment_intent_id, p_amount, p_currency, true, p_event_id);
+        PERFORM jobs.enqueue('stripe.refund',
+            jsonb_build_object('booking_id', p_booking_id, 'payment_intent_id', p_payment_intent_id,
+                               'reason', 'duplicate_payment'),
+            'stripe.refund:' || p_payment_intent_id);
+        RETURN 'processed';
+    END IF;
+    IF v_booking.status IN ('pending_payment', 'payment_failed', 'expired')
+        AND booking.reserve_for_late_payment(p_booking_id) THEN
+        PERFORM ledger.post_charge(p_booking_id, p_payment_intent_id, p_amount, p_currency, false, p_event_id);
+        PERFORM booking.apply_event(p_booking_id, 'payment_succeeded', p_event_id);
+        RETURN 'processed';
+    END IF;
+    -- No units for it (or the booking was cancelled): keep the money apart, send it back.
+    PERFORM ledger.post_charge(p_booking_id, p_payment_intent_id, p_amount, p_currency, true, p_event_id);
+    IF booking.try_event(p_booking_id, 'payment_succeeded_without_capacity', p_event_id) <> 'refund_pending'
+        OR v_booking.status = 'refund_pending' THEN
+        PERFORM jobs.enqueue('stripe.refund',
+            jsonb_build_object('booking_id', p_booking_id, 'payment_intent_id', p_payment_intent_id,
+                               'reason', 'unallocated_payment'),
+            'stripe.refund:' || p_payment_intent_id);
+    END IF;
+    RETURN 'processed';
+END;
+$$;
+
+
+ALTER FUNCTION stripe.on_payment_succeeded(p_event_id text, p_booking_id uuid, p_payment_intent_id text, p_amount bigint, p_currency text) OWNER TO booking_owner;
+
+--
+-- Name: on_refund(text, jsonb); Type: FUNCTION; Schema: stripe; Owner: booking_owner
+--
+
+CREATE FUNCTION stripe.on_refund(p_event_id text, p_refund jsonb) RETURNS text
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+-- A succeeded refund, booked once by refund id against the account its charge went to;
+-- deferred until the payment it refunds has been booked.
+DECLARE
+    v_pi text := p_refund ->> 'payment_intent';
+    v_booking_id uuid;
+    v_unallocated boolean;
+    v_charged bigint;
+    v_refunded bigint;
+BEGIN
+    IF p_refund ->> 'status' IS DISTINCT FROM 'succeeded' OR jsonb_typeof(p_refund -> 'id') <> 'string' THEN
+        RETURN 'ignored';
+    END IF;
+    v_unallocated := ledger.charge_is_unallocated(v_pi);
+    IF v_unallocated IS NULL THEN
+        RETURN 'deferred';
+    END IF;
+    v_booking_id := stripe.booking_for(p_refund, v_pi);
+    PERFORM 1 FROM booking.bookings AS b WHERE b.booking_id = v_booking_id FOR UPDATE;
+    PERFORM ledger.post_refund(v_booking_id, p_refund ->> 'id', v_pi, (p_refund ->> 'amount')::bigint,
+                               p_refund ->> 'currency', p_event_id);
+    -- Compare what went back with what came in on the same side (allocated or not).
+    SELECT
+        coalesce(sum(t.amount) FILTER (WHERE t.kind = 'charge'), 0),
+        coalesce(sum(t.amount) FILTER (WHERE t.kind = 'refund'), 0)
+    INTO v_charged, v_refunded
+    FROM ledger.transactions AS t
+    WHERE t.booking_id = v_booking_id AND t.kind IN ('charge', 'refund')
+      AND coalesce(ledger.charge_is_unallocated(t.payment_intent_id), false) = v_unallocated;
+    IF v_unallocated THEN
+        -- Money no booking kept: it only decides the state of a booking waiting for it to go back.
+        IF v_refunded >= v_charged
+            AND (SELECT b.status FROM booking.bookings AS b WHERE b.booking_id = v_booking_id) = 'refund_pending' THEN
+            PERFORM booking.try_event(v_booking_id, 'full_refund', p_event_id);
+        END IF;
+    ELSE
+        PERFORM booking.try_event(
+            v_booking_id, CASE WHEN v_refunded >= v_charged THEN 'full_refund' ELSE 'partial_refund' END, p_event_id
+        );
+    END IF;
+    RETURN 'processed';
+END;
+$$;
+
+
+ALTER FUNCTION stripe.on_refund(p_event_id text, p_refund jsonb) OWNER TO booking_owner;
+
+--
 -- Name: retry_delay(integer); Type: FUNCTION; Schema: stripe; Owner: booking_owner
 --
 
@@ -2470,6 +3003,53 @@ $$;
 
 
 ALTER FUNCTION stripe.retry_delay(p_attempts integer) OWNER TO booking_owner;
+
+--
+-- Name: retry_due_events(integer); Type: FUNCTION; Schema: stripe; Owner: booking_owner
+--
+
+CREATE FUNCTION stripe.retry_due_events(p_batch_size integer DEFAULT 200) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+-- The cron job: re-applies failed and deferred events whose retry is due, oldest first,
+-- each in a subtransaction so that one failure is recorded and does not stop the rest.
+DECLARE
+    v_id text;
+    v_outcome text;
+    v_sqlstate text;
+    v_message text;
+    v_counts jsonb := '{}';
+BEGIN
+    FOR v_id IN
+        SELECT e.event_id FROM stripe.events AS e
+        WHERE e.status IN ('deferred', 'failed') AND e.next_attempt_at <= (SELECT now())
+        ORDER BY e.next_attempt_at
+        LIMIT p_batch_size
+        FOR UPDATE SKIP LOCKED
+    LOOP
+        BEGIN
+            v_outcome := stripe.apply_event(v_id);
+        EXCEPTION WHEN OTHERS THEN
+            GET STACKED DIAGNOSTICS v_sqlstate = RETURNED_SQLSTATE, v_message = MESSAGE_TEXT;
+            UPDATE stripe.events AS e
+            SET attempts = e.attempts + 1,
+                status = CASE WHEN e.attempts + 1 >= stripe.attempts_max() THEN 'dead' ELSE 'failed' END,
+                next_attempt_at = CASE
+                    WHEN e.attempts + 1 < stripe.attempts_max() THEN now() + stripe.retry_delay(e.attempts + 1)
+                END,
+                last_error = left(v_message, 2000), last_sqlstate = v_sqlstate
+            WHERE e.event_id = v_id;
+            v_outcome := 'failed';
+        END;
+        v_counts := v_counts || jsonb_build_object(v_outcome, coalesce((v_counts ->> v_outcome)::int, 0) + 1);
+    END LOOP;
+    RETURN v_counts;
+END;
+$$;
+
+
+ALTER FUNCTION stripe.retry_due_events(p_batch_size integer) OWNER TO booking_owner;
 
 --
 -- Name: booking_history; Type: TABLE; Schema: booking; Owner: booking_owner
@@ -2745,6 +3325,7 @@ CREATE TABLE ledger.transactions (
     kind text NOT NULL,
     stripe_object_id text NOT NULL,
     booking_id uuid,
+    payment_intent_id text,
     currency text NOT NULL,
     amount bigint NOT NULL,
     posted_at timestamp with time zone DEFAULT clock_timestamp() NOT NULL,
@@ -3147,6 +3728,21 @@ COMMENT ON VIEW ops.stripe_events_dead IS 'Stripe events that ran out of retries
 
 
 --
+-- Name: config; Type: TABLE; Schema: stripe; Owner: booking_owner
+--
+
+CREATE TABLE stripe.config (
+    singleton boolean DEFAULT true NOT NULL,
+    livemode boolean DEFAULT false NOT NULL,
+    account_id text,
+    CONSTRAINT check_config_account_id CHECK (((length(account_id) >= 1) AND (length(account_id) <= 255))),
+    CONSTRAINT check_config_singleton CHECK (singleton)
+);
+
+
+ALTER TABLE stripe.config OWNER TO booking_owner;
+
+--
 -- Name: booking_history booking_history_pkey; Type: CONSTRAINT; Schema: booking; Owner: booking_owner
 --
 
@@ -3315,6 +3911,14 @@ ALTER TABLE ONLY migrate.history
 
 
 --
+-- Name: config config_pkey; Type: CONSTRAINT; Schema: stripe; Owner: booking_owner
+--
+
+ALTER TABLE ONLY stripe.config
+    ADD CONSTRAINT config_pkey PRIMARY KEY (singleton);
+
+
+--
 -- Name: events events_pkey; Type: CONSTRAINT; Schema: stripe; Owner: booking_owner
 --
 
@@ -3397,6 +4001,13 @@ CREATE INDEX lines_txn_idx ON ledger.lines USING btree (txn_id);
 --
 
 CREATE INDEX transactions_booking_idx ON ledger.transactions USING btree (booking_id);
+
+
+--
+-- Name: transactions_payment_intent_idx; Type: INDEX; Schema: ledger; Owner: booking_owner
+--
+
+CREATE INDEX transactions_payment_intent_idx ON ledger.transactions USING btree (payment_intent_id);
 
 
 --
@@ -3676,11 +4287,27 @@ GRANT ALL ON FUNCTION api.ingest_stripe_event(p_event jsonb) TO booking_app;
 
 
 --
+-- Name: FUNCTION payment_intent_params(p_booking_id uuid); Type: ACL; Schema: api; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION api.payment_intent_params(p_booking_id uuid) FROM PUBLIC;
+GRANT ALL ON FUNCTION api.payment_intent_params(p_booking_id uuid) TO booking_app;
+
+
+--
 -- Name: FUNCTION place_hold(p_inventory_id uuid, p_quantity integer, p_holder text, p_hold_key text); Type: ACL; Schema: api; Owner: booking_owner
 --
 
 REVOKE ALL ON FUNCTION api.place_hold(p_inventory_id uuid, p_quantity integer, p_holder text, p_hold_key text) FROM PUBLIC;
 GRANT ALL ON FUNCTION api.place_hold(p_inventory_id uuid, p_quantity integer, p_holder text, p_hold_key text) TO booking_app;
+
+
+--
+-- Name: FUNCTION record_payment_intent(p_booking_id uuid, p_payment_intent_id text, p_client_secret text, p_status text); Type: ACL; Schema: api; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION api.record_payment_intent(p_booking_id uuid, p_payment_intent_id text, p_client_secret text, p_status text) FROM PUBLIC;
+GRANT ALL ON FUNCTION api.record_payment_intent(p_booking_id uuid, p_payment_intent_id text, p_client_secret text, p_status text) TO booking_app;
 
 
 --
@@ -3799,6 +4426,13 @@ REVOKE ALL ON FUNCTION booking.purge_ended_holds(p_retention interval, p_batch_s
 
 
 --
+-- Name: FUNCTION reserve_for_late_payment(p_booking_id uuid); Type: ACL; Schema: booking; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION booking.reserve_for_late_payment(p_booking_id uuid) FROM PUBLIC;
+
+
+--
 -- Name: FUNCTION return_to_buckets(p_returns booking.bucket_return[]); Type: ACL; Schema: booking; Owner: booking_owner
 --
 
@@ -3827,10 +4461,31 @@ REVOKE ALL ON PROCEDURE booking.sweep_holds_cron() FROM PUBLIC;
 
 
 --
+-- Name: FUNCTION take_more_units(p_inventory_id uuid, p_units integer); Type: ACL; Schema: booking; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION booking.take_more_units(p_inventory_id uuid, p_units integer) FROM PUBLIC;
+
+
+--
+-- Name: FUNCTION take_units(p_inventory_id uuid, p_units integer); Type: ACL; Schema: booking; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION booking.take_units(p_inventory_id uuid, p_units integer) FROM PUBLIC;
+
+
+--
 -- Name: FUNCTION take_units_slowly(p_inventory_id uuid, p_quantity integer); Type: ACL; Schema: booking; Owner: booking_owner
 --
 
 REVOKE ALL ON FUNCTION booking.take_units_slowly(p_inventory_id uuid, p_quantity integer) FROM PUBLIC;
+
+
+--
+-- Name: FUNCTION try_event(p_booking_id uuid, p_event text, p_stripe_event_id text); Type: ACL; Schema: booking; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION booking.try_event(p_booking_id uuid, p_event text, p_stripe_event_id text) FROM PUBLIC;
 
 
 --
@@ -3925,6 +4580,13 @@ REVOKE ALL ON FUNCTION jobs.enqueue(p_kind text, p_payload jsonb, p_dedupe_key t
 
 
 --
+-- Name: FUNCTION charge_is_unallocated(p_payment_intent_id text); Type: ACL; Schema: ledger; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION ledger.charge_is_unallocated(p_payment_intent_id text) FROM PUBLIC;
+
+
+--
 -- Name: FUNCTION check_balanced(); Type: ACL; Schema: ledger; Owner: booking_owner
 --
 
@@ -3932,10 +4594,10 @@ REVOKE ALL ON FUNCTION ledger.check_balanced() FROM PUBLIC;
 
 
 --
--- Name: FUNCTION post(p_kind text, p_stripe_object_id text, p_booking_id uuid, p_amount bigint, p_currency text, p_debit text, p_credit text, p_stripe_event_id text); Type: ACL; Schema: ledger; Owner: booking_owner
+-- Name: FUNCTION post(p_kind text, p_stripe_object_id text, p_payment_intent_id text, p_booking_id uuid, p_amount bigint, p_currency text, p_debit text, p_credit text, p_stripe_event_id text); Type: ACL; Schema: ledger; Owner: booking_owner
 --
 
-REVOKE ALL ON FUNCTION ledger.post(p_kind text, p_stripe_object_id text, p_booking_id uuid, p_amount bigint, p_currency text, p_debit text, p_credit text, p_stripe_event_id text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ledger.post(p_kind text, p_stripe_object_id text, p_payment_intent_id text, p_booking_id uuid, p_amount bigint, p_currency text, p_debit text, p_credit text, p_stripe_event_id text) FROM PUBLIC;
 
 
 --
@@ -3946,24 +4608,24 @@ REVOKE ALL ON FUNCTION ledger.post_charge(p_booking_id uuid, p_payment_intent_id
 
 
 --
--- Name: FUNCTION post_dispute(p_booking_id uuid, p_dispute_id text, p_amount bigint, p_currency text, p_stripe_event_id text); Type: ACL; Schema: ledger; Owner: booking_owner
+-- Name: FUNCTION post_dispute(p_booking_id uuid, p_dispute_id text, p_payment_intent_id text, p_amount bigint, p_currency text, p_stripe_event_id text); Type: ACL; Schema: ledger; Owner: booking_owner
 --
 
-REVOKE ALL ON FUNCTION ledger.post_dispute(p_booking_id uuid, p_dispute_id text, p_amount bigint, p_currency text, p_stripe_event_id text) FROM PUBLIC;
-
-
---
--- Name: FUNCTION post_dispute_reversal(p_booking_id uuid, p_dispute_id text, p_amount bigint, p_currency text, p_stripe_event_id text); Type: ACL; Schema: ledger; Owner: booking_owner
---
-
-REVOKE ALL ON FUNCTION ledger.post_dispute_reversal(p_booking_id uuid, p_dispute_id text, p_amount bigint, p_currency text, p_stripe_event_id text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ledger.post_dispute(p_booking_id uuid, p_dispute_id text, p_payment_intent_id text, p_amount bigint, p_currency text, p_stripe_event_id text) FROM PUBLIC;
 
 
 --
--- Name: FUNCTION post_refund(p_booking_id uuid, p_refund_id text, p_amount bigint, p_currency text, p_unallocated boolean, p_stripe_event_id text); Type: ACL; Schema: ledger; Owner: booking_owner
+-- Name: FUNCTION post_dispute_reversal(p_booking_id uuid, p_dispute_id text, p_payment_intent_id text, p_amount bigint, p_currency text, p_stripe_event_id text); Type: ACL; Schema: ledger; Owner: booking_owner
 --
 
-REVOKE ALL ON FUNCTION ledger.post_refund(p_booking_id uuid, p_refund_id text, p_amount bigint, p_currency text, p_unallocated boolean, p_stripe_event_id text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ledger.post_dispute_reversal(p_booking_id uuid, p_dispute_id text, p_payment_intent_id text, p_amount bigint, p_currency text, p_stripe_event_id text) FROM PUBLIC;
+
+
+--
+-- Name: FUNCTION post_refund(p_booking_id uuid, p_refund_id text, p_payment_intent_id text, p_amount bigint, p_currency text, p_stripe_event_id text); Type: ACL; Schema: ledger; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION ledger.post_refund(p_booking_id uuid, p_refund_id text, p_payment_intent_id text, p_amount bigint, p_currency text, p_stripe_event_id text) FROM PUBLIC;
 
 
 --
@@ -3988,6 +4650,14 @@ REVOKE ALL ON FUNCTION migrate.record(p_kind text, p_name text, p_checksum text)
 
 
 --
+-- Name: FUNCTION replay_stripe_event(p_event_id text); Type: ACL; Schema: ops; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION ops.replay_stripe_event(p_event_id text) FROM PUBLIC;
+GRANT ALL ON FUNCTION ops.replay_stripe_event(p_event_id text) TO booking_ops;
+
+
+--
 -- Name: FUNCTION apply_event(p_event_id text); Type: ACL; Schema: stripe; Owner: booking_owner
 --
 
@@ -4002,10 +4672,24 @@ REVOKE ALL ON FUNCTION stripe.attempts_max() FROM PUBLIC;
 
 
 --
+-- Name: FUNCTION booking_for(p_object jsonb, p_payment_intent_id text); Type: ACL; Schema: stripe; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION stripe.booking_for(p_object jsonb, p_payment_intent_id text) FROM PUBLIC;
+
+
+--
 -- Name: FUNCTION check_event(p_event jsonb); Type: ACL; Schema: stripe; Owner: booking_owner
 --
 
 REVOKE ALL ON FUNCTION stripe.check_event(p_event jsonb) FROM PUBLIC;
+
+
+--
+-- Name: FUNCTION dispatch(p_event_id text, p_type text, p_object jsonb); Type: ACL; Schema: stripe; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION stripe.dispatch(p_event_id text, p_type text, p_object jsonb) FROM PUBLIC;
 
 
 --
@@ -4016,10 +4700,38 @@ REVOKE ALL ON FUNCTION stripe.livemode(p_event jsonb) FROM PUBLIC;
 
 
 --
+-- Name: FUNCTION on_dispute(p_event_id text, p_type text, p_dispute jsonb); Type: ACL; Schema: stripe; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION stripe.on_dispute(p_event_id text, p_type text, p_dispute jsonb) FROM PUBLIC;
+
+
+--
+-- Name: FUNCTION on_payment_succeeded(p_event_id text, p_booking_id uuid, p_payment_intent_id text, p_amount bigint, p_currency text); Type: ACL; Schema: stripe; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION stripe.on_payment_succeeded(p_event_id text, p_booking_id uuid, p_payment_intent_id text, p_amount bigint, p_currency text) FROM PUBLIC;
+
+
+--
+-- Name: FUNCTION on_refund(p_event_id text, p_refund jsonb); Type: ACL; Schema: stripe; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION stripe.on_refund(p_event_id text, p_refund jsonb) FROM PUBLIC;
+
+
+--
 -- Name: FUNCTION retry_delay(p_attempts integer); Type: ACL; Schema: stripe; Owner: booking_owner
 --
 
 REVOKE ALL ON FUNCTION stripe.retry_delay(p_attempts integer) FROM PUBLIC;
+
+
+--
+-- Name: FUNCTION retry_due_events(p_batch_size integer); Type: ACL; Schema: stripe; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION stripe.retry_due_events(p_batch_size integer) FROM PUBLIC;
 
 
 --
@@ -4123,4 +4835,5 @@ ALTER DEFAULT PRIVILEGES FOR ROLE booking_owner REVOKE ALL ON FUNCTIONS  FROM PU
 -- booking-prune-cron-history | 17 * * * * | SELECT core.run_cron_job('booking-prune-cron-history')
 -- booking-purge-holds | 41 3 * * * | SELECT core.run_cron_job('booking-purge-holds')
 -- booking-purge-idempotency-keys | 23 * * * * | SELECT core.run_cron_job('booking-purge-idempotency-keys')
+-- booking-retry-stripe-events | * * * * * | SELECT core.run_cron_job('booking-retry-stripe-events')
 -- booking-sweep-holds | * * * * * | CALL booking.sweep_holds_cron()

@@ -33,3 +33,18 @@ def sign(payload: bytes | str, secret: str, timestamp: int | None = None) -> str
 
 def encode(evt: dict) -> bytes:
     return json.dumps(evt, separators=(",", ":")).encode()
+
+
+def payment_intent(pi_id: str, booking_id, amount: int, currency: str = "usd", status: str = "succeeded") -> dict:
+    return {"id": pi_id, "object": "payment_intent", "amount": amount, "amount_received": amount if status == "succeeded" else 0,
+            "currency": currency, "status": status, "metadata": {"booking_id": str(booking_id)}}
+
+
+def refund(re_id: str, pi_id: str, amount: int, currency: str = "usd", status: str = "succeeded") -> dict:
+    return {"id": re_id, "object": "refund", "amount": amount, "currency": currency, "payment_intent": pi_id,
+            "status": status}
+
+
+def dispute(dp_id: str, pi_id: str, amount: int, currency: str = "usd", status: str = "needs_response") -> dict:
+    return {"id": dp_id, "object": "dispute", "amount": amount, "currency": currency, "payment_intent": pi_id,
+            "status": status}

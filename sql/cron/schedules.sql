@@ -11,6 +11,13 @@ SELECT core.sync_cron_jobs($jobs$[
     "max_silence": "10 minutes"
   },
   {
+    "jobname": "booking-retry-stripe-events",
+    "schedule": "* * * * *",
+    "job_function": "stripe.retry_due_events",
+    "description": "Re-applies failed and deferred Stripe events whose retry is due (capped exponential backoff), 200 a run.",
+    "max_silence": "10 minutes"
+  },
+  {
     "jobname": "booking-purge-holds",
     "schedule": "41 3 * * *",
     "job_function": "booking.purge_ended_holds",

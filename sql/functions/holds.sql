@@ -176,6 +176,83 @@ BEGIN
 END;
 $$;
 
+CREATE OR REPLACE FUNCTION booking.take_more_units(p_inventory_id uuid, p_units int)
+RETURNS smallint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+-- After a miss on idle buckets: wait for one bucket that has enough (one row, holding no
+-- other bucket, so no deadlock; a stray lock from a failed recheck is released by the
+-- subtransaction's rollback); else, unless sold out, the ordered slow path. Returns the
+-- bucket the units came from (or the first of them); RB001 when there are not enough.
+DECLARE
+    v_pick smallint;
+    v_bucket smallint;
+    v_available bigint;
+BEGIN
+    BEGIN
+        SELECT c.bucket_no INTO v_pick
+        FROM booking.inventory_buckets AS c
+        WHERE c.inventory_id = p_inventory_id AND c.free >= p_units
+        ORDER BY random()
+        LIMIT 1;
+        UPDATE booking.inventory_buckets AS b
+        SET free = b.free - p_units
+        WHERE b.inventory_id = p_inventory_id AND b.bucket_no = v_pick AND b.free >= p_units
+        RETURNING b.bucket_no INTO v_bucket;
+        IF v_bucket IS NULL THEN
+            RAISE EXCEPTION USING ERRCODE = 'RB001';
+        END IF;
+        RETURN v_bucket;
+    EXCEPTION WHEN SQLSTATE 'RB001' THEN
+        NULL;
+    END;
+    -- Sold out as of this snapshot (dead holds counted as available): say so without
+    -- queueing behind other buyers' bucket locks.
+    SELECT a.available INTO v_available FROM api.availability(p_inventory_id) AS a;
+    IF v_available < p_units THEN
+        RAISE EXCEPTION 'not enough available: % requested, % available', p_units, v_available
+            USING ERRCODE = 'RB001';
+    END IF;
+    RETURN booking.take_units_slowly(p_inventory_id, p_units);
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION booking.take_units(p_inventory_id uuid, p_units int)
+RETURNS smallint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+-- Takes p_units from the inventory's buckets (see api.place_hold for the paths); returns
+-- the bucket they came from; RB001 when there are not enough.
+DECLARE
+    v_bucket smallint;
+BEGIN
+    BEGIN
+        WITH pick AS MATERIALIZED (
+            SELECT c.bucket_no
+            FROM booking.inventory_buckets AS c
+            WHERE c.inventory_id = p_inventory_id AND c.free >= p_units
+            ORDER BY random()
+            LIMIT 1
+            FOR UPDATE SKIP LOCKED
+        )
+        UPDATE booking.inventory_buckets AS b
+        SET free = b.free - p_units
+        FROM pick
+        WHERE b.inventory_id = p_inventory_id AND b.bucket_no = pick.bucket_no
+        RETURNING b.bucket_no INTO v_bucket;
+        IF v_bucket IS NULL THEN
+            RAISE EXCEPTION USING ERRCODE = 'RB001';
+        END IF;
+        RETURN v_bucket;
+    EXCEPTION WHEN SQLSTATE 'RB001' THEN
+        NULL;
+    END;
+    RETURN booking.take_more_units(p_inventory_id, p_units);
+END;
+$$;
+
 -- ---------------------------------------------------------------------------------------
 -- api
 
@@ -349,8 +426,6 @@ DECLARE
     v_needed int := p_quantity;
     v_home smallint;
     v_bucket smallint;
-    v_pick smallint;
-    v_available bigint;
     v_hold_id uuid;
     v_expires_at timestamptz;
 BEGIN
@@ -432,39 +507,11 @@ BEGIN
         EXCEPTION WHEN SQLSTATE 'RB001' THEN
             v_hold_id := NULL;
         END;
-        IF v_hold_id IS NULL THEN
-            BEGIN
-                SELECT c.bucket_no INTO v_pick
-                FROM booking.inventory_buckets AS c
-                WHERE c.inventory_id = p_inventory_id AND c.free >= v_needed
-                ORDER BY random()
-                LIMIT 1;
-                UPDATE booking.inventory_buckets AS b
-                SET free = b.free - v_needed
-                WHERE b.inventory_id = p_inventory_id AND b.bucket_no = v_pick AND b.free >= v_needed
-                RETURNING b.bucket_no INTO v_bucket;
-                IF v_bucket IS NULL THEN
-                    RAISE EXCEPTION USING ERRCODE = 'RB001';
-                END IF;
-            EXCEPTION WHEN SQLSTATE 'RB001' THEN
-                v_bucket := NULL;
-            END;
-        END IF;
         IF v_hold_id IS NOT NULL THEN
             RETURN QUERY SELECT v_hold_id, v_expires_at;
             RETURN;
         END IF;
-
-        IF v_bucket IS NULL THEN
-            -- Sold out as of this snapshot (dead holds counted as available): say so
-            -- without queueing behind other buyers' bucket locks.
-            SELECT a.available INTO v_available FROM api.availability(p_inventory_id) AS a;
-            IF v_available < v_needed THEN
-                RAISE EXCEPTION 'not enough available: % requested, % available', p_quantity, v_available
-                    USING ERRCODE = 'RB001';
-            END IF;
-            v_bucket := booking.take_units_slowly(p_inventory_id, v_needed);
-        END IF;
+        v_bucket := booking.take_more_units(p_inventory_id, v_needed);
         v_home := coalesce(v_home, v_bucket);
     END IF;
 

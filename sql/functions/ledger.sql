@@ -17,10 +17,12 @@ $$;
 CREATE OR REPLACE FUNCTION ledger.check_balanced()
 RETURNS trigger
 LANGUAGE plpgsql
+SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 -- Deferred to commit: the transaction of each new line has at least two lines, in its
--- own currency, summing to zero.
+-- own currency, summing to zero. SECURITY DEFINER because at commit it runs as the
+-- session's role (e.g. a booking_app login), not as the api function that wrote the lines.
 DECLARE
     v_bad record;
 BEGIN
@@ -63,8 +65,8 @@ DEFERRABLE INITIALLY DEFERRED
 FOR EACH ROW EXECUTE FUNCTION ledger.check_balanced();
 
 CREATE OR REPLACE FUNCTION ledger.post(
-    p_kind text, p_stripe_object_id text, p_booking_id uuid, p_amount bigint, p_currency text,
-    p_debit text, p_credit text, p_stripe_event_id text DEFAULT NULL
+    p_kind text, p_stripe_object_id text, p_payment_intent_id text, p_booking_id uuid, p_amount bigint,
+    p_currency text, p_debit text, p_credit text, p_stripe_event_id text DEFAULT NULL
 )
 RETURNS bigint
 LANGUAGE plpgsql
@@ -80,8 +82,10 @@ BEGIN
     PERFORM core.require_text(p_stripe_object_id, 'p_stripe_object_id', 255);
     PERFORM core.require_range(p_amount, 'p_amount', 1, 100000000000);
     PERFORM core.require(p_currency, 'p_currency');
-    INSERT INTO ledger.transactions (kind, stripe_object_id, booking_id, currency, amount, stripe_event_id, correlation_id)
-    VALUES (p_kind, p_stripe_object_id, p_booking_id, p_currency, p_amount, p_stripe_event_id,
+    INSERT INTO ledger.transactions (
+        kind, stripe_object_id, payment_intent_id, booking_id, currency, amount, stripe_event_id, correlation_id
+    )
+    VALUES (p_kind, p_stripe_object_id, p_payment_intent_id, p_booking_id, p_currency, p_amount, p_stripe_event_id,
             left(current_setting('app.correlation_id', true), 200))
     ON CONFLICT (kind, stripe_object_id) DO NOTHING
     RETURNING txn_id INTO v_txn_id;
@@ -114,29 +118,44 @@ SET search_path = pg_catalog, pg_temp
 AS $$
     -- Money received for a booking (or, unallocated, money no booking can keep).
     SELECT ledger.post(
-        'charge', p_payment_intent_id, p_booking_id, p_amount, p_currency, 'cash_at_stripe',
+        'charge', p_payment_intent_id, p_payment_intent_id, p_booking_id, p_amount, p_currency, 'cash_at_stripe',
         CASE WHEN p_unallocated THEN 'unallocated_receipts' ELSE 'booking_revenue' END, p_stripe_event_id
     );
 $$;
 
+CREATE OR REPLACE FUNCTION ledger.charge_is_unallocated(p_payment_intent_id text)
+RETURNS boolean
+LANGUAGE sql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    -- NULL when no charge was posted for the PaymentIntent.
+    SELECT bool_or(l.account = 'unallocated_receipts')
+    FROM ledger.transactions AS t
+    JOIN ledger.lines AS l ON l.txn_id = t.txn_id
+    WHERE t.kind = 'charge' AND t.stripe_object_id = p_payment_intent_id;
+$$;
+
 CREATE OR REPLACE FUNCTION ledger.post_refund(
-    p_booking_id uuid, p_refund_id text, p_amount bigint, p_currency text,
-    p_unallocated boolean DEFAULT FALSE, p_stripe_event_id text DEFAULT NULL
+    p_booking_id uuid, p_refund_id text, p_payment_intent_id text, p_amount bigint, p_currency text,
+    p_stripe_event_id text DEFAULT NULL
 )
 RETURNS bigint
 LANGUAGE sql
 SET search_path = pg_catalog, pg_temp
 AS $$
-    -- Money sent back, by refund object.
+    -- Money sent back, by refund object, from the account its charge went to.
     SELECT ledger.post(
-        'refund', p_refund_id, p_booking_id, p_amount, p_currency,
-        CASE WHEN p_unallocated THEN 'unallocated_receipts' ELSE 'booking_revenue' END, 'cash_at_stripe',
-        p_stripe_event_id
+        'refund', p_refund_id, p_payment_intent_id, p_booking_id, p_amount, p_currency,
+        CASE WHEN coalesce(ledger.charge_is_unallocated(p_payment_intent_id), FALSE)
+            THEN 'unallocated_receipts' ELSE 'booking_revenue' END,
+        'cash_at_stripe', p_stripe_event_id
     );
 $$;
 
 CREATE OR REPLACE FUNCTION ledger.post_dispute(
-    p_booking_id uuid, p_dispute_id text, p_amount bigint, p_currency text, p_stripe_event_id text DEFAULT NULL
+    p_booking_id uuid, p_dispute_id text, p_payment_intent_id text, p_amount bigint, p_currency text,
+    p_stripe_event_id text DEFAULT NULL
 )
 RETURNS bigint
 LANGUAGE sql
@@ -144,13 +163,14 @@ SET search_path = pg_catalog, pg_temp
 AS $$
     -- Stripe withdrew the disputed amount.
     SELECT ledger.post(
-        'dispute', p_dispute_id, p_booking_id, p_amount, p_currency, 'disputed_funds', 'cash_at_stripe',
-        p_stripe_event_id
+        'dispute', p_dispute_id, p_payment_intent_id, p_booking_id, p_amount, p_currency, 'disputed_funds',
+        'cash_at_stripe', p_stripe_event_id
     );
 $$;
 
 CREATE OR REPLACE FUNCTION ledger.post_dispute_reversal(
-    p_booking_id uuid, p_dispute_id text, p_amount bigint, p_currency text, p_stripe_event_id text DEFAULT NULL
+    p_booking_id uuid, p_dispute_id text, p_payment_intent_id text, p_amount bigint, p_currency text,
+    p_stripe_event_id text DEFAULT NULL
 )
 RETURNS bigint
 LANGUAGE sql
@@ -158,7 +178,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
     -- A won dispute: Stripe gave the amount back.
     SELECT ledger.post(
-        'dispute_reversal', p_dispute_id, p_booking_id, p_amount, p_currency, 'cash_at_stripe', 'disputed_funds',
-        p_stripe_event_id
+        'dispute_reversal', p_dispute_id, p_payment_intent_id, p_booking_id, p_amount, p_currency, 'cash_at_stripe',
+        'disputed_funds', p_stripe_event_id
     );
 $$;

@@ -67,18 +67,101 @@ RETURNS text
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
--- Applies one stored, row-locked event and records the outcome on its row.
--- No event type is applied yet: every event is stored and 'ignored'.
+-- Applies one stored, row-locked event and records the outcome on its row: processed,
+-- ignored (not applicable, or another mode or account than stripe.config), or deferred
+-- (it depends on something not booked yet: retried with backoff, dead after
+-- stripe.attempts_max() attempts).
 DECLARE
-    v_outcome text := 'ignored';
+    v_event stripe.events;
+    v_config stripe.config;
+    v_outcome text;
 BEGIN
+    SELECT * INTO v_event FROM stripe.events AS e WHERE e.event_id = p_event_id;
+    SELECT * INTO v_config FROM stripe.config;
+    IF v_event.livemode IS DISTINCT FROM v_config.livemode
+        OR (v_config.account_id IS NOT NULL AND v_event.payload ->> 'account' IS NOT NULL
+            AND v_event.payload ->> 'account' <> v_config.account_id) THEN
+        v_outcome := 'ignored';
+    ELSE
+        v_outcome := stripe.dispatch(p_event_id, v_event.type, v_event.payload #> '{data,object}');
+    END IF;
     UPDATE stripe.events
-    SET status = v_outcome, attempts = attempts + 1, processed_at = clock_timestamp(),
-        next_attempt_at = NULL, last_error = NULL, last_sqlstate = NULL
+    SET status = CASE
+            WHEN v_outcome = 'deferred' AND attempts + 1 >= stripe.attempts_max() THEN 'dead'
+            ELSE v_outcome
+        END,
+        attempts = attempts + 1,
+        processed_at = CASE WHEN v_outcome = 'deferred' THEN NULL ELSE clock_timestamp() END,
+        next_attempt_at = CASE
+            WHEN v_outcome = 'deferred' AND attempts + 1 < stripe.attempts_max()
+                THEN now() + stripe.retry_delay(attempts + 1)
+        END,
+        last_error = CASE WHEN v_outcome = 'deferred' THEN 'waiting for the payment it depends on' END,
+        last_sqlstate = NULL
     WHERE event_id = p_event_id;
     RETURN v_outcome;
 END;
 $$;
+
+CREATE OR REPLACE FUNCTION stripe.retry_due_events(p_batch_size int DEFAULT 200)
+RETURNS jsonb
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+-- The cron job: re-applies failed and deferred events whose retry is due, oldest first,
+-- each in a subtransaction so that one failure is recorded and does not stop the rest.
+DECLARE
+    v_id text;
+    v_outcome text;
+    v_sqlstate text;
+    v_message text;
+    v_counts jsonb := '{}';
+BEGIN
+    FOR v_id IN
+        SELECT e.event_id FROM stripe.events AS e
+        WHERE e.status IN ('deferred', 'failed') AND e.next_attempt_at <= (SELECT now())
+        ORDER BY e.next_attempt_at
+        LIMIT p_batch_size
+        FOR UPDATE SKIP LOCKED
+    LOOP
+        BEGIN
+            v_outcome := stripe.apply_event(v_id);
+        EXCEPTION WHEN OTHERS THEN
+            GET STACKED DIAGNOSTICS v_sqlstate = RETURNED_SQLSTATE, v_message = MESSAGE_TEXT;
+            UPDATE stripe.events AS e
+            SET attempts = e.attempts + 1,
+                status = CASE WHEN e.attempts + 1 >= stripe.attempts_max() THEN 'dead' ELSE 'failed' END,
+                next_attempt_at = CASE
+                    WHEN e.attempts + 1 < stripe.attempts_max() THEN now() + stripe.retry_delay(e.attempts + 1)
+                END,
+                last_error = left(v_message, 2000), last_sqlstate = v_sqlstate
+            WHERE e.event_id = v_id;
+            v_outcome := 'failed';
+        END;
+        v_counts := v_counts || jsonb_build_object(v_outcome, coalesce((v_counts ->> v_outcome)::int, 0) + 1);
+    END LOOP;
+    RETURN v_counts;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION ops.replay_stripe_event(p_event_id text)
+RETURNS text
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM core.require_text(p_event_id, 'p_event_id', 255);
+    PERFORM 1 FROM stripe.events AS e WHERE e.event_id = p_event_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'no stored Stripe event %', p_event_id USING ERRCODE = 'RB005';
+    END IF;
+    RETURN stripe.apply_event(p_event_id);
+END;
+$$;
+COMMENT ON FUNCTION ops.replay_stripe_event(text) IS
+'Re-applies a stored Stripe event now (dead, failed, deferred or any other) and returns the outcome; safe to repeat: the ledger takes each Stripe object once.';
 
 CREATE OR REPLACE FUNCTION api.ingest_stripe_event(p_event jsonb)
 RETURNS text

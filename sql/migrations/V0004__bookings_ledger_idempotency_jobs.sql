@@ -132,6 +132,8 @@ CREATE TABLE ledger.transactions (
     kind text NOT NULL,
     stripe_object_id text NOT NULL,
     booking_id uuid,
+    -- The PaymentIntent the money belongs to (for a charge, its own id).
+    payment_intent_id text,
     currency text NOT NULL REFERENCES core.currencies (code),
     amount bigint NOT NULL,
     posted_at timestamptz NOT NULL DEFAULT clock_timestamp(),
@@ -143,6 +145,7 @@ CREATE TABLE ledger.transactions (
     CONSTRAINT check_transactions_amount CHECK (amount > 0)
 );
 CREATE INDEX transactions_booking_idx ON ledger.transactions (booking_id);
+CREATE INDEX transactions_payment_intent_idx ON ledger.transactions (payment_intent_id);
 
 CREATE TABLE ledger.lines (
     line_id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -214,3 +217,16 @@ CREATE TABLE jobs.jobs (
     CONSTRAINT check_jobs_payload CHECK (jsonb_typeof(payload) = 'object')
 );
 CREATE INDEX jobs_due_idx ON jobs.jobs (run_at) WHERE status IN ('queued', 'failed');
+
+-- ---------------------------------------------------------------------------------------
+-- What Stripe account and mode this database takes events from (one row).
+
+CREATE TABLE stripe.config (
+    singleton boolean PRIMARY KEY DEFAULT TRUE,
+    livemode boolean NOT NULL DEFAULT FALSE,
+    -- When set, events of another connected account are stored and ignored.
+    account_id text,
+    CONSTRAINT check_config_singleton CHECK (singleton),
+    CONSTRAINT check_config_account_id CHECK (length(account_id) BETWEEN 1 AND 255)
+);
+INSERT INTO stripe.config DEFAULT VALUES;

@@ -13,14 +13,16 @@ from tests.sql.helpers import at_once, sqlstate_of
 
 POSTERS = {
     "charge": "ledger.post_charge(%s, %s, %s, %s)",
-    "refund": "ledger.post_refund(%s, %s, %s, %s)",
-    "dispute": "ledger.post_dispute(%s, %s, %s, %s)",
-    "dispute_reversal": "ledger.post_dispute_reversal(%s, %s, %s, %s)",
+    "refund": "ledger.post_refund(%s, %s, 'pi_of_' || %s, %s, %s)",
+    "dispute": "ledger.post_dispute(%s, %s, 'pi_of_' || %s, %s, %s)",
+    "dispute_reversal": "ledger.post_dispute_reversal(%s, %s, 'pi_of_' || %s, %s, %s)",
 }
 
 
 def post(conn, kind, booking_id, object_id, amount, currency="usd"):
-    return conn.execute(f"SELECT {POSTERS[kind]}", (booking_id, object_id, amount, currency)).fetchone()[0]
+    args = (booking_id, object_id, amount, currency) if kind == "charge" else \
+        (booking_id, object_id, str(booking_id), amount, currency)
+    return conn.execute(f"SELECT {POSTERS[kind]}", args).fetchone()[0]
 
 
 def test_each_kind_posts_balanced_lines_once(db):

@@ -1,0 +1,352 @@
+-- Stripe payments applied to bookings and the ledger (contract: "Stripe"). Every handler
+-- runs inside the transaction that stores the event, holds the booking's row lock, and is
+-- safe to run again: the ledger takes each Stripe object once, and a status only moves
+-- along booking.booking_transitions.
+
+CREATE OR REPLACE FUNCTION stripe.booking_for(p_object jsonb, p_payment_intent_id text)
+RETURNS uuid
+LANGUAGE plpgsql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+-- The booking an object belongs to: metadata.booking_id, else the booking that recorded
+-- the PaymentIntent, else the booking its charge was posted for.
+DECLARE
+    v_text text := p_object #>> '{metadata,booking_id}';
+    v_booking_id uuid;
+BEGIN
+    IF v_text ~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$' THEN
+        SELECT b.booking_id INTO v_booking_id FROM booking.bookings AS b WHERE b.booking_id = v_text::uuid;
+        IF FOUND THEN
+            RETURN v_booking_id;
+        END IF;
+    END IF;
+    IF p_payment_intent_id IS NULL THEN
+        RETURN NULL;
+    END IF;
+    SELECT b.booking_id INTO v_booking_id FROM booking.bookings AS b WHERE b.payment_intent_id = p_payment_intent_id;
+    IF FOUND THEN
+        RETURN v_booking_id;
+    END IF;
+    SELECT t.booking_id INTO v_booking_id
+    FROM ledger.transactions AS t
+    WHERE t.kind = 'charge' AND t.stripe_object_id = p_payment_intent_id;
+    RETURN v_booking_id;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION booking.try_event(p_booking_id uuid, p_event text, p_stripe_event_id text)
+RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+-- Applies p_event if the booking's current status allows it; otherwise changes nothing
+-- (an event that arrives after a later one has moved the booking on). Returns the status.
+DECLARE
+    v_status text;
+BEGIN
+    SELECT b.status INTO v_status FROM booking.bookings AS b WHERE b.booking_id = p_booking_id FOR UPDATE;
+    IF EXISTS (SELECT FROM booking.booking_transitions AS t WHERE t.from_status = v_status AND t.event = p_event) THEN
+        RETURN booking.apply_event(p_booking_id, p_event, p_stripe_event_id);
+    END IF;
+    RETURN v_status;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION booking.reserve_for_late_payment(p_booking_id uuid)
+RETURNS boolean
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+-- A payment arrived for a booking whose deadline may have passed. Holds still 'booked'
+-- keep their units (nobody reclaimed them: their rows are locked here); for each hold
+-- that was swept or reclaimed, the same quantity is taken again if it is available.
+-- True when the booking holds all its units now; false (and nothing taken) otherwise.
+DECLARE
+    v_hold record;
+    v_bucket smallint;
+BEGIN
+    FOR v_hold IN
+        SELECT h.hold_id, h.inventory_id, h.quantity, h.holder, h.status
+        FROM booking.holds AS h
+        WHERE h.booking_id = p_booking_id AND h.status IN ('booked', 'expired')
+        ORDER BY h.hold_id
+        FOR UPDATE
+    LOOP
+        CONTINUE WHEN v_hold.status = 'booked';
+        v_bucket := booking.take_units(v_hold.inventory_id, v_hold.quantity);
+        INSERT INTO booking.holds (inventory_id, bucket_no, quantity, holder, status, expires_at, booking_id)
+        VALUES (v_hold.inventory_id, v_bucket, v_hold.quantity, v_hold.holder, 'booked', clock_timestamp(),
+                p_booking_id);
+    END LOOP;
+    RETURN true;
+EXCEPTION WHEN SQLSTATE 'RB001' THEN
+    RETURN false;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION stripe.on_payment_succeeded(
+    p_event_id text, p_booking_id uuid, p_payment_intent_id text, p_amount bigint, p_currency text
+)
+RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+-- Money arrived. Booked once per PaymentIntent; the booking is confirmed if it is payable
+-- or its units can be taken again; otherwise the money is unallocated and goes back.
+DECLARE
+    v_booking booking.bookings;
+BEGIN
+    SELECT * INTO v_booking FROM booking.bookings AS b WHERE b.booking_id = p_booking_id FOR UPDATE;
+    IF EXISTS (SELECT FROM ledger.transactions AS t WHERE t.kind = 'charge' AND t.stripe_object_id = p_payment_intent_id) THEN
+        RETURN 'processed';  -- another announcement of a payment already booked
+    END IF;
+    IF (p_amount, p_currency) IS DISTINCT FROM (v_booking.amount, v_booking.currency) THEN
+        RAISE EXCEPTION 'PaymentIntent % paid % %, booking % costs % %', p_payment_intent_id, p_amount, p_currency,
+            p_booking_id, v_booking.amount, v_booking.currency
+            USING ERRCODE = 'RX001';
+    END IF;
+    IF EXISTS (
+        SELECT FROM ledger.transactions AS t
+        JOIN ledger.lines AS l ON l.txn_id = t.txn_id
+        WHERE t.kind = 'charge' AND t.booking_id = p_booking_id AND l.account = 'booking_revenue'
+    ) THEN
+        -- Paid twice (two PaymentIntents): the second payment goes back.
+        PERFORM ledger.post_charge(p_booking_id, p_payment_intent_id, p_amount, p_currency, true, p_event_id);
+        PERFORM jobs.enqueue('stripe.refund',
+            jsonb_build_object('booking_id', p_booking_id, 'payment_intent_id', p_payment_intent_id,
+                               'reason', 'duplicate_payment'),
+            'stripe.refund:' || p_payment_intent_id);
+        RETURN 'processed';
+    END IF;
+    IF v_booking.status IN ('pending_payment', 'payment_failed', 'expired')
+        AND booking.reserve_for_late_payment(p_booking_id) THEN
+        PERFORM ledger.post_charge(p_booking_id, p_payment_intent_id, p_amount, p_currency, false, p_event_id);
+        PERFORM booking.apply_event(p_booking_id, 'payment_succeeded', p_event_id);
+        RETURN 'processed';
+    END IF;
+    -- No units for it (or the booking was cancelled): keep the money apart, send it back.
+    PERFORM ledger.post_charge(p_booking_id, p_payment_intent_id, p_amount, p_currency, true, p_event_id);
+    IF booking.try_event(p_booking_id, 'payment_succeeded_without_capacity', p_event_id) <> 'refund_pending'
+        OR v_booking.status = 'refund_pending' THEN
+        PERFORM jobs.enqueue('stripe.refund',
+            jsonb_build_object('booking_id', p_booking_id, 'payment_intent_id', p_payment_intent_id,
+                               'reason', 'unallocated_payment'),
+            'stripe.refund:' || p_payment_intent_id);
+    END IF;
+    RETURN 'processed';
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION stripe.on_refund(p_event_id text, p_refund jsonb)
+RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+-- A succeeded refund, booked once by refund id against the account its charge went to;
+-- deferred until the payment it refunds has been booked.
+DECLARE
+    v_pi text := p_refund ->> 'payment_intent';
+    v_booking_id uuid;
+    v_unallocated boolean;
+    v_charged bigint;
+    v_refunded bigint;
+BEGIN
+    IF p_refund ->> 'status' IS DISTINCT FROM 'succeeded' OR jsonb_typeof(p_refund -> 'id') <> 'string' THEN
+        RETURN 'ignored';
+    END IF;
+    v_unallocated := ledger.charge_is_unallocated(v_pi);
+    IF v_unallocated IS NULL THEN
+        RETURN 'deferred';
+    END IF;
+    v_booking_id := stripe.booking_for(p_refund, v_pi);
+    PERFORM 1 FROM booking.bookings AS b WHERE b.booking_id = v_booking_id FOR UPDATE;
+    PERFORM ledger.post_refund(v_booking_id, p_refund ->> 'id', v_pi, (p_refund ->> 'amount')::bigint,
+                               p_refund ->> 'currency', p_event_id);
+    -- Compare what went back with what came in on the same side (allocated or not).
+    SELECT
+        coalesce(sum(t.amount) FILTER (WHERE t.kind = 'charge'), 0),
+        coalesce(sum(t.amount) FILTER (WHERE t.kind = 'refund'), 0)
+    INTO v_charged, v_refunded
+    FROM ledger.transactions AS t
+    WHERE t.booking_id = v_booking_id AND t.kind IN ('charge', 'refund')
+      AND coalesce(ledger.charge_is_unallocated(t.payment_intent_id), false) = v_unallocated;
+    IF v_unallocated THEN
+        -- Money no booking kept: it only decides the state of a booking waiting for it to go back.
+        IF v_refunded >= v_charged
+            AND (SELECT b.status FROM booking.bookings AS b WHERE b.booking_id = v_booking_id) = 'refund_pending' THEN
+            PERFORM booking.try_event(v_booking_id, 'full_refund', p_event_id);
+        END IF;
+    ELSE
+        PERFORM booking.try_event(
+            v_booking_id, CASE WHEN v_refunded >= v_charged THEN 'full_refund' ELSE 'partial_refund' END, p_event_id
+        );
+    END IF;
+    RETURN 'processed';
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION stripe.on_dispute(p_event_id text, p_type text, p_dispute jsonb)
+RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+-- Disputes: created withdraws the amount; closed as won gives it back, as lost keeps it
+-- withdrawn. Deferred until the payment (or, for closed, the dispute) has been booked.
+DECLARE
+    v_pi text := p_dispute ->> 'payment_intent';
+    v_id text := p_dispute ->> 'id';
+    v_booking_id uuid;
+BEGIN
+    IF ledger.charge_is_unallocated(v_pi) IS NULL THEN
+        RETURN 'deferred';
+    END IF;
+    v_booking_id := stripe.booking_for(p_dispute, v_pi);
+    PERFORM 1 FROM booking.bookings AS b WHERE b.booking_id = v_booking_id FOR UPDATE;
+    IF p_type = 'charge.dispute.created' THEN
+        PERFORM ledger.post_dispute(v_booking_id, v_id, v_pi, (p_dispute ->> 'amount')::bigint,
+                                    p_dispute ->> 'currency', p_event_id);
+        PERFORM booking.try_event(v_booking_id, 'dispute_opened', p_event_id);
+        RETURN 'processed';
+    END IF;
+    IF NOT EXISTS (SELECT FROM ledger.transactions AS t WHERE t.kind = 'dispute' AND t.stripe_object_id = v_id) THEN
+        RETURN 'deferred';
+    END IF;
+    IF p_dispute ->> 'status' = 'won' THEN
+        PERFORM ledger.post_dispute_reversal(v_booking_id, v_id, v_pi, (p_dispute ->> 'amount')::bigint,
+                                             p_dispute ->> 'currency', p_event_id);
+        PERFORM booking.try_event(v_booking_id, 'dispute_won', p_event_id);
+    ELSIF p_dispute ->> 'status' = 'lost' THEN
+        PERFORM booking.try_event(v_booking_id, 'dispute_lost', p_event_id);
+    ELSE
+        RETURN 'ignored';
+    END IF;
+    RETURN 'processed';
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION stripe.dispatch(p_event_id text, p_type text, p_object jsonb)
+RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+-- What an event means: the outcome 'processed', 'ignored' or 'deferred'.
+DECLARE
+    v_pi text;
+    v_booking_id uuid;
+    v_status text;
+BEGIN
+    IF p_type IN ('charge.refunded', 'refund.created', 'refund.updated') THEN
+        IF p_type = 'charge.refunded' THEN
+            -- Each refund object in the charge, each booked once by its own id.
+            IF jsonb_typeof(p_object #> '{refunds,data}') IS DISTINCT FROM 'array' THEN
+                RETURN 'ignored';
+            END IF;
+            SELECT CASE
+                WHEN bool_or(o = 'deferred') THEN 'deferred'
+                WHEN bool_or(o = 'processed') THEN 'processed'
+                ELSE 'ignored'
+            END INTO v_status
+            FROM (
+                SELECT stripe.on_refund(p_event_id,
+                    r || jsonb_build_object('payment_intent', coalesce(r ->> 'payment_intent', p_object ->> 'payment_intent')))
+                    AS o
+                FROM jsonb_array_elements(p_object #> '{refunds,data}') AS r
+            ) AS outcomes;
+            RETURN coalesce(v_status, 'ignored');
+        END IF;
+        RETURN stripe.on_refund(p_event_id, p_object);
+    END IF;
+    IF p_type IN ('charge.dispute.created', 'charge.dispute.closed') THEN
+        RETURN stripe.on_dispute(p_event_id, p_type, p_object);
+    END IF;
+    IF p_type NOT IN (
+        'payment_intent.succeeded', 'payment_intent.payment_failed', 'payment_intent.canceled',
+        'checkout.session.completed', 'checkout.session.async_payment_succeeded',
+        'checkout.session.async_payment_failed', 'checkout.session.expired'
+    ) THEN
+        RETURN 'ignored';
+    END IF;
+    v_pi := CASE WHEN p_type LIKE 'payment_intent.%' THEN p_object ->> 'id' ELSE p_object ->> 'payment_intent' END;
+    v_booking_id := stripe.booking_for(p_object, v_pi);
+    IF v_booking_id IS NULL THEN
+        RETURN 'ignored';  -- not a payment for one of our bookings
+    END IF;
+    IF p_type IN ('payment_intent.succeeded', 'checkout.session.async_payment_succeeded')
+        OR (p_type = 'checkout.session.completed' AND p_object ->> 'payment_status' = 'paid') THEN
+        IF v_pi IS NULL THEN
+            RETURN 'ignored';
+        END IF;
+        RETURN stripe.on_payment_succeeded(
+            p_event_id, v_booking_id, v_pi,
+            coalesce(p_object ->> 'amount_received', p_object ->> 'amount_total', p_object ->> 'amount')::bigint,
+            p_object ->> 'currency'
+        );
+    ELSIF p_type IN ('payment_intent.payment_failed', 'checkout.session.async_payment_failed') THEN
+        PERFORM booking.try_event(v_booking_id, 'payment_failed', p_event_id);
+        RETURN 'processed';
+    ELSIF p_type IN ('payment_intent.canceled', 'checkout.session.expired') THEN
+        PERFORM booking.try_event(v_booking_id, 'payment_canceled', p_event_id);
+        RETURN 'processed';
+    END IF;
+    RETURN 'ignored';  -- a checkout session completed but not paid yet (async methods)
+END;
+$$;
+
+-- ---------------------------------------------------------------------------------------
+-- api
+
+CREATE OR REPLACE FUNCTION api.payment_intent_params(p_booking_id uuid)
+RETURNS jsonb
+LANGUAGE plpgsql
+STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_booking booking.bookings;
+BEGIN
+    PERFORM core.require(p_booking_id, 'p_booking_id');
+    SELECT * INTO v_booking FROM booking.bookings AS b WHERE b.booking_id = p_booking_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'booking % not found', p_booking_id USING ERRCODE = 'RB005';
+    END IF;
+    IF v_booking.status NOT IN ('pending_payment', 'payment_failed') OR v_booking.expires_at <= clock_timestamp() THEN
+        RAISE EXCEPTION 'booking % is not payable now', p_booking_id
+            USING ERRCODE = 'RB002',
+                  DETAIL = pg_catalog.format('status %s, expires_at %s', v_booking.status, v_booking.expires_at);
+    END IF;
+    RETURN jsonb_build_object(
+        'amount', v_booking.amount,
+        'currency', v_booking.currency,
+        'metadata', jsonb_build_object('booking_id', v_booking.booking_id)
+    );
+END;
+$$;
+COMMENT ON FUNCTION api.payment_intent_params(uuid) IS
+'What to create a Stripe PaymentIntent with: {"amount", "currency", "metadata": {"booking_id"}}; RB002 if the booking is not payable now (status or deadline), RB005 unknown.';
+
+CREATE OR REPLACE FUNCTION api.record_payment_intent(
+    p_booking_id uuid, p_payment_intent_id text, p_client_secret text, p_status text
+)
+RETURNS void
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+-- The client secret is not stored: only the caller's idempotent answer carries it.
+BEGIN
+    PERFORM core.require(p_booking_id, 'p_booking_id');
+    PERFORM core.require_text(p_payment_intent_id, 'p_payment_intent_id', 255);
+    PERFORM core.require_text(p_client_secret, 'p_client_secret', 500);
+    PERFORM core.require_text(p_status, 'p_status', 50);
+    UPDATE booking.bookings
+    SET payment_intent_id = p_payment_intent_id, payment_intent_status = p_status
+    WHERE booking_id = p_booking_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'booking % not found', p_booking_id USING ERRCODE = 'RB005';
+    END IF;
+END;
+$$;
+COMMENT ON FUNCTION api.record_payment_intent(uuid, text, text, text) IS
+'Records the PaymentIntent created for a booking (its latest one; payments on earlier ones are still found by metadata.booking_id). RB005 unknown booking.';
