@@ -13,7 +13,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from .db import Database
-from .errors import HANDLERS, is_unavailable
+from .errors import HANDLERS, ApiError, is_unavailable
+from .payments import create_payment_intent, stripe_client
 from .request_id import RequestIdMiddleware, request_id_of
 from .settings import ConfigError, Settings
 from .stripe_webhook import stripe_webhook
@@ -40,6 +41,12 @@ async def readyz(request: Request) -> JSONResponse:
     return JSONResponse(health, status_code=503 if health.get("status") == "down" else 200)
 
 
+async def payment_intents(request: Request) -> JSONResponse:
+    if request.app.state.stripe is None:
+        raise ApiError(503, "not_configured", "POST /payment-intents needs STRIPE_API_KEY")
+    return await create_payment_intent(request)
+
+
 def create_app(settings: Settings | None = None) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
@@ -49,6 +56,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
             log.error("refusing to start: %s", exc)
             raise
         app.state.db = Database(app.state.settings)
+        app.state.stripe = stripe_client(app.state.settings)
+        if app.state.stripe is None:
+            log.warning("POST /payment-intents answers 503: STRIPE_API_KEY is not set")
         await app.state.db.open()
         try:
             yield
@@ -58,6 +68,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     return Starlette(
         routes=[
             Route("/webhooks/stripe", stripe_webhook, methods=["POST"]),
+            Route("/payment-intents", payment_intents, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
         ],

@@ -19,6 +19,11 @@ QUERIES = {
     "ingest_stripe_event": "api.ingest_stripe_event(%s::jsonb)",
     "record_stripe_event_failure": "api.record_stripe_event_failure(%s::jsonb, %s, %s)",
     "health": "api.health()",
+    "idempotency_begin": "api.idempotency_begin(%s, %s, %s, %s::jsonb)",
+    "idempotency_complete": "api.idempotency_complete(%s, %s, %s, %s::jsonb, %s)",
+    "idempotency_fail": "api.idempotency_fail(%s, %s, %s, %s, %s)",
+    "payment_intent_params": "api.payment_intent_params(%s::uuid)",
+    "record_payment_intent": "api.record_payment_intent(%s::uuid, %s, %s, %s)",
 }
 
 
@@ -40,6 +45,15 @@ class Database:
 
     async def close(self) -> None:
         await self.pool.close()
+
+    async def call_rows(self, name: str, params: list[Any], correlation_id: str) -> list[tuple]:
+        """Runs a set-returning call (SELECT * FROM ...) in a transaction that first sets
+        app.correlation_id; returns its rows."""
+        async with self.pool.connection() as conn:
+            async with conn.transaction():
+                await conn.execute("SELECT pg_catalog.set_config('app.correlation_id', %s, true)", [correlation_id])
+                cur = await conn.execute(f"SELECT * FROM {QUERIES[name]}", params, prepare=True)
+                return await cur.fetchall()
 
     async def call(self, name: str, params: list[Any], correlation_id: str) -> Any:
         """Runs the named function call; returns the first column of its one row."""

@@ -33,6 +33,9 @@ class Settings:
     pool_timeout_s: float = 5.0
     webhook_tolerance_s: int = 300
     webhook_body_max_bytes: int = 1024 * 1024
+    request_body_max_bytes: int = 16 * 1024
+    # How long a started idempotency key stays locked before another request may take it over.
+    stripe_timeout_s: float = 20.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
