@@ -48,6 +48,7 @@ send-test-event:
 bench: deps
 	$(VENV)/bin/python -m tests.bench.holds_bench
 	$(VENV)/bin/python -m tests.bench.bookings_bench
+	$(VENV)/bin/python -m tests.bench.webhook_bench
 
 # Rewrite sql/schema.sql from the embedded cluster's migrated database.
 snapshot:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 
 import psycopg
 from starlette.applications import Starlette
@@ -47,6 +48,14 @@ async def payment_intents(request: Request) -> JSONResponse:
     return await create_payment_intent(request)
 
 
+async def bench_select1(request: Request) -> JSONResponse:
+    """The bare baseline for make bench: the same server and pool, one SELECT 1."""
+    async with request.app.state.db.pool.connection() as conn:
+        cur = await conn.execute("SELECT 1", prepare=True)
+        await cur.fetchone()
+    return JSONResponse({"ok": True})
+
+
 def create_app(settings: Settings | None = None) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
@@ -65,13 +74,16 @@ def create_app(settings: Settings | None = None) -> Starlette:
         finally:
             await app.state.db.close()
 
+    routes = [
+        Route("/webhooks/stripe", stripe_webhook, methods=["POST"]),
+        Route("/payment-intents", payment_intents, methods=["POST"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+    ]
+    if os.environ.get("PYSHIM_BENCH_ENDPOINT") == "1":
+        routes.append(Route("/bench/select1", bench_select1, methods=["GET"]))
     return Starlette(
-        routes=[
-            Route("/webhooks/stripe", stripe_webhook, methods=["POST"]),
-            Route("/payment-intents", payment_intents, methods=["POST"]),
-            Route("/healthz", healthz, methods=["GET"]),
-            Route("/readyz", readyz, methods=["GET"]),
-        ],
+        routes=routes,
         middleware=[Middleware(RequestIdMiddleware)],
         exception_handlers=HANDLERS,
         lifespan=lifespan,

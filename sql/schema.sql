@@ -812,6 +812,7 @@ COMMENT ON FUNCTION api.idempotency_fail(p_scope text, p_key text, p_principal t
 CREATE FUNCTION api.ingest_stripe_event(p_event jsonb) RETURNS text
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
+    SET plan_cache_mode TO 'force_generic_plan'
     AS $$
 DECLARE
     v_event_id text := p_event ->> 'id';
@@ -1307,7 +1308,6 @@ ALTER FUNCTION booking.apply_event(p_booking_id uuid, p_event text, p_stripe_eve
 
 CREATE FUNCTION booking.bucket_count_for(p_capacity integer) RETURNS smallint
     LANGUAGE sql IMMUTABLE
-    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
     -- One bucket per 8 units, at most 64: more rows than concurrent buyers, so that SKIP
     -- LOCKED nearly always finds an idle one (measured: 16 buckets gave 2.3x the hot-row
@@ -2347,14 +2347,18 @@ ALTER FUNCTION jobs.enqueue(p_kind text, p_payload jsonb, p_dedupe_key text, p_r
 --
 
 CREATE FUNCTION ledger.charge_is_unallocated(p_payment_intent_id text) RETURNS boolean
-    LANGUAGE sql STABLE
+    LANGUAGE plpgsql STABLE
     SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
-    -- NULL when no charge was posted for the PaymentIntent.
-    SELECT bool_or(l.account = 'unallocated_receipts')
-    FROM ledger.transactions AS t
-    JOIN ledger.lines AS l ON l.txn_id = t.txn_id
-    WHERE t.kind = 'charge' AND t.stripe_object_id = p_payment_intent_id;
+-- NULL when no charge was posted for the PaymentIntent.
+BEGIN
+    RETURN (
+        SELECT bool_or(l.account = 'unallocated_receipts')
+        FROM ledger.transactions AS t
+        JOIN ledger.lines AS l ON l.txn_id = t.txn_id
+        WHERE t.kind = 'charge' AND t.stripe_object_id = p_payment_intent_id
+    );
+END;
 $$;
 
 
@@ -2446,14 +2450,18 @@ ALTER FUNCTION ledger.post(p_kind text, p_stripe_object_id text, p_payment_inten
 --
 
 CREATE FUNCTION ledger.post_charge(p_booking_id uuid, p_payment_intent_id text, p_amount bigint, p_currency text, p_unallocated boolean DEFAULT false, p_stripe_event_id text DEFAULT NULL::text) RETURNS bigint
-    LANGUAGE sql
+    LANGUAGE plpgsql
     SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
     -- Money received for a booking (or, unallocated, money no booking can keep).
-    SELECT ledger.post(
-        'charge', p_payment_intent_id, p_payment_intent_id, p_booking_id, p_amount, p_currency, 'cash_at_stripe',
-        CASE WHEN p_unallocated THEN 'unallocated_receipts' ELSE 'booking_revenue' END, p_stripe_event_id
+BEGIN
+    RETURN (
+        ledger.post(
+            'charge', p_payment_intent_id, p_payment_intent_id, p_booking_id, p_amount, p_currency, 'cash_at_stripe',
+            CASE WHEN p_unallocated THEN 'unallocated_receipts' ELSE 'booking_revenue' END, p_stripe_event_id
+        )
     );
+END;
 $$;
 
 
@@ -2464,14 +2472,18 @@ ALTER FUNCTION ledger.post_charge(p_booking_id uuid, p_payment_intent_id text, p
 --
 
 CREATE FUNCTION ledger.post_dispute(p_booking_id uuid, p_dispute_id text, p_payment_intent_id text, p_amount bigint, p_currency text, p_stripe_event_id text DEFAULT NULL::text) RETURNS bigint
-    LANGUAGE sql
+    LANGUAGE plpgsql
     SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
     -- Stripe withdrew the disputed amount.
-    SELECT ledger.post(
-        'dispute', p_dispute_id, p_payment_intent_id, p_booking_id, p_amount, p_currency, 'disputed_funds',
-        'cash_at_stripe', p_stripe_event_id
+BEGIN
+    RETURN (
+        ledger.post(
+            'dispute', p_dispute_id, p_payment_intent_id, p_booking_id, p_amount, p_currency, 'disputed_funds',
+            'cash_at_stripe', p_stripe_event_id
+        )
     );
+END;
 $$;
 
 
@@ -2482,14 +2494,18 @@ ALTER FUNCTION ledger.post_dispute(p_booking_id uuid, p_dispute_id text, p_payme
 --
 
 CREATE FUNCTION ledger.post_dispute_reversal(p_booking_id uuid, p_dispute_id text, p_payment_intent_id text, p_amount bigint, p_currency text, p_stripe_event_id text DEFAULT NULL::text) RETURNS bigint
-    LANGUAGE sql
+    LANGUAGE plpgsql
     SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
     -- A won dispute: Stripe gave the amount back.
-    SELECT ledger.post(
-        'dispute_reversal', p_dispute_id, p_payment_intent_id, p_booking_id, p_amount, p_currency, 'cash_at_stripe',
-        'disputed_funds', p_stripe_event_id
+BEGIN
+    RETURN (
+        ledger.post(
+            'dispute_reversal', p_dispute_id, p_payment_intent_id, p_booking_id, p_amount, p_currency, 'cash_at_stripe',
+            'disputed_funds', p_stripe_event_id
+        )
     );
+END;
 $$;
 
 
@@ -2500,16 +2516,20 @@ ALTER FUNCTION ledger.post_dispute_reversal(p_booking_id uuid, p_dispute_id text
 --
 
 CREATE FUNCTION ledger.post_refund(p_booking_id uuid, p_refund_id text, p_payment_intent_id text, p_amount bigint, p_currency text, p_stripe_event_id text DEFAULT NULL::text) RETURNS bigint
-    LANGUAGE sql
+    LANGUAGE plpgsql
     SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
     -- Money sent back, by refund object, from the account its charge went to.
-    SELECT ledger.post(
-        'refund', p_refund_id, p_payment_intent_id, p_booking_id, p_amount, p_currency,
-        CASE WHEN coalesce(ledger.charge_is_unallocated(p_payment_intent_id), FALSE)
-            THEN 'unallocated_receipts' ELSE 'booking_revenue' END,
-        'cash_at_stripe', p_stripe_event_id
+BEGIN
+    RETURN (
+        ledger.post(
+            'refund', p_refund_id, p_payment_intent_id, p_booking_id, p_amount, p_currency,
+            CASE WHEN coalesce(ledger.charge_is_unallocated(p_payment_intent_id), FALSE)
+                THEN 'unallocated_receipts' ELSE 'booking_revenue' END,
+            'cash_at_stripe', p_stripe_event_id
+        )
     );
+END;
 $$;
 
 
@@ -2661,7 +2681,6 @@ ALTER FUNCTION stripe.apply_event(p_event_id text) OWNER TO booking_owner;
 
 CREATE FUNCTION stripe.attempts_max() RETURNS integer
     LANGUAGE sql IMMUTABLE
-    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
     -- About three days of retries with stripe.retry_delay, like Stripe's own schedule.
     SELECT 20;
@@ -2824,7 +2843,6 @@ ALTER FUNCTION stripe.dispatch(p_event_id text, p_type text, p_object jsonb) OWN
 
 CREATE FUNCTION stripe.livemode(p_event jsonb) RETURNS boolean
     LANGUAGE sql IMMUTABLE
-    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
     -- The event's livemode flag, NULL when absent or not a boolean.
     SELECT CASE WHEN jsonb_typeof(p_event -> 'livemode') = 'boolean' THEN (p_event -> 'livemode')::boolean END;
@@ -2995,7 +3013,6 @@ ALTER FUNCTION stripe.on_refund(p_event_id text, p_refund jsonb) OWNER TO bookin
 
 CREATE FUNCTION stripe.retry_delay(p_attempts integer) RETURNS interval
     LANGUAGE sql IMMUTABLE
-    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
     -- Capped exponential backoff: 1, 2, 4 ... minutes, at most 6 hours.
     SELECT least(interval '1 minute' * power(2, least(greatest(p_attempts, 1) - 1, 20)), interval '6 hours');
@@ -3944,7 +3961,7 @@ CREATE INDEX bookings_open_expiry_idx ON booking.bookings USING btree (expires_a
 -- Name: holds_booking_idx; Type: INDEX; Schema: booking; Owner: booking_owner
 --
 
-CREATE INDEX holds_booking_idx ON booking.holds USING btree (booking_id) WHERE (booking_id IS NOT NULL);
+CREATE INDEX holds_booking_idx ON booking.holds USING btree (booking_id, status) WHERE (booking_id IS NOT NULL);
 
 
 --
@@ -4000,7 +4017,7 @@ CREATE INDEX lines_txn_idx ON ledger.lines USING btree (txn_id);
 -- Name: transactions_booking_idx; Type: INDEX; Schema: ledger; Owner: booking_owner
 --
 
-CREATE INDEX transactions_booking_idx ON ledger.transactions USING btree (booking_id);
+CREATE INDEX transactions_booking_idx ON ledger.transactions USING btree (booking_id, kind);
 
 
 --

@@ -9,7 +9,6 @@ CREATE OR REPLACE FUNCTION booking.bucket_count_for(p_capacity int)
 RETURNS smallint
 LANGUAGE sql
 IMMUTABLE
-SET search_path = pg_catalog, pg_temp
 AS $$
     -- One bucket per 8 units, at most 64: more rows than concurrent buyers, so that SKIP
     -- LOCKED nearly always finds an idle one (measured: 16 buckets gave 2.3x the hot-row

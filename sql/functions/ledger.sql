@@ -113,27 +113,35 @@ CREATE OR REPLACE FUNCTION ledger.post_charge(
     p_unallocated boolean DEFAULT FALSE, p_stripe_event_id text DEFAULT NULL
 )
 RETURNS bigint
-LANGUAGE sql
+LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
     -- Money received for a booking (or, unallocated, money no booking can keep).
-    SELECT ledger.post(
-        'charge', p_payment_intent_id, p_payment_intent_id, p_booking_id, p_amount, p_currency, 'cash_at_stripe',
-        CASE WHEN p_unallocated THEN 'unallocated_receipts' ELSE 'booking_revenue' END, p_stripe_event_id
+BEGIN
+    RETURN (
+        ledger.post(
+            'charge', p_payment_intent_id, p_payment_intent_id, p_booking_id, p_amount, p_currency, 'cash_at_stripe',
+            CASE WHEN p_unallocated THEN 'unallocated_receipts' ELSE 'booking_revenue' END, p_stripe_event_id
+        )
     );
+END;
 $$;
 
 CREATE OR REPLACE FUNCTION ledger.charge_is_unallocated(p_payment_intent_id text)
 RETURNS boolean
-LANGUAGE sql
+LANGUAGE plpgsql
 STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    -- NULL when no charge was posted for the PaymentIntent.
-    SELECT bool_or(l.account = 'unallocated_receipts')
-    FROM ledger.transactions AS t
-    JOIN ledger.lines AS l ON l.txn_id = t.txn_id
-    WHERE t.kind = 'charge' AND t.stripe_object_id = p_payment_intent_id;
+-- NULL when no charge was posted for the PaymentIntent.
+BEGIN
+    RETURN (
+        SELECT bool_or(l.account = 'unallocated_receipts')
+        FROM ledger.transactions AS t
+        JOIN ledger.lines AS l ON l.txn_id = t.txn_id
+        WHERE t.kind = 'charge' AND t.stripe_object_id = p_payment_intent_id
+    );
+END;
 $$;
 
 CREATE OR REPLACE FUNCTION ledger.post_refund(
@@ -141,16 +149,20 @@ CREATE OR REPLACE FUNCTION ledger.post_refund(
     p_stripe_event_id text DEFAULT NULL
 )
 RETURNS bigint
-LANGUAGE sql
+LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
     -- Money sent back, by refund object, from the account its charge went to.
-    SELECT ledger.post(
-        'refund', p_refund_id, p_payment_intent_id, p_booking_id, p_amount, p_currency,
-        CASE WHEN coalesce(ledger.charge_is_unallocated(p_payment_intent_id), FALSE)
-            THEN 'unallocated_receipts' ELSE 'booking_revenue' END,
-        'cash_at_stripe', p_stripe_event_id
+BEGIN
+    RETURN (
+        ledger.post(
+            'refund', p_refund_id, p_payment_intent_id, p_booking_id, p_amount, p_currency,
+            CASE WHEN coalesce(ledger.charge_is_unallocated(p_payment_intent_id), FALSE)
+                THEN 'unallocated_receipts' ELSE 'booking_revenue' END,
+            'cash_at_stripe', p_stripe_event_id
+        )
     );
+END;
 $$;
 
 CREATE OR REPLACE FUNCTION ledger.post_dispute(
@@ -158,14 +170,18 @@ CREATE OR REPLACE FUNCTION ledger.post_dispute(
     p_stripe_event_id text DEFAULT NULL
 )
 RETURNS bigint
-LANGUAGE sql
+LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
     -- Stripe withdrew the disputed amount.
-    SELECT ledger.post(
-        'dispute', p_dispute_id, p_payment_intent_id, p_booking_id, p_amount, p_currency, 'disputed_funds',
-        'cash_at_stripe', p_stripe_event_id
+BEGIN
+    RETURN (
+        ledger.post(
+            'dispute', p_dispute_id, p_payment_intent_id, p_booking_id, p_amount, p_currency, 'disputed_funds',
+            'cash_at_stripe', p_stripe_event_id
+        )
     );
+END;
 $$;
 
 CREATE OR REPLACE FUNCTION ledger.post_dispute_reversal(
@@ -173,12 +189,16 @@ CREATE OR REPLACE FUNCTION ledger.post_dispute_reversal(
     p_stripe_event_id text DEFAULT NULL
 )
 RETURNS bigint
-LANGUAGE sql
+LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
     -- A won dispute: Stripe gave the amount back.
-    SELECT ledger.post(
-        'dispute_reversal', p_dispute_id, p_payment_intent_id, p_booking_id, p_amount, p_currency, 'cash_at_stripe',
-        'disputed_funds', p_stripe_event_id
+BEGIN
+    RETURN (
+        ledger.post(
+            'dispute_reversal', p_dispute_id, p_payment_intent_id, p_booking_id, p_amount, p_currency, 'cash_at_stripe',
+            'disputed_funds', p_stripe_event_id
+        )
     );
+END;
 $$;

@@ -36,7 +36,6 @@ CREATE OR REPLACE FUNCTION stripe.livemode(p_event jsonb)
 RETURNS boolean
 LANGUAGE sql
 IMMUTABLE
-SET search_path = pg_catalog, pg_temp
 AS $$
     -- The event's livemode flag, NULL when absent or not a boolean.
     SELECT CASE WHEN jsonb_typeof(p_event -> 'livemode') = 'boolean' THEN (p_event -> 'livemode')::boolean END;
@@ -46,7 +45,6 @@ CREATE OR REPLACE FUNCTION stripe.retry_delay(p_attempts int)
 RETURNS interval
 LANGUAGE sql
 IMMUTABLE
-SET search_path = pg_catalog, pg_temp
 AS $$
     -- Capped exponential backoff: 1, 2, 4 ... minutes, at most 6 hours.
     SELECT least(interval '1 minute' * power(2, least(greatest(p_attempts, 1) - 1, 20)), interval '6 hours');
@@ -56,7 +54,6 @@ CREATE OR REPLACE FUNCTION stripe.attempts_max()
 RETURNS int
 LANGUAGE sql
 IMMUTABLE
-SET search_path = pg_catalog, pg_temp
 AS $$
     -- About three days of retries with stripe.retry_delay, like Stripe's own schedule.
     SELECT 20;
@@ -168,6 +165,8 @@ RETURNS text
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+-- Generic plans for every statement below it: custom plans were re-planned at each call.
+SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
     v_event_id text := p_event ->> 'id';

@@ -108,7 +108,9 @@ CREATE INDEX booking_history_booking_idx ON booking.booking_history (booking_id,
 
 ALTER TABLE booking.holds ADD COLUMN booking_id uuid;
 ALTER TABLE booking.holds ADD CONSTRAINT check_holds_booked CHECK (status <> 'booked' OR booking_id IS NOT NULL);
-CREATE INDEX holds_booking_idx ON booking.holds (booking_id) WHERE booking_id IS NOT NULL;
+-- (booking_id, status): one index for "the booking's booked holds", so no plan ANDs it with a
+-- partial index on status (a full scan of every open hold).
+CREATE INDEX holds_booking_idx ON booking.holds (booking_id, status) WHERE booking_id IS NOT NULL;
 
 -- ---------------------------------------------------------------------------------------
 -- Ledger: double-entry, append-only, integer minor units.
@@ -144,7 +146,7 @@ CREATE TABLE ledger.transactions (
     CONSTRAINT check_transactions_object CHECK (length(stripe_object_id) BETWEEN 1 AND 255),
     CONSTRAINT check_transactions_amount CHECK (amount > 0)
 );
-CREATE INDEX transactions_booking_idx ON ledger.transactions (booking_id);
+CREATE INDEX transactions_booking_idx ON ledger.transactions (booking_id, kind);
 CREATE INDEX transactions_payment_intent_idx ON ledger.transactions (payment_intent_id);
 
 CREATE TABLE ledger.lines (
