@@ -5,7 +5,7 @@ VENV := .venv
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: deps system-deps lint test run stop migrate migrate-dry-run psql snapshot bench send-test-event
+.PHONY: deps system-deps lint test run stop migrate migrate-dry-run psql snapshot bench send-test-event demo
 
 deps: system-deps $(VENV)/.installed
 
@@ -40,6 +40,10 @@ migrate-dry-run:
 
 psql:
 	psql "$$(scripts/cluster.sh url)"
+
+# The whole payment flow, printed step by step (embedded cluster, localstripe, a shim).
+demo: deps
+	$(VENV)/bin/python scripts/demo.py
 
 send-test-event:
 	scripts/send-test-event.sh
