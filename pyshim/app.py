@@ -39,6 +39,16 @@ async def readyz(request: Request) -> JSONResponse:
             {"status": "down", "checks": {"database": {"status": "down", "error": type(exc).__name__}}},
             status_code=503,
         )
+    # Events of the other mode are ignored by the database (stripe.config): a shim set up
+    # for another mode than the database would acknowledge every event and apply none.
+    db_livemode = health.get("checks", {}).get("stripe_events", {}).get("livemode")
+    if db_livemode is not None and db_livemode != request.app.state.settings.stripe_livemode:
+        health["status"] = "degraded"
+        health["checks"]["stripe_mode"] = {
+            "status": "degraded",
+            "message": f"STRIPE_LIVEMODE={str(request.app.state.settings.stripe_livemode).lower()} "
+                       f"but the database applies livemode={str(db_livemode).lower()} events (stripe.config)",
+        }
     return JSONResponse(health, status_code=503 if health.get("status") == "down" else 200)
 
 

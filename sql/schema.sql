@@ -604,7 +604,8 @@ BEGIN
             'database', jsonb_build_object('status', 'ok', 'now', now()),
             'cron', jsonb_build_object('status', CASE WHEN v_cron_ok THEN 'ok' ELSE 'degraded' END, 'jobs', v_cron),
             'stripe_events', v_stripe || jsonb_build_object(
-                'status', CASE WHEN v_stripe_ok THEN 'ok' ELSE 'degraded' END
+                'status', CASE WHEN v_stripe_ok THEN 'ok' ELSE 'degraded' END,
+                'livemode', (SELECT c.livemode FROM stripe.config AS c)
             )
         )
     );

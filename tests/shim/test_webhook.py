@@ -210,3 +210,10 @@ def test_readyz_reports_health(server):
     assert resp.status_code == 200
     assert resp.json()["status"] in ("ok", "degraded")
     assert resp.json()["checks"]["database"]["status"] == "ok"
+
+
+def test_readyz_is_degraded_when_the_shim_and_the_database_disagree_on_livemode(webhook_db):
+    with shim(webhook_db.app_url, SECRET, extra_env={"STRIPE_LIVEMODE": "true"}) as base:
+        health = httpx.get(base + "/readyz").json()
+    assert health["status"] == "degraded"
+    assert "stripe.config" in health["checks"]["stripe_mode"]["message"]
