@@ -902,8 +902,6 @@ DECLARE
     v_needed int := p_quantity;
     v_home smallint;
     v_bucket smallint;
-    v_hold_id uuid;
-    v_expires_at timestamptz;
 BEGIN
     PERFORM core.require(p_inventory_id, 'p_inventory_id');
     PERFORM core.require_range(p_quantity, 'p_quantity', 1, 100);
@@ -949,45 +947,7 @@ BEGIN
     END IF;
 
     IF v_needed > 0 THEN
-        -- Fast path: one bucket that nobody else is using and that has enough, picked at
-        -- random so that concurrent buyers spread out; when all such buckets are busy,
-        -- wait for one of them (one row, holding no other bucket, so no deadlock).
-        -- FOR UPDATE can lock a row whose newer version then fails "free >= v_needed"
-        -- and keep that lock; such a stray lock would deadlock against the slow path's
-        -- ordered locking (or another waiter), so each attempt runs in a subtransaction
-        -- and a miss is rolled back, which releases it.
-        BEGIN
-            WITH pick AS MATERIALIZED (
-                SELECT c.bucket_no
-                FROM booking.inventory_buckets AS c
-                WHERE c.inventory_id = p_inventory_id AND c.free >= v_needed
-                ORDER BY random()
-                LIMIT 1
-                FOR UPDATE SKIP LOCKED
-            ),
-            taken AS (
-                UPDATE booking.inventory_buckets AS b
-                SET free = b.free - v_needed
-                FROM pick
-                WHERE b.inventory_id = p_inventory_id AND b.bucket_no = pick.bucket_no
-                RETURNING b.bucket_no
-            )
-            INSERT INTO booking.holds AS h (inventory_id, bucket_no, quantity, holder, hold_key, expires_at)
-            SELECT p_inventory_id, coalesce(v_home, taken.bucket_no), p_quantity, p_holder, p_hold_key,
-                   clock_timestamp() + v_inventory.hold_ttl
-            FROM taken
-            RETURNING h.hold_id, h.expires_at INTO v_hold_id, v_expires_at;
-            IF v_hold_id IS NULL THEN
-                RAISE EXCEPTION USING ERRCODE = 'RB001';
-            END IF;
-        EXCEPTION WHEN SQLSTATE 'RB001' THEN
-            v_hold_id := NULL;
-        END;
-        IF v_hold_id IS NOT NULL THEN
-            RETURN QUERY SELECT v_hold_id, v_expires_at;
-            RETURN;
-        END IF;
-        v_bucket := booking.take_more_units(p_inventory_id, v_needed);
+        v_bucket := booking.take_units(p_inventory_id, v_needed);
         v_home := coalesce(v_home, v_bucket);
     END IF;
 
@@ -1863,8 +1823,13 @@ CREATE FUNCTION booking.take_units(p_inventory_id uuid, p_units integer) RETURNS
     LANGUAGE plpgsql
     SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
--- Takes p_units from the inventory's buckets (see api.place_hold for the paths); returns
--- the bucket they came from; RB001 when there are not enough.
+-- Takes p_units from the inventory's buckets; returns the bucket they came from (or the
+-- first of them); RB001 when there are not enough.
+-- Fast path: one bucket that nobody else is using and that has enough, picked at random
+-- so that concurrent buyers spread out (SKIP LOCKED). FOR UPDATE can lock a row whose
+-- newer version then fails "free >= p_units" and keep that lock; such a stray lock,
+-- taken in random order, would deadlock against the slow path's ordered locking, so the
+-- attempt runs in a subtransaction and a miss is rolled back, which releases it.
 DECLARE
     v_bucket smallint;
 BEGIN
