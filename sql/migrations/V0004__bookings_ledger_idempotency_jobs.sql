@@ -219,6 +219,8 @@ CREATE TABLE jobs.jobs (
     CONSTRAINT check_jobs_payload CHECK (jsonb_typeof(payload) = 'object')
 );
 CREATE INDEX jobs_due_idx ON jobs.jobs (run_at) WHERE status IN ('queued', 'failed');
+-- Leases that ran out: their jobs are taken over by the next claim.
+CREATE INDEX jobs_lease_idx ON jobs.jobs (lease_expires_at) WHERE status = 'running';
 
 -- ---------------------------------------------------------------------------------------
 -- What Stripe account and mode this database takes events from (one row).

@@ -1,0 +1,116 @@
+"""The job queue: claims with SKIP LOCKED, leases fenced by a token, backoff, dead jobs."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+from psycopg.types.json import Jsonb
+
+from tests.pg import connect
+from tests.sql.helpers import at_once, sqlstate_of
+
+KIND = "email.booking_confirmed"
+
+
+@pytest.fixture
+def app(db):
+    with connect(db.app_url) as conn:
+        yield conn
+
+
+def enqueue(db, n=1, max_attempts=10):
+    with connect(db.url) as conn:
+        ids = [conn.execute("SELECT jobs.enqueue(%s, %s)", (KIND, Jsonb({"n": i}))).fetchone()[0] for i in range(n)]
+        conn.execute("UPDATE jobs.jobs SET max_attempts = %s", (max_attempts,))
+    return ids
+
+
+def claim(conn, worker="w1", limit=10, lease="5 minutes"):
+    return conn.execute("SELECT * FROM api.claim_jobs(%s, %s, %s, %s::interval)",
+                        (worker, [KIND], limit, lease)).fetchall()
+
+
+def test_claim_complete_once(db, app):
+    (job_id,) = enqueue(db)
+    [(claimed_id, kind, payload, attempt, token)] = claim(app)
+    assert (claimed_id, kind, payload, attempt) == (job_id, KIND, {"n": 0}, 1)
+    assert claim(app) == []  # running, lease not over
+    assert app.execute("SELECT api.complete_job(%s, %s, '{\"sent\": true}')", (job_id, token)).fetchone()[0] is True
+    assert app.execute("SELECT api.complete_job(%s, %s)", (job_id, token)).fetchone()[0] is False
+    assert db.rows("SELECT status, result FROM jobs.jobs") == [("done", {"sent": True})]
+    assert db.rows("SELECT kind, status, count FROM ops.jobs_overview") == [(KIND, "done", 1)]
+
+
+def test_a_stalled_worker_cannot_finish_a_job_taken_over_after_its_lease(db, app):
+    (job_id,) = enqueue(db)
+    [(_, _, _, _, old_token)] = claim(app, "stalled", lease="1 second")
+    time.sleep(1.1)
+    [(_, _, _, attempt, new_token)] = claim(app, "rescuer")
+    assert attempt == 2 and new_token != old_token
+    assert app.execute("SELECT api.complete_job(%s, %s)", (job_id, old_token)).fetchone()[0] is False
+    assert app.execute("SELECT api.fail_job(%s, %s, 'late', true)", (job_id, old_token)).fetchone()[0] is False
+    assert db.one("SELECT status FROM jobs.jobs") == "running"
+    assert app.execute("SELECT api.complete_job(%s, %s)", (job_id, new_token)).fetchone()[0] is True
+    assert db.rows("SELECT status, attempts, locked_by FROM jobs.jobs") == [("done", 2, "rescuer")]
+
+
+def test_failures_back_off_then_die_and_ops_retry_brings_them_back(db, app):
+    (job_id,) = enqueue(db, max_attempts=2)
+    [(_, _, _, _, token)] = claim(app)
+    assert app.execute("SELECT api.fail_job(%s, %s, 'smtp down', true)", (job_id, token)).fetchone()[0] is True
+    status, delay = db.rows("SELECT status, run_at - now() FROM jobs.jobs")[0]
+    assert status == "failed" and 7 <= delay.total_seconds() <= 13  # 10 s +- 25% jitter
+    assert claim(app) == []
+    db.one("UPDATE jobs.jobs SET run_at = now() RETURNING 1")
+    [(_, _, _, attempt, token)] = claim(app)
+    assert attempt == 2
+    app.execute("SELECT api.fail_job(%s, %s, 'smtp still down', true)", (job_id, token))
+    status, errors = db.rows("SELECT status, errors FROM jobs.jobs")[0]
+    assert status == "dead" and [e["error"] for e in errors] == ["smtp down", "smtp still down"]
+    with connect(db.ops_url) as ops:
+        ops.execute("SELECT ops.retry_job(%s)", (job_id,))
+        assert sqlstate_of(ops, "SELECT ops.retry_job(%s)", (job_id,)) == "RB002"
+        assert sqlstate_of(ops, "SELECT ops.retry_job(%s)", (uuid.uuid4(),)) == "RB005"
+    [(_, _, _, attempt, _)] = claim(app)
+    assert attempt == 3
+
+
+def test_a_non_retryable_failure_is_dead_at_once(db, app):
+    (job_id,) = enqueue(db)
+    [(_, _, _, _, token)] = claim(app)
+    app.execute("SELECT api.fail_job(%s, %s, 'no such address', false)", (job_id, token))
+    assert db.one("SELECT status FROM jobs.jobs") == "dead"
+
+
+def test_a_lease_lost_on_the_last_attempt_makes_the_job_dead(db, app):
+    enqueue(db, max_attempts=1)
+    claim(app, lease="1 second")
+    time.sleep(1.1)
+    assert claim(app) == []
+    assert db.one("SELECT status FROM jobs.jobs") == "dead"
+
+
+def test_eight_workers_claiming_at_once_take_each_job_once(db):
+    enqueue(db, n=200)
+    conns = [connect(db.app_url) for _ in range(8)]
+    try:
+        batches, errors = at_once(conns, lambda c: claim(c, f"w{id(c)}", limit=40))
+    finally:
+        for c in conns:
+            c.close()
+    assert errors == []
+    claimed = [row[0] for batch in batches for row in batch]
+    assert len(claimed) == len(set(claimed)) == 200
+
+
+@pytest.mark.parametrize("args, code", [
+    ((None, [KIND], 1, "1 minute"), "22004"), (("w", None, 1, "1 minute"), "22004"),
+    (("w", [], 1, "1 minute"), "22023"), (("w", [KIND], 0, "1 minute"), "22023"),
+    (("w", [KIND], 1, "0 seconds"), "22023"), (("w" * 201, [KIND], 1, "1 minute"), "22001"),
+])
+def test_bad_claims(db, app, args, code):
+    enqueue(db)
+    assert sqlstate_of(app, "SELECT * FROM api.claim_jobs(%s, %s, %s, %s::interval)", args) == code
+    assert db.one("SELECT status FROM jobs.jobs") == "queued"
