@@ -285,7 +285,10 @@ BEGIN
         lease_expires_at = clock_timestamp() + p_lease
     FROM due
     WHERE j.job_id = due.job_id
-    RETURNING j.job_id, j.kind, j.payload, j.attempts, j.lease_token;
+    RETURNING j.job_id, j.kind,
+        j.payload || CASE WHEN j.correlation_id IS NULL THEN '{}'::jsonb
+                          ELSE jsonb_build_object('correlation_id', j.correlation_id) END,
+        j.attempts, j.lease_token;
 END;
 $$;
 
@@ -296,7 +299,7 @@ ALTER FUNCTION api.claim_jobs(p_worker text, p_kinds text[], p_limit integer, p_
 -- Name: FUNCTION claim_jobs(p_worker text, p_kinds text[], p_limit integer, p_lease interval); Type: COMMENT; Schema: api; Owner: booking_owner
 --
 
-COMMENT ON FUNCTION api.claim_jobs(p_worker text, p_kinds text[], p_limit integer, p_lease interval) IS 'Claims up to p_limit due jobs of p_kinds (FOR UPDATE SKIP LOCKED), counting the attempt, each with a lease token that complete/fail must present; a job whose lease ran out is taken over by the next claim.';
+COMMENT ON FUNCTION api.claim_jobs(p_worker text, p_kinds text[], p_limit integer, p_lease interval) IS 'Claims up to p_limit due jobs of p_kinds (FOR UPDATE SKIP LOCKED), counting the attempt, each with a lease token that complete/fail must present; a job whose lease ran out is taken over by the next claim. The payload carries the correlation_id of the change that caused the job.';
 
 
 --

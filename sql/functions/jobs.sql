@@ -74,11 +74,14 @@ BEGIN
         lease_expires_at = clock_timestamp() + p_lease
     FROM due
     WHERE j.job_id = due.job_id
-    RETURNING j.job_id, j.kind, j.payload, j.attempts, j.lease_token;
+    RETURNING j.job_id, j.kind,
+        j.payload || CASE WHEN j.correlation_id IS NULL THEN '{}'::jsonb
+                          ELSE jsonb_build_object('correlation_id', j.correlation_id) END,
+        j.attempts, j.lease_token;
 END;
 $$;
 COMMENT ON FUNCTION api.claim_jobs(text, text[], int, interval) IS
-'Claims up to p_limit due jobs of p_kinds (FOR UPDATE SKIP LOCKED), counting the attempt, each with a lease token that complete/fail must present; a job whose lease ran out is taken over by the next claim.';
+'Claims up to p_limit due jobs of p_kinds (FOR UPDATE SKIP LOCKED), counting the attempt, each with a lease token that complete/fail must present; a job whose lease ran out is taken over by the next claim. The payload carries the correlation_id of the change that caused the job.';
 
 CREATE OR REPLACE FUNCTION api.complete_job(p_job_id uuid, p_lease_token uuid, p_result jsonb DEFAULT NULL)
 RETURNS boolean

@@ -1,0 +1,18 @@
+"""python -m pyshim worker"""
+
+from __future__ import annotations
+
+import sys
+
+
+def main() -> int:
+    if sys.argv[1:2] == ["worker"]:
+        from .worker import main as worker_main
+
+        return worker_main(sys.argv[2:])
+    print("usage: python -m pyshim worker", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

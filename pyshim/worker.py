@@ -1,0 +1,170 @@
+"""python -m pyshim worker: claims jobs from the database and does them.
+
+Kinds it does: email.booking_confirmed (when SMTP_URL is set). Other kinds stay queued
+for a worker that does them. Each job runs under a lease; a worker that stalls past its
+lease cannot complete the job any more (api.complete_job checks the lease token), and
+another worker takes it over. SIGTERM or SIGINT: stop claiming, let running jobs finish
+for up to WORKER_GRACE_S seconds, then give back the rest as failed-retryable."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import smtplib
+import socket
+import sys
+import time
+import uuid
+from email.message import EmailMessage
+from urllib.parse import urlparse
+
+from psycopg_pool import AsyncConnectionPool
+
+from .settings import ConfigError
+
+log = logging.getLogger("pyshim.worker")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line, with the job and the correlation id of its cause."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = {"at": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)),
+                "level": record.levelname.lower(), "message": record.getMessage()}
+        for key in ("job_id", "kind", "attempt", "correlation_id", "worker"):
+            if hasattr(record, key):
+                line[key] = getattr(record, key)
+        if record.exc_info:
+            line["error"] = self.formatException(record.exc_info)
+        return json.dumps(line, default=str)
+
+
+class PermanentError(Exception):
+    """Retrying will not help: the job dies at once."""
+
+
+def send_confirmation(smtp_url: str, sender: str, booking: dict, timeout_s: float) -> dict:
+    to = booking.get("holder", "")
+    if "@" not in to:
+        return {"skipped": "the holder is not an e-mail address"}
+    u = urlparse(smtp_url)
+    msg = EmailMessage()
+    msg["From"] = sender
+    msg["To"] = to
+    msg["Subject"] = "Your booking is confirmed"
+    # The same Message-ID on every attempt: a copy sent twice is recognisably the same mail.
+    msg["Message-ID"] = f"<booking-{booking['booking_id']}-confirmed@booking-core>"
+    lines = [f"Booking {booking['booking_id']} is confirmed.",
+             f"Amount: {booking['amount']} {booking['currency'].upper()} (minor units)"]
+    lines += [f"- {h['quantity']} x {h['sku']}" for h in booking.get("holds", []) if h.get("status") == "converted"]
+    msg.set_content("\n".join(lines) + "\n")
+    with smtplib.SMTP(u.hostname or "127.0.0.1", u.port or 25, timeout=timeout_s) as smtp:
+        smtp.send_message(msg)
+    return {"sent_to": to, "message_id": msg["Message-ID"]}
+
+
+class Worker:
+    def __init__(self, env=None):
+        env = os.environ if env is None else env
+        database_url = env.get("DATABASE_URL", "").strip()
+        if not database_url:
+            raise ConfigError("DATABASE_URL is required: the database the worker takes jobs from")
+        self.smtp_url = env.get("SMTP_URL", "").strip() or None
+        self.sender = env.get("SMTP_FROM", "bookings@localhost")
+        self.concurrency = int(env.get("WORKER_CONCURRENCY", "4"))
+        self.lease_s = int(env.get("WORKER_LEASE_S", "300"))
+        self.grace_s = float(env.get("WORKER_GRACE_S", "20"))
+        self.poll_s = float(env.get("WORKER_POLL_S", "1"))
+        self.name = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.handlers = {}
+        if self.smtp_url:
+            self.handlers["email.booking_confirmed"] = self.email_booking_confirmed
+        if not self.handlers:
+            raise ConfigError("nothing to do: set SMTP_URL (email.booking_confirmed)")
+        self.pool = AsyncConnectionPool(database_url, min_size=1, max_size=self.concurrency + 1,
+                                        kwargs={"autocommit": True, "application_name": "pyshim-worker"},
+                                        open=False)
+        self.stopping = asyncio.Event()
+        self.running: dict[asyncio.Task, tuple] = {}
+
+    async def call(self, sql: str, params: list, correlation_id: str | None = None):
+        async with self.pool.connection() as conn:
+            async with conn.transaction():
+                if correlation_id:
+                    await conn.execute("SELECT pg_catalog.set_config('app.correlation_id', %s, true)", [correlation_id])
+                cur = await conn.execute(sql, params)
+                return await cur.fetchall()
+
+    async def email_booking_confirmed(self, payload: dict, correlation_id: str | None) -> dict:
+        (booking,), = await self.call("SELECT api.get_booking(%s::uuid)", [payload["booking_id"]], correlation_id)
+        return await asyncio.to_thread(send_confirmation, self.smtp_url, self.sender, booking, 30.0)
+
+    async def run_job(self, job_id, kind, payload, attempt, token) -> None:
+        cid = payload.get("correlation_id")
+        extra = {"job_id": str(job_id), "kind": kind, "attempt": attempt, "correlation_id": cid, "worker": self.name}
+        log.info("job started", extra=extra)
+        try:
+            result = await self.handlers[kind](payload, cid)
+        except asyncio.CancelledError:
+            await self.call("SELECT api.fail_job(%s, %s, %s, true)", [job_id, token, "worker stopped"], cid)
+            log.warning("job given back: the worker is stopping", extra=extra)
+            raise
+        except Exception as exc:  # noqa: BLE001 - every failure is recorded on the job
+            retryable = not isinstance(exc, PermanentError)
+            (ok,), = await self.call("SELECT api.fail_job(%s, %s, %s, %s)",
+                                     [job_id, token, f"{type(exc).__name__}: {exc}"[:4000], retryable], cid)
+            log.error("job failed" if ok else "job failed, and its lease was already lost", extra=extra,
+                      exc_info=True)
+            return
+        (ok,), = await self.call("SELECT api.complete_job(%s, %s, %s::jsonb)", [job_id, token, json.dumps(result)], cid)
+        if ok:
+            log.info("job done", extra=extra)
+        else:
+            log.warning("job finished after its lease was taken over; the other worker's result stands", extra=extra)
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stopping.set)
+        await self.pool.open()
+        log.info("worker started", extra={"worker": self.name})
+        try:
+            while not self.stopping.is_set():
+                free = self.concurrency - len(self.running)
+                jobs = []
+                if free > 0:
+                    jobs = await self.call("SELECT * FROM api.claim_jobs(%s, %s, %s, make_interval(secs => %s))",
+                                           [self.name, list(self.handlers), free, self.lease_s])
+                for job in jobs:
+                    task = asyncio.create_task(self.run_job(*job))
+                    self.running[task] = job
+                    task.add_done_callback(self.running.pop)
+                if not jobs:
+                    try:
+                        await asyncio.wait_for(self.stopping.wait(), timeout=self.poll_s)
+                    except asyncio.TimeoutError:
+                        pass
+            if self.running:
+                done, pending = await asyncio.wait(list(self.running), timeout=self.grace_s)
+                for task in pending:
+                    task.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
+        finally:
+            await self.pool.close()
+            log.info("worker stopped", extra={"worker": self.name})
+
+
+def main(argv: list[str]) -> int:
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(JsonFormatter())
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
+    try:
+        worker = Worker()
+    except ConfigError as exc:
+        log.error("refusing to start: %s", exc)
+        return 2
+    asyncio.run(worker.run())
+    return 0

@@ -1,0 +1,137 @@
+"""python -m pyshim worker against a real SMTP server (aiosmtpd) on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from aiosmtpd.controller import Controller
+
+from tests.pg import ROOT, connect, database_from_template, env_with
+from tests.shim.server import free_port
+from tests.sql.helpers import new_inventory, place
+
+
+class Inbox:
+    """Records every message; can hold the first connection's EHLO to stall a client."""
+
+    def __init__(self):
+        self.messages = []
+        self.stall_first = threading.Event()
+        self.stalled = threading.Event()
+        self.release = threading.Event()
+        self._connections = 0
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        self._connections += 1
+        if self.stall_first.is_set() and self._connections == 1:
+            self.stalled.set()
+            while not self.release.is_set():
+                await asyncio.sleep(0.05)
+        session.host_name = hostname
+        return responses
+
+    async def handle_DATA(self, server, session, envelope):
+        self.messages.append((envelope.rcpt_tos, envelope.content.decode("utf-8", "replace")))
+        return "250 OK"
+
+
+@pytest.fixture
+def inbox():
+    box = Inbox()
+    controller = Controller(box, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    box.url = f"smtp://127.0.0.1:{controller.port}"
+    try:
+        yield box
+    finally:
+        box.release.set()
+        controller.stop()
+
+
+@pytest.fixture
+def worker_db(migrated):
+    with database_from_template(migrated) as database:
+        yield database
+
+
+def confirmed_booking(db) -> str:
+    with connect(db.app_url) as conn:
+        inventory = new_inventory(conn, 10)
+        hold, _ = place(conn, inventory, 2, holder="alice@example.com")
+        booking_id = conn.execute("SELECT api.create_booking('k', 'alice@example.com', ARRAY[%s::uuid])",
+                                  (hold,)).fetchone()[0]["booking_id"]
+    with connect(db.url) as conn:
+        with conn.transaction():
+            conn.execute("SELECT set_config('app.correlation_id', 'req-worker-1', true)")
+            conn.execute("SELECT booking.apply_event(%s, 'payment_succeeded')", (booking_id,))
+    return booking_id
+
+
+def start_worker(db, inbox, **env):
+    return subprocess.Popen(
+        [sys.executable, "-m", "pyshim", "worker"], cwd=ROOT,
+        env=env_with(DATABASE_URL=db.app_url, SMTP_URL=inbox.url, WORKER_POLL_S="0.2", **env),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+
+
+def wait_until(predicate, seconds=20):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_the_confirmation_email_is_sent_once_and_sigterm_stops_cleanly(worker_db, inbox):
+    booking_id = confirmed_booking(worker_db)
+    proc = start_worker(worker_db, inbox)
+    try:
+        assert wait_until(lambda: worker_db.one("SELECT status FROM jobs.jobs") == "done")
+        assert len(inbox.messages) == 1
+        rcpts, content = inbox.messages[0]
+        assert rcpts == ["alice@example.com"] and booking_id in content
+        assert f"<booking-{booking_id}-confirmed@booking-core>" in content
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    assert '"message": "worker stopped"' in out
+    assert '"correlation_id": "req-worker-1"' in out  # logs carry the cause's correlation id
+
+
+def test_a_worker_killed_mid_job_is_taken_over_after_its_lease_and_the_job_done_once(worker_db, inbox):
+    confirmed_booking(worker_db)
+    inbox.stall_first.set()
+    first = start_worker(worker_db, inbox, WORKER_LEASE_S="2")
+    try:
+        assert inbox.stalled.wait(20), "the first worker never reached the SMTP server"
+        assert worker_db.one("SELECT status FROM jobs.jobs") == "running"
+        first.send_signal(signal.SIGKILL)  # mid-job: connected, not yet sent
+        first.wait(timeout=10)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    inbox.release.set()
+    second = start_worker(worker_db, inbox, WORKER_LEASE_S="2")
+    try:
+        assert wait_until(lambda: worker_db.one("SELECT status FROM jobs.jobs") == "done", 30)
+        time.sleep(0.5)
+        assert len(inbox.messages) == 1
+        assert worker_db.one("SELECT attempts FROM jobs.jobs") == 2
+    finally:
+        second.send_signal(signal.SIGTERM)
+        second.communicate(timeout=30)
+
+
+def test_the_worker_refuses_to_start_without_its_settings():
+    proc = subprocess.run([sys.executable, "-m", "pyshim", "worker"], cwd=ROOT, env=env_with(),
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2 and "DATABASE_URL is required" in proc.stdout
