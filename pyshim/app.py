@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from .auth import refresh
 from .db import Database
 from .errors import HANDLERS, ApiError, is_unavailable
 from .payments import create_payment_intent, stripe_client
@@ -87,6 +88,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     routes = [
         Route("/webhooks/stripe", stripe_webhook, methods=["POST"]),
         Route("/payment-intents", payment_intents, methods=["POST"]),
+        Route("/auth/refresh", refresh, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
     ]

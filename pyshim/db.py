@@ -24,6 +24,8 @@ QUERIES = {
     "idempotency_fail": "api.idempotency_fail(%s, %s, %s, %s, %s)",
     "payment_intent_params": "api.payment_intent_params(%s::uuid)",
     "record_payment_intent": "api.record_payment_intent(%s::uuid, %s, %s, %s)",
+    "rotate_refresh_token": "api.rotate_refresh_token(%s, %s)",
+    "log_error": "api.log_error(%s, %s, %s, %s, %s::jsonb, %s)",
 }
 
 

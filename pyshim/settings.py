@@ -36,6 +36,9 @@ class Settings:
     request_body_max_bytes: int = 16 * 1024
     # How long a started idempotency key stays locked before another request may take it over.
     stripe_timeout_s: float = 20.0
+    jwt_secret: Secret | None = None
+    refresh_token_pepper: Secret | None = None
+    access_token_ttl_s: int = 900
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -52,7 +55,14 @@ class Settings:
         if livemode not in ("true", "false"):
             raise ConfigError(f"STRIPE_LIVEMODE must be 'true' or 'false', not {livemode!r}")
         api_key = env.get("STRIPE_API_KEY", "").strip()
+        auth = {}
+        for name, field in (("JWT_SECRET", "jwt_secret"), ("REFRESH_TOKEN_PEPPER", "refresh_token_pepper")):
+            value = env.get(name, "")
+            if value and len(value.encode()) < 32:
+                raise ConfigError(f"{name} must be at least 32 bytes (it signs or peppers tokens)")
+            auth[field] = Secret(value) if value else None
         return cls(
+            **auth,
             database_url=Secret(database_url),
             webhook_secrets=webhook_secrets,
             stripe_api_key=Secret(api_key) if api_key else None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 
@@ -79,5 +80,7 @@ async def stripe_webhook(request: Request) -> JSONResponse:
         # transaction so the retry job (and Stripe's own retry) can try again.
         log.error("applying a Stripe event failed: %s %s", sqlstate, exc, extra={"request_id": rid})
         await db.call("record_stripe_event_failure", [text, sqlstate, str(exc)[:2000]], rid)
+        await db.call("log_error", ["error", "webhook", f"applying a Stripe event failed: {exc.diag.message_primary}"[:2000],
+                                    str(exc)[:10000], json.dumps({"sqlstate": sqlstate}), sqlstate], rid)
         raise ApiError(500, sqlstate or "internal", "the event was stored but could not be applied; it will be retried") from None
     return JSONResponse({"outcome": outcome})

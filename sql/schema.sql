@@ -972,6 +972,98 @@ COMMENT ON FUNCTION api.ingest_stripe_event(p_event jsonb) IS 'Stores a verified
 
 
 --
+-- Name: issue_refresh_token(text, bytea, interval); Type: FUNCTION; Schema: api; Owner: booking_owner
+--
+
+CREATE FUNCTION api.issue_refresh_token(p_user_id text, p_token_hash bytea, p_ttl interval DEFAULT '30 days'::interval) RETURNS uuid
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+    v_family_id uuid := gen_random_uuid();
+BEGIN
+    PERFORM core.require_text(p_user_id, 'p_user_id', 200);
+    PERFORM core.require_token_hash(p_token_hash, 'p_token_hash');
+    PERFORM core.require_interval(p_ttl, 'p_ttl', interval '1 minute', interval '365 days');
+    INSERT INTO core.refresh_tokens (token_hash, family_id, user_id, expires_at)
+    VALUES (p_token_hash, v_family_id, p_user_id, clock_timestamp() + p_ttl);
+    RETURN v_family_id;
+END;
+$$;
+
+
+ALTER FUNCTION api.issue_refresh_token(p_user_id text, p_token_hash bytea, p_ttl interval) OWNER TO booking_owner;
+
+--
+-- Name: FUNCTION issue_refresh_token(p_user_id text, p_token_hash bytea, p_ttl interval); Type: COMMENT; Schema: api; Owner: booking_owner
+--
+
+COMMENT ON FUNCTION api.issue_refresh_token(p_user_id text, p_token_hash bytea, p_ttl interval) IS 'Starts a token family for a user (at login) from the token''s HMAC-SHA256; returns the family id.';
+
+
+--
+-- Name: log_error(text, text, text, text, jsonb, text); Type: FUNCTION; Schema: api; Owner: booking_owner
+--
+
+CREATE FUNCTION api.log_error(p_severity text, p_source text, p_message text, p_detail text DEFAULT NULL::text, p_context jsonb DEFAULT '{}'::jsonb, p_sqlstate text DEFAULT NULL::text) RETURNS bigint
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $_$
+DECLARE
+    v_fingerprint text;
+    v_error_id bigint;
+    v_correlation_id text := left(current_setting('app.correlation_id', true), 200);
+BEGIN
+    PERFORM core.require(p_severity, 'p_severity');
+    IF p_severity NOT IN ('debug', 'info', 'warning', 'error', 'critical') THEN
+        RAISE EXCEPTION 'p_severity must be debug, info, warning, error or critical, not %', left(p_severity, 20)
+            USING ERRCODE = '22023';
+    END IF;
+    PERFORM core.require_text(p_source, 'p_source', 100);
+    PERFORM core.require_text(p_message, 'p_message', 2000);
+    IF length(p_detail) > 10000 THEN
+        RAISE EXCEPTION 'p_detail is % characters long, at most 10000 are allowed', length(p_detail)
+            USING ERRCODE = '22001';
+    END IF;
+    PERFORM core.require(p_context, 'p_context');
+    IF jsonb_typeof(p_context) <> 'object' THEN
+        RAISE EXCEPTION 'p_context must be a JSON object' USING ERRCODE = '22023';
+    END IF;
+    IF p_sqlstate IS NOT NULL AND p_sqlstate !~ '^[0-9A-Z]{5}$' THEN
+        RAISE EXCEPTION 'p_sqlstate must be five characters [0-9A-Z]' USING ERRCODE = '22023';
+    END IF;
+    v_fingerprint := core.error_fingerprint(p_source, p_message);
+    INSERT INTO core.error_groups AS g (fingerprint, severity, source, message)
+    VALUES (v_fingerprint, p_severity, p_source, p_message)
+    ON CONFLICT (fingerprint) DO UPDATE
+        SET count = g.count + 1, last_seen = now(), resolved_at = NULL, resolved_by = NULL,
+            severity = CASE WHEN g.severity = 'critical' OR excluded.severity = 'critical' THEN 'critical'
+                            ELSE excluded.severity END;
+    INSERT INTO core.errors (fingerprint, severity, source, message, detail, context, sqlstate, correlation_id)
+    VALUES (v_fingerprint, p_severity, p_source, p_message, p_detail, p_context, p_sqlstate, v_correlation_id)
+    RETURNING error_id INTO v_error_id;
+    IF p_severity = 'critical' THEN
+        -- One alert per group per 10 minutes at most; the worker posts it to ALERT_WEBHOOK_URL.
+        PERFORM jobs.enqueue('alert.notify', jsonb_build_object(
+            'error_id', v_error_id, 'fingerprint', v_fingerprint, 'severity', p_severity, 'source', p_source,
+            'message', p_message, 'correlation_id', v_correlation_id),
+            'alert.notify:' || v_fingerprint || ':' || (extract(EPOCH FROM now())::bigint / 600));
+    END IF;
+    RETURN v_error_id;
+END;
+$_$;
+
+
+ALTER FUNCTION api.log_error(p_severity text, p_source text, p_message text, p_detail text, p_context jsonb, p_sqlstate text) OWNER TO booking_owner;
+
+--
+-- Name: FUNCTION log_error(p_severity text, p_source text, p_message text, p_detail text, p_context jsonb, p_sqlstate text); Type: COMMENT; Schema: api; Owner: booking_owner
+--
+
+COMMENT ON FUNCTION api.log_error(p_severity text, p_source text, p_message text, p_detail text, p_context jsonb, p_sqlstate text) IS 'Records an error (severity debug|info|warning|error|critical) with app.correlation_id, grouped by fingerprint (ops.open_errors); a critical one enqueues an alert.notify job. Returns the error id.';
+
+
+--
 -- Name: payment_intent_params(uuid); Type: FUNCTION; Schema: api; Owner: booking_owner
 --
 
@@ -1202,6 +1294,94 @@ ALTER FUNCTION api.release_hold(p_hold_id uuid) OWNER TO booking_owner;
 --
 
 COMMENT ON FUNCTION api.release_hold(p_hold_id uuid) IS 'Releases a live hold and returns its units; true if this call released it, false if it was already not live (or is unknown). Never an error for a non-NULL id.';
+
+
+--
+-- Name: revoke_refresh_tokens(text); Type: FUNCTION; Schema: api; Owner: booking_owner
+--
+
+CREATE FUNCTION api.revoke_refresh_tokens(p_user_id text) RETURNS integer
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+    v_count int;
+BEGIN
+    PERFORM core.require_text(p_user_id, 'p_user_id', 200);
+    UPDATE core.refresh_tokens AS t
+    SET revoked_at = clock_timestamp(), revoked_reason = 'revoked for the user'
+    WHERE t.user_id = p_user_id AND t.revoked_at IS NULL AND t.expires_at > clock_timestamp();
+    GET DIAGNOSTICS v_count = ROW_COUNT;
+    RETURN v_count;
+END;
+$$;
+
+
+ALTER FUNCTION api.revoke_refresh_tokens(p_user_id text) OWNER TO booking_owner;
+
+--
+-- Name: FUNCTION revoke_refresh_tokens(p_user_id text); Type: COMMENT; Schema: api; Owner: booking_owner
+--
+
+COMMENT ON FUNCTION api.revoke_refresh_tokens(p_user_id text) IS 'Revokes every live refresh token of a user (logout everywhere); returns how many.';
+
+
+--
+-- Name: rotate_refresh_token(bytea, bytea); Type: FUNCTION; Schema: api; Owner: booking_owner
+--
+
+CREATE FUNCTION api.rotate_refresh_token(p_old_hash bytea, p_new_hash bytea) RETURNS TABLE(outcome text, user_id text, family_id uuid)
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+-- 'rotated': p_new_hash replaces p_old_hash (same family, same expiry).
+-- Grace: the same old token presented again within 10 s of its rotation is a client that
+-- lost the answer; its earlier replacement is revoked and p_new_hash replaces it, so the
+-- family still has one live token.
+-- 'reuse_detected': an already rotated token came back more than 10 s after its rotation:
+-- someone else holds a copy. The whole family is revoked and a critical error logged, and
+-- this is committed (an error would roll the revocation back); the caller answers 401 RA002.
+-- RA001: unknown, expired or revoked.
+DECLARE
+    v_old core.refresh_tokens;
+BEGIN
+    PERFORM core.require_token_hash(p_old_hash, 'p_old_hash');
+    PERFORM core.require_token_hash(p_new_hash, 'p_new_hash');
+    SELECT * INTO v_old FROM core.refresh_tokens AS t WHERE t.token_hash = p_old_hash FOR UPDATE;
+    IF NOT FOUND OR v_old.revoked_at IS NOT NULL OR v_old.expires_at <= clock_timestamp() THEN
+        RAISE EXCEPTION 'refresh token unknown, expired or revoked' USING ERRCODE = 'RA001';
+    END IF;
+    IF v_old.rotated_at IS NOT NULL AND v_old.rotated_at < clock_timestamp() - interval '10 seconds' THEN
+        UPDATE core.refresh_tokens AS t
+        SET revoked_at = clock_timestamp(), revoked_reason = 'reuse detected'
+        WHERE t.family_id = v_old.family_id AND t.revoked_at IS NULL;
+        PERFORM api.log_error('critical', 'auth.refresh', 'refresh token reuse detected; token family revoked',
+                              NULL, jsonb_build_object('user_id', v_old.user_id, 'family_id', v_old.family_id));
+        RETURN QUERY SELECT 'reuse_detected'::text, v_old.user_id, v_old.family_id;
+        RETURN;
+    END IF;
+    IF v_old.rotated_at IS NOT NULL THEN
+        UPDATE core.refresh_tokens AS t
+        SET revoked_at = clock_timestamp(), revoked_reason = 'replaced within the grace period'
+        WHERE t.token_hash = v_old.replaced_by AND t.revoked_at IS NULL;
+    END IF;
+    UPDATE core.refresh_tokens AS t
+    SET rotated_at = coalesce(t.rotated_at, clock_timestamp()), replaced_by = p_new_hash
+    WHERE t.token_hash = p_old_hash;
+    INSERT INTO core.refresh_tokens (token_hash, family_id, user_id, expires_at)
+    VALUES (p_new_hash, v_old.family_id, v_old.user_id, v_old.expires_at);
+    RETURN QUERY SELECT 'rotated'::text, v_old.user_id, v_old.family_id;
+END;
+$$;
+
+
+ALTER FUNCTION api.rotate_refresh_token(p_old_hash bytea, p_new_hash bytea) OWNER TO booking_owner;
+
+--
+-- Name: FUNCTION rotate_refresh_token(p_old_hash bytea, p_new_hash bytea); Type: COMMENT; Schema: api; Owner: booking_owner
+--
+
+COMMENT ON FUNCTION api.rotate_refresh_token(p_old_hash bytea, p_new_hash bytea) IS 'Rotates a refresh token: ''rotated'' (the new hash replaces the old); ''reuse_detected'' when a rotated token comes back more than 10 s after its rotation (family revoked, critical error logged, committed: answer 401 RA002); within 10 s the same old token is a client that lost the answer and rotates again (the earlier replacement is revoked). RA001 unknown, expired or revoked.';
 
 
 --
@@ -2113,6 +2293,23 @@ $$;
 ALTER FUNCTION core.cron_run_end(p_jobname text, p_result jsonb, p_error text) OWNER TO booking_owner;
 
 --
+-- Name: error_fingerprint(text, text); Type: FUNCTION; Schema: core; Owner: booking_owner
+--
+
+CREATE FUNCTION core.error_fingerprint(p_source text, p_message text) RETURNS text
+    LANGUAGE sql IMMUTABLE
+    AS $$
+    -- Same source and same message but for numbers, ids and quoted values: one group.
+    SELECT encode(sha256(convert_to(p_source || E'\n' || regexp_replace(regexp_replace(
+        p_message,
+        '[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|"[^"]*"|''[^'']*''', '?', 'gi'),
+        '[0-9]+', '#', 'g'), 'UTF8')), 'hex');
+$$;
+
+
+ALTER FUNCTION core.error_fingerprint(p_source text, p_message text) OWNER TO booking_owner;
+
+--
 -- Name: prune_cron_history(); Type: FUNCTION; Schema: core; Owner: booking_owner
 --
 
@@ -2169,6 +2366,33 @@ $$;
 
 
 ALTER FUNCTION core.purge_idempotency_keys(p_batch_size integer) OWNER TO booking_owner;
+
+--
+-- Name: purge_refresh_tokens(integer); Type: FUNCTION; Schema: core; Owner: booking_owner
+--
+
+CREATE FUNCTION core.purge_refresh_tokens(p_batch_size integer DEFAULT 10000) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+-- Deletes tokens that expired more than 7 days ago (kept that long to explain a 401).
+DECLARE
+    v_deleted int;
+BEGIN
+    DELETE FROM core.refresh_tokens
+    WHERE token_hash IN (
+        SELECT t.token_hash FROM core.refresh_tokens AS t
+        WHERE t.expires_at < now() - interval '7 days'
+        ORDER BY t.expires_at
+        LIMIT p_batch_size
+    );
+    GET DIAGNOSTICS v_deleted = ROW_COUNT;
+    RETURN jsonb_build_object('deleted', v_deleted);
+END;
+$$;
+
+
+ALTER FUNCTION core.purge_refresh_tokens(p_batch_size integer) OWNER TO booking_owner;
 
 --
 -- Name: require(anyelement, text); Type: FUNCTION; Schema: core; Owner: booking_owner
@@ -2258,6 +2482,25 @@ $$;
 
 
 ALTER FUNCTION core.require_text(p_value text, p_name text, p_max_length integer) OWNER TO booking_owner;
+
+--
+-- Name: require_token_hash(bytea, text); Type: FUNCTION; Schema: core; Owner: booking_owner
+--
+
+CREATE FUNCTION core.require_token_hash(p_hash bytea, p_name text) RETURNS void
+    LANGUAGE plpgsql IMMUTABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+BEGIN
+    PERFORM core.require(p_hash, p_name);
+    IF length(p_hash) <> 32 THEN
+        RAISE EXCEPTION '% must be a 32-byte HMAC-SHA256, got % bytes', p_name, length(p_hash) USING ERRCODE = '22023';
+    END IF;
+END;
+$$;
+
+
+ALTER FUNCTION core.require_token_hash(p_hash bytea, p_name text) OWNER TO booking_owner;
 
 --
 -- Name: run_cron_job(text); Type: FUNCTION; Schema: core; Owner: booking_owner
@@ -2731,6 +2974,37 @@ ALTER FUNCTION ops.replay_stripe_event(p_event_id text) OWNER TO booking_owner;
 --
 
 COMMENT ON FUNCTION ops.replay_stripe_event(p_event_id text) IS 'Re-applies a stored Stripe event now (dead, failed, deferred or any other) and returns the outcome; safe to repeat: the ledger takes each Stripe object once.';
+
+
+--
+-- Name: resolve_error(text, text); Type: FUNCTION; Schema: ops; Owner: booking_owner
+--
+
+CREATE FUNCTION ops.resolve_error(p_fingerprint text, p_by text) RETURNS integer
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+    v_count int;
+BEGIN
+    PERFORM core.require_text(p_fingerprint, 'p_fingerprint', 64);
+    PERFORM core.require_text(p_by, 'p_by', 200);
+    UPDATE core.error_groups
+    SET resolved_at = now(), resolved_by = p_by
+    WHERE fingerprint = p_fingerprint AND resolved_at IS NULL;
+    GET DIAGNOSTICS v_count = ROW_COUNT;
+    RETURN v_count;
+END;
+$$;
+
+
+ALTER FUNCTION ops.resolve_error(p_fingerprint text, p_by text) OWNER TO booking_owner;
+
+--
+-- Name: FUNCTION resolve_error(p_fingerprint text, p_by text); Type: COMMENT; Schema: ops; Owner: booking_owner
+--
+
+COMMENT ON FUNCTION ops.resolve_error(p_fingerprint text, p_by text) IS 'Marks an error group resolved (it reopens if the error comes back); returns 1, or 0 if it was not open.';
 
 
 --
@@ -3401,6 +3675,87 @@ CREATE TABLE core.currencies (
 ALTER TABLE core.currencies OWNER TO booking_owner;
 
 --
+-- Name: error_groups; Type: TABLE; Schema: core; Owner: booking_owner
+--
+
+CREATE TABLE core.error_groups (
+    fingerprint text NOT NULL,
+    severity text NOT NULL,
+    source text NOT NULL,
+    message text NOT NULL,
+    count bigint DEFAULT 1 NOT NULL,
+    first_seen timestamp with time zone DEFAULT now() NOT NULL,
+    last_seen timestamp with time zone DEFAULT now() NOT NULL,
+    resolved_at timestamp with time zone,
+    resolved_by text,
+    CONSTRAINT check_error_groups_severity CHECK ((severity = ANY (ARRAY['debug'::text, 'info'::text, 'warning'::text, 'error'::text, 'critical'::text])))
+);
+
+
+ALTER TABLE core.error_groups OWNER TO booking_owner;
+
+--
+-- Name: errors; Type: TABLE; Schema: core; Owner: booking_owner
+--
+
+CREATE TABLE core.errors (
+    error_id bigint NOT NULL,
+    fingerprint text NOT NULL,
+    severity text NOT NULL,
+    source text NOT NULL,
+    message text NOT NULL,
+    detail text,
+    context jsonb DEFAULT '{}'::jsonb NOT NULL,
+    sqlstate text,
+    correlation_id text,
+    at timestamp with time zone DEFAULT clock_timestamp() NOT NULL,
+    CONSTRAINT check_errors_context CHECK ((jsonb_typeof(context) = 'object'::text)),
+    CONSTRAINT check_errors_detail CHECK ((length(detail) <= 10000)),
+    CONSTRAINT check_errors_message CHECK (((length(message) >= 1) AND (length(message) <= 2000))),
+    CONSTRAINT check_errors_severity CHECK ((severity = ANY (ARRAY['debug'::text, 'info'::text, 'warning'::text, 'error'::text, 'critical'::text]))),
+    CONSTRAINT check_errors_source CHECK (((length(source) >= 1) AND (length(source) <= 100))),
+    CONSTRAINT check_errors_sqlstate CHECK ((sqlstate ~ '^[0-9A-Z]{5}$'::text))
+);
+
+
+ALTER TABLE core.errors OWNER TO booking_owner;
+
+--
+-- Name: errors_error_id_seq; Type: SEQUENCE; Schema: core; Owner: booking_owner
+--
+
+ALTER TABLE core.errors ALTER COLUMN error_id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME core.errors_error_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
+
+
+--
+-- Name: refresh_tokens; Type: TABLE; Schema: core; Owner: booking_owner
+--
+
+CREATE TABLE core.refresh_tokens (
+    token_hash bytea NOT NULL,
+    family_id uuid NOT NULL,
+    user_id text NOT NULL,
+    issued_at timestamp with time zone DEFAULT clock_timestamp() NOT NULL,
+    expires_at timestamp with time zone NOT NULL,
+    rotated_at timestamp with time zone,
+    replaced_by bytea,
+    revoked_at timestamp with time zone,
+    revoked_reason text,
+    CONSTRAINT check_refresh_tokens_hash CHECK ((length(token_hash) = 32)),
+    CONSTRAINT check_refresh_tokens_user CHECK (((length(user_id) >= 1) AND (length(user_id) <= 200)))
+);
+
+
+ALTER TABLE core.refresh_tokens OWNER TO booking_owner;
+
+--
 -- Name: jobs; Type: TABLE; Schema: jobs; Owner: booking_owner
 --
 
@@ -3669,6 +4024,33 @@ COMMENT ON VIEW ops.cron_jobs IS 'Each scheduled job and its last run, as record
 
 
 --
+-- Name: errors; Type: VIEW; Schema: ops; Owner: booking_owner
+--
+
+CREATE VIEW ops.errors AS
+ SELECT errors.error_id,
+    errors.fingerprint,
+    errors.severity,
+    errors.source,
+    errors.message,
+    errors.detail,
+    errors.context,
+    errors.sqlstate,
+    errors.correlation_id,
+    errors.at
+   FROM core.errors;
+
+
+ALTER TABLE ops.errors OWNER TO booking_owner;
+
+--
+-- Name: VIEW errors; Type: COMMENT; Schema: ops; Owner: booking_owner
+--
+
+COMMENT ON VIEW ops.errors IS 'Every error logged, with its correlation id.';
+
+
+--
 -- Name: holds_overview; Type: VIEW; Schema: ops; Owner: booking_owner
 --
 
@@ -3771,6 +4153,31 @@ ALTER TABLE ops.ledger_imbalances OWNER TO booking_owner;
 --
 
 COMMENT ON VIEW ops.ledger_imbalances IS 'Always empty: ledger transactions whose lines do not sum to zero.';
+
+
+--
+-- Name: open_errors; Type: VIEW; Schema: ops; Owner: booking_owner
+--
+
+CREATE VIEW ops.open_errors AS
+ SELECT error_groups.fingerprint,
+    error_groups.severity,
+    error_groups.source,
+    error_groups.message,
+    error_groups.count,
+    error_groups.first_seen,
+    error_groups.last_seen
+   FROM core.error_groups
+  WHERE (error_groups.resolved_at IS NULL);
+
+
+ALTER TABLE ops.open_errors OWNER TO booking_owner;
+
+--
+-- Name: VIEW open_errors; Type: COMMENT; Schema: ops; Owner: booking_owner
+--
+
+COMMENT ON VIEW ops.open_errors IS 'Unresolved error groups; ops.resolve_error(fingerprint, by) closes one.';
 
 
 --
@@ -4006,11 +4413,35 @@ ALTER TABLE ONLY core.currencies
 
 
 --
+-- Name: error_groups error_groups_pkey; Type: CONSTRAINT; Schema: core; Owner: booking_owner
+--
+
+ALTER TABLE ONLY core.error_groups
+    ADD CONSTRAINT error_groups_pkey PRIMARY KEY (fingerprint);
+
+
+--
+-- Name: errors errors_pkey; Type: CONSTRAINT; Schema: core; Owner: booking_owner
+--
+
+ALTER TABLE ONLY core.errors
+    ADD CONSTRAINT errors_pkey PRIMARY KEY (error_id);
+
+
+--
 -- Name: idempotency_keys idempotency_keys_pkey; Type: CONSTRAINT; Schema: core; Owner: booking_owner
 --
 
 ALTER TABLE ONLY core.idempotency_keys
     ADD CONSTRAINT idempotency_keys_pkey PRIMARY KEY (scope, principal, key);
+
+
+--
+-- Name: refresh_tokens refresh_tokens_pkey; Type: CONSTRAINT; Schema: core; Owner: booking_owner
+--
+
+ALTER TABLE ONLY core.refresh_tokens
+    ADD CONSTRAINT refresh_tokens_pkey PRIMARY KEY (token_hash);
 
 
 --
@@ -4135,10 +4566,52 @@ CREATE INDEX holds_open_inventory_deadline_idx ON booking.holds USING btree (inv
 
 
 --
+-- Name: error_groups_open_idx; Type: INDEX; Schema: core; Owner: booking_owner
+--
+
+CREATE INDEX error_groups_open_idx ON core.error_groups USING btree (last_seen) WHERE (resolved_at IS NULL);
+
+
+--
+-- Name: errors_at_idx; Type: INDEX; Schema: core; Owner: booking_owner
+--
+
+CREATE INDEX errors_at_idx ON core.errors USING btree (at);
+
+
+--
+-- Name: errors_fingerprint_idx; Type: INDEX; Schema: core; Owner: booking_owner
+--
+
+CREATE INDEX errors_fingerprint_idx ON core.errors USING btree (fingerprint, error_id);
+
+
+--
 -- Name: idempotency_keys_expires_idx; Type: INDEX; Schema: core; Owner: booking_owner
 --
 
 CREATE INDEX idempotency_keys_expires_idx ON core.idempotency_keys USING btree (expires_at);
+
+
+--
+-- Name: refresh_tokens_expires_idx; Type: INDEX; Schema: core; Owner: booking_owner
+--
+
+CREATE INDEX refresh_tokens_expires_idx ON core.refresh_tokens USING btree (expires_at);
+
+
+--
+-- Name: refresh_tokens_family_idx; Type: INDEX; Schema: core; Owner: booking_owner
+--
+
+CREATE INDEX refresh_tokens_family_idx ON core.refresh_tokens USING btree (family_id);
+
+
+--
+-- Name: refresh_tokens_user_idx; Type: INDEX; Schema: core; Owner: booking_owner
+--
+
+CREATE INDEX refresh_tokens_user_idx ON core.refresh_tokens USING btree (user_id) WHERE (revoked_at IS NULL);
 
 
 --
@@ -4311,6 +4784,14 @@ ALTER TABLE ONLY core.cron_runs
 
 
 --
+-- Name: errors errors_fingerprint_fkey; Type: FK CONSTRAINT; Schema: core; Owner: booking_owner
+--
+
+ALTER TABLE ONLY core.errors
+    ADD CONSTRAINT errors_fingerprint_fkey FOREIGN KEY (fingerprint) REFERENCES core.error_groups(fingerprint);
+
+
+--
 -- Name: lines lines_account_fkey; Type: FK CONSTRAINT; Schema: ledger; Owner: booking_owner
 --
 
@@ -4477,6 +4958,22 @@ GRANT ALL ON FUNCTION api.ingest_stripe_event(p_event jsonb) TO booking_app;
 
 
 --
+-- Name: FUNCTION issue_refresh_token(p_user_id text, p_token_hash bytea, p_ttl interval); Type: ACL; Schema: api; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION api.issue_refresh_token(p_user_id text, p_token_hash bytea, p_ttl interval) FROM PUBLIC;
+GRANT ALL ON FUNCTION api.issue_refresh_token(p_user_id text, p_token_hash bytea, p_ttl interval) TO booking_app;
+
+
+--
+-- Name: FUNCTION log_error(p_severity text, p_source text, p_message text, p_detail text, p_context jsonb, p_sqlstate text); Type: ACL; Schema: api; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION api.log_error(p_severity text, p_source text, p_message text, p_detail text, p_context jsonb, p_sqlstate text) FROM PUBLIC;
+GRANT ALL ON FUNCTION api.log_error(p_severity text, p_source text, p_message text, p_detail text, p_context jsonb, p_sqlstate text) TO booking_app;
+
+
+--
 -- Name: FUNCTION payment_intent_params(p_booking_id uuid); Type: ACL; Schema: api; Owner: booking_owner
 --
 
@@ -4514,6 +5011,22 @@ GRANT ALL ON FUNCTION api.record_stripe_event_failure(p_event jsonb, p_sqlstate 
 
 REVOKE ALL ON FUNCTION api.release_hold(p_hold_id uuid) FROM PUBLIC;
 GRANT ALL ON FUNCTION api.release_hold(p_hold_id uuid) TO booking_app;
+
+
+--
+-- Name: FUNCTION revoke_refresh_tokens(p_user_id text); Type: ACL; Schema: api; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION api.revoke_refresh_tokens(p_user_id text) FROM PUBLIC;
+GRANT ALL ON FUNCTION api.revoke_refresh_tokens(p_user_id text) TO booking_app;
+
+
+--
+-- Name: FUNCTION rotate_refresh_token(p_old_hash bytea, p_new_hash bytea); Type: ACL; Schema: api; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION api.rotate_refresh_token(p_old_hash bytea, p_new_hash bytea) FROM PUBLIC;
+GRANT ALL ON FUNCTION api.rotate_refresh_token(p_old_hash bytea, p_new_hash bytea) TO booking_app;
 
 
 --
@@ -4700,6 +5213,13 @@ REVOKE ALL ON FUNCTION core.cron_run_end(p_jobname text, p_result jsonb, p_error
 
 
 --
+-- Name: FUNCTION error_fingerprint(p_source text, p_message text); Type: ACL; Schema: core; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION core.error_fingerprint(p_source text, p_message text) FROM PUBLIC;
+
+
+--
 -- Name: FUNCTION prune_cron_history(); Type: ACL; Schema: core; Owner: booking_owner
 --
 
@@ -4711,6 +5231,13 @@ REVOKE ALL ON FUNCTION core.prune_cron_history() FROM PUBLIC;
 --
 
 REVOKE ALL ON FUNCTION core.purge_idempotency_keys(p_batch_size integer) FROM PUBLIC;
+
+
+--
+-- Name: FUNCTION purge_refresh_tokens(p_batch_size integer); Type: ACL; Schema: core; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION core.purge_refresh_tokens(p_batch_size integer) FROM PUBLIC;
 
 
 --
@@ -4739,6 +5266,13 @@ REVOKE ALL ON FUNCTION core.require_range(p_value bigint, p_name text, p_min big
 --
 
 REVOKE ALL ON FUNCTION core.require_text(p_value text, p_name text, p_max_length integer) FROM PUBLIC;
+
+
+--
+-- Name: FUNCTION require_token_hash(p_hash bytea, p_name text); Type: ACL; Schema: core; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION core.require_token_hash(p_hash bytea, p_name text) FROM PUBLIC;
 
 
 --
@@ -4852,6 +5386,14 @@ REVOKE ALL ON FUNCTION migrate.record(p_kind text, p_name text, p_checksum text)
 
 REVOKE ALL ON FUNCTION ops.replay_stripe_event(p_event_id text) FROM PUBLIC;
 GRANT ALL ON FUNCTION ops.replay_stripe_event(p_event_id text) TO booking_ops;
+
+
+--
+-- Name: FUNCTION resolve_error(p_fingerprint text, p_by text); Type: ACL; Schema: ops; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION ops.resolve_error(p_fingerprint text, p_by text) FROM PUBLIC;
+GRANT ALL ON FUNCTION ops.resolve_error(p_fingerprint text, p_by text) TO booking_ops;
 
 
 --
@@ -4975,6 +5517,13 @@ GRANT SELECT ON TABLE ops.cron_jobs TO booking_ops;
 
 
 --
+-- Name: TABLE errors; Type: ACL; Schema: ops; Owner: booking_owner
+--
+
+GRANT SELECT ON TABLE ops.errors TO booking_ops;
+
+
+--
 -- Name: TABLE holds_overview; Type: ACL; Schema: ops; Owner: booking_owner
 --
 
@@ -5000,6 +5549,13 @@ GRANT SELECT ON TABLE ops.ledger_balances TO booking_ops;
 --
 
 GRANT SELECT ON TABLE ops.ledger_imbalances TO booking_ops;
+
+
+--
+-- Name: TABLE open_errors; Type: ACL; Schema: ops; Owner: booking_owner
+--
+
+GRANT SELECT ON TABLE ops.open_errors TO booking_ops;
 
 
 --
@@ -5040,5 +5596,6 @@ ALTER DEFAULT PRIVILEGES FOR ROLE booking_owner REVOKE ALL ON FUNCTIONS  FROM PU
 -- booking-prune-cron-history | 17 * * * * | SELECT core.run_cron_job('booking-prune-cron-history')
 -- booking-purge-holds | 41 3 * * * | SELECT core.run_cron_job('booking-purge-holds')
 -- booking-purge-idempotency-keys | 23 * * * * | SELECT core.run_cron_job('booking-purge-idempotency-keys')
+-- booking-purge-refresh-tokens | 53 4 * * * | SELECT core.run_cron_job('booking-purge-refresh-tokens')
 -- booking-retry-stripe-events | * * * * * | SELECT core.run_cron_job('booking-retry-stripe-events')
 -- booking-sweep-holds | * * * * * | CALL booking.sweep_holds_cron()

@@ -32,6 +32,13 @@ SELECT core.sync_cron_jobs($jobs$[
     "max_silence": "2 hours"
   },
   {
+    "jobname": "booking-purge-refresh-tokens",
+    "schedule": "53 4 * * *",
+    "job_function": "core.purge_refresh_tokens",
+    "description": "Deletes refresh tokens that expired more than 7 days ago, 10k a run.",
+    "max_silence": "2 days"
+  },
+  {
     "jobname": "booking-prune-cron-history",
     "schedule": "17 * * * *",
     "job_function": "core.prune_cron_history",

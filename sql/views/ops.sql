@@ -183,3 +183,31 @@ SELECT
 FROM jobs.jobs
 GROUP BY kind, status;
 COMMENT ON VIEW ops.jobs_overview IS 'Jobs per kind and status, with the oldest due one.';
+
+CREATE OR REPLACE VIEW ops.open_errors AS
+SELECT
+    fingerprint,
+    severity,
+    source,
+    message,
+    count,
+    first_seen,
+    last_seen
+FROM core.error_groups
+WHERE resolved_at IS NULL;
+COMMENT ON VIEW ops.open_errors IS 'Unresolved error groups; ops.resolve_error(fingerprint, by) closes one.';
+
+CREATE OR REPLACE VIEW ops.errors AS
+SELECT
+    error_id,
+    fingerprint,
+    severity,
+    source,
+    message,
+    detail,
+    context,
+    sqlstate,
+    correlation_id,
+    at
+FROM core.errors;
+COMMENT ON VIEW ops.errors IS 'Every error logged, with its correlation id.';

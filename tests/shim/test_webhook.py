@@ -195,6 +195,9 @@ def test_a_failure_to_apply_is_500_and_recorded_for_retry(server, webhook_db):
         assert (status, attempts, sqlstate, payload, has_retry) == ("failed", 1, "XX000", evt, True)
         assert "simulated bug while applying" in last_error
         assert correlation_id == "req-explode"
+        # And an error row survives the rolled-back transaction, with the request's id.
+        assert webhook_db.rows("SELECT source, sqlstate, correlation_id FROM ops.errors "
+                               "WHERE message LIKE '%%simulated bug%%'") == [("webhook", "XX000", "req-explode")]
     finally:
         with connect(webhook_db.url) as conn:
             conn.execute("DROP TRIGGER test_explode ON stripe.events; DROP FUNCTION stripe.test_explode()")
