@@ -1,6 +1,7 @@
 """python -m pyshim worker: claims jobs from the database and does them.
 
-Kinds it does: email.booking_confirmed (when SMTP_URL is set). Other kinds stay queued
+Kinds it does: email.booking_confirmed (when SMTP_URL is set), alert.notify (a
+Slack-style JSON POST to ALERT_WEBHOOK_URL, when set). Other kinds stay queued
 for a worker that does them. Each job runs under a lease; a worker that stalls past its
 lease cannot complete the job any more (api.complete_job checks the lease token), and
 another worker takes it over. SIGTERM or SIGINT: stop claiming, let running jobs finish
@@ -17,6 +18,7 @@ import smtplib
 import socket
 import sys
 import time
+import urllib.request
 import uuid
 from email.message import EmailMessage
 from urllib.parse import urlparse
@@ -66,6 +68,17 @@ def send_confirmation(smtp_url: str, sender: str, booking: dict, timeout_s: floa
     return {"sent_to": to, "message_id": msg["Message-ID"]}
 
 
+def post_alert(url: str, payload: dict, timeout_s: float) -> dict:
+    """A Slack-style incoming-webhook message: {"text": ...} plus the fields themselves."""
+    text = (f":rotating_light: {payload.get('severity', 'critical').upper()} in {payload.get('source')}: "
+            f"{payload.get('message')} (correlation id {payload.get('correlation_id') or '-'}, "
+            f"fingerprint {str(payload.get('fingerprint', ''))[:12]})")
+    body = json.dumps({"text": text, **payload}).encode()
+    req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"}, method="POST")
+    with urllib.request.urlopen(req, timeout=timeout_s) as resp:  # noqa: S310 - the configured alert URL
+        return {"status": resp.status}
+
+
 class Worker:
     def __init__(self, env=None):
         env = os.environ if env is None else env
@@ -79,11 +92,14 @@ class Worker:
         self.grace_s = float(env.get("WORKER_GRACE_S", "20"))
         self.poll_s = float(env.get("WORKER_POLL_S", "1"))
         self.name = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.alert_url = env.get("ALERT_WEBHOOK_URL", "").strip() or None
         self.handlers = {}
         if self.smtp_url:
             self.handlers["email.booking_confirmed"] = self.email_booking_confirmed
+        if self.alert_url:
+            self.handlers["alert.notify"] = self.alert_notify
         if not self.handlers:
-            raise ConfigError("nothing to do: set SMTP_URL (email.booking_confirmed)")
+            raise ConfigError("nothing to do: set SMTP_URL (email.booking_confirmed) or ALERT_WEBHOOK_URL (alert.notify)")
         self.pool = AsyncConnectionPool(database_url, min_size=1, max_size=self.concurrency + 1,
                                         kwargs={"autocommit": True, "application_name": "pyshim-worker"},
                                         open=False)
@@ -101,6 +117,9 @@ class Worker:
     async def email_booking_confirmed(self, payload: dict, correlation_id: str | None) -> dict:
         (booking,), = await self.call("SELECT api.get_booking(%s::uuid)", [payload["booking_id"]], correlation_id)
         return await asyncio.to_thread(send_confirmation, self.smtp_url, self.sender, booking, 30.0)
+
+    async def alert_notify(self, payload: dict, correlation_id: str | None) -> dict:
+        return await asyncio.to_thread(post_alert, self.alert_url, payload, 10.0)
 
     async def run_job(self, job_id, kind, payload, attempt, token) -> None:
         cid = payload.get("correlation_id")

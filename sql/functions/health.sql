@@ -12,6 +12,12 @@ DECLARE
     v_cron_ok boolean;
     v_stripe jsonb;
     v_stripe_ok boolean;
+    v_jobs jsonb;
+    v_jobs_ok boolean;
+    v_holds jsonb;
+    v_holds_ok boolean;
+    v_errors jsonb;
+    v_errors_ok boolean;
 BEGIN
     -- A job that has not had its first run yet is not late until max_silence after it
     -- was registered.
@@ -52,18 +58,52 @@ BEGIN
     FROM stripe.events AS e
     WHERE e.status IN ('failed', 'deferred', 'dead');
 
+    -- The queue: due jobs waiting more than 10 minutes, or dead ones, need someone.
+    SELECT
+        jsonb_build_object(
+            'due', count(*) FILTER (WHERE j.status IN ('queued', 'failed') AND j.run_at <= now()),
+            'running', count(*) FILTER (WHERE j.status = 'running'),
+            'dead', count(*) FILTER (WHERE j.status = 'dead'),
+            'oldest_due_at', min(j.run_at) FILTER (WHERE j.status IN ('queued', 'failed') AND j.run_at <= now())
+        ),
+        count(*) FILTER (WHERE j.status = 'dead') = 0
+        AND coalesce(min(j.run_at) FILTER (WHERE j.status IN ('queued', 'failed')) > now() - interval '10 minutes', true)
+    INTO v_jobs, v_jobs_ok
+    FROM jobs.jobs AS j
+    WHERE j.status IN ('queued', 'failed', 'running', 'dead');
+
+    -- Dead holds not swept 10 minutes after their deadline: the sweeper is not running.
+    -- (Answers stay exact meanwhile; only the bookkeeping lags.)
+    SELECT
+        jsonb_build_object('expired_unswept', count(*), 'oldest_deadline', min(h.expires_at)),
+        coalesce(min(h.expires_at) > now() - interval '10 minutes', true)
+    INTO v_holds, v_holds_ok
+    FROM booking.holds AS h
+    WHERE h.status IN ('live', 'booked') AND h.expires_at <= (SELECT clock_timestamp());
+
+    SELECT
+        jsonb_build_object('open', count(*), 'open_critical', count(*) FILTER (WHERE g.severity = 'critical')),
+        count(*) FILTER (WHERE g.severity = 'critical') = 0
+    INTO v_errors, v_errors_ok
+    FROM core.error_groups AS g
+    WHERE g.resolved_at IS NULL;
+
     RETURN jsonb_build_object(
-        'status', CASE WHEN v_cron_ok AND v_stripe_ok THEN 'ok' ELSE 'degraded' END,
+        'status', CASE WHEN v_cron_ok AND v_stripe_ok AND v_jobs_ok AND v_holds_ok AND v_errors_ok
+            THEN 'ok' ELSE 'degraded' END,
         'checks', jsonb_build_object(
             'database', jsonb_build_object('status', 'ok', 'now', now()),
             'cron', jsonb_build_object('status', CASE WHEN v_cron_ok THEN 'ok' ELSE 'degraded' END, 'jobs', v_cron),
             'stripe_events', v_stripe || jsonb_build_object(
                 'status', CASE WHEN v_stripe_ok THEN 'ok' ELSE 'degraded' END,
                 'livemode', (SELECT c.livemode FROM stripe.config AS c)
-            )
+            ),
+            'jobs', v_jobs || jsonb_build_object('status', CASE WHEN v_jobs_ok THEN 'ok' ELSE 'degraded' END),
+            'holds', v_holds || jsonb_build_object('status', CASE WHEN v_holds_ok THEN 'ok' ELSE 'degraded' END),
+            'errors', v_errors || jsonb_build_object('status', CASE WHEN v_errors_ok THEN 'ok' ELSE 'degraded' END)
         )
     );
 END;
 $$;
 COMMENT ON FUNCTION api.health() IS
-'{"status": ok|degraded, "checks": {...}}: the database, each cron job''s last run and lateness, the Stripe event backlog. "down" is the caller''s answer when this cannot be called.';
+'{"status": ok|degraded, "checks": {...}}: the database, each cron job''s last run and lateness, the Stripe event backlog (failed, deferred, dead), the job queue (due, oldest due, dead), holds dead but unswept for 10 minutes, open critical errors. "down" is the caller''s answer when this cannot be called.';

@@ -97,3 +97,24 @@ def test_pg_cron_really_runs_a_function_job_and_a_procedure_job(cron_db):
     finally:
         for name in jobs:
             cron_db.one("SELECT cron.unschedule(%s)", (f"probe-{name}",))
+
+
+def test_health_covers_the_queue_unswept_holds_and_critical_errors(db):
+    health = db.one("SELECT api.health()")
+    assert health["status"] == "ok"
+    assert {"database", "cron", "stripe_events", "jobs", "holds", "errors"} <= set(health["checks"])
+    with connect(db.url) as conn:
+        conn.execute("SELECT jobs.enqueue('email.booking_confirmed', '{}'::jsonb, NULL, now() - interval '11 minutes')")
+    health = db.one("SELECT api.health()")
+    assert (health["status"], health["checks"]["jobs"]["status"], health["checks"]["jobs"]["due"]) == ("degraded", "degraded", 1)
+    with connect(db.url) as conn:
+        conn.execute("DELETE FROM jobs.jobs")
+        inventory = conn.execute("SELECT api.create_inventory('h', 10, 100, 'usd')").fetchone()[0]
+        conn.execute("SELECT api.place_hold(%s, 1, 'x')", (inventory,))
+        conn.execute("UPDATE booking.holds SET expires_at = now() - interval '11 minutes'")
+    health = db.one("SELECT api.health()")
+    assert health["checks"]["holds"]["status"] == "degraded" and health["checks"]["holds"]["expired_unswept"] == 1
+    db.one("CALL booking.sweep_expired_holds()")
+    assert db.one("SELECT api.health()")["status"] == "ok"
+    db.one("SELECT api.log_error('critical', 'test', 'boom')")
+    assert db.one("SELECT api.health()")["checks"]["errors"]["open_critical"] == 1
