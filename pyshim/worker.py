@@ -1,7 +1,8 @@
 """python -m pyshim worker: claims jobs from the database and does them.
 
 Kinds it does: email.booking_confirmed (when SMTP_URL is set), alert.notify (a
-Slack-style JSON POST to ALERT_WEBHOOK_URL, when set). Other kinds stay queued
+Slack-style JSON POST to ALERT_WEBHOOK_URL, when set), stripe.refund (when
+STRIPE_API_KEY is set). Other kinds stay queued
 for a worker that does them. Each job runs under a lease; a worker that stalls past its
 lease cannot complete the job any more (api.complete_job checks the lease token), and
 another worker takes it over. SIGTERM or SIGINT: stop claiming, let running jobs finish
@@ -23,6 +24,7 @@ import uuid
 from email.message import EmailMessage
 from urllib.parse import urlparse
 
+import stripe
 from psycopg_pool import AsyncConnectionPool
 
 from .settings import ConfigError
@@ -98,8 +100,18 @@ class Worker:
             self.handlers["email.booking_confirmed"] = self.email_booking_confirmed
         if self.alert_url:
             self.handlers["alert.notify"] = self.alert_notify
+        stripe_key = env.get("STRIPE_API_KEY", "").strip()
+        if stripe_key:
+            options = {"max_network_retries": 2}
+            if env.get("STRIPE_API_BASE", "").strip():
+                options["base_addresses"] = {"api": env["STRIPE_API_BASE"].strip()}
+            self.stripe = stripe.StripeClient(stripe_key, **options)
+            self.handlers["stripe.refund"] = self.stripe_refund
+        # Fault injection for tests: pause after an outside side effect, before recording it.
+        self.fault_pause_s = float(env.get("WORKER_FAULT_PAUSE_AFTER_SIDE_EFFECT_S", "0"))
         if not self.handlers:
-            raise ConfigError("nothing to do: set SMTP_URL (email.booking_confirmed) or ALERT_WEBHOOK_URL (alert.notify)")
+            raise ConfigError("nothing to do: set SMTP_URL (email.booking_confirmed), ALERT_WEBHOOK_URL "
+                              "(alert.notify) or STRIPE_API_KEY (stripe.refund)")
         self.pool = AsyncConnectionPool(database_url, min_size=1, max_size=self.concurrency + 1,
                                         kwargs={"autocommit": True, "application_name": "pyshim-worker"},
                                         open=False)
@@ -114,11 +126,37 @@ class Worker:
                 cur = await conn.execute(sql, params)
                 return await cur.fetchall()
 
-    async def email_booking_confirmed(self, payload: dict, correlation_id: str | None) -> dict:
+    async def stripe_refund(self, payload: dict, correlation_id: str | None, job_id) -> dict:
+        """Refunds what the ledger says is still due. Stripe's idempotency key is derived from
+        the job id, and before creating a refund the worker looks for one it made already
+        (a re-run after a crash between Stripe's answer and the database's), so a job
+        refunds once even against a Stripe double that ignores idempotency keys."""
+        due = await self.call("SELECT * FROM api.refunds_due(%s::uuid, %s)",
+                              [payload["booking_id"], payload.get("payment_intent_id")], correlation_id)
+        done = []
+        for payment_intent_id, amount, _currency in due:
+            listed = await asyncio.to_thread(self.stripe.v1.refunds.list,
+                                             params={"payment_intent": payment_intent_id, "limit": 100})
+            mine = [r for r in listed.data if (r.to_dict().get("metadata") or {}).get("job_id") == str(job_id)]
+            refund = mine[0] if mine else await asyncio.to_thread(
+                self.stripe.v1.refunds.create,
+                params={"payment_intent": payment_intent_id, "amount": amount,
+                        "metadata": {"booking_id": payload["booking_id"], "job_id": str(job_id)}},
+                options={"idempotency_key": f"booking-core-refund-{job_id}-{payment_intent_id}"},
+            )
+            if self.fault_pause_s:
+                await asyncio.sleep(self.fault_pause_s)
+            outcome = await self.call("SELECT api.record_stripe_refund(%s::jsonb)",
+                                      [json.dumps(refund.to_dict())], correlation_id)
+            done.append({"refund_id": refund.id, "payment_intent_id": payment_intent_id, "amount": amount,
+                         "recorded": outcome[0][0], "reused": bool(mine)})
+        return {"refunds": done}
+
+    async def email_booking_confirmed(self, payload: dict, correlation_id: str | None, job_id=None) -> dict:
         (booking,), = await self.call("SELECT api.get_booking(%s::uuid)", [payload["booking_id"]], correlation_id)
         return await asyncio.to_thread(send_confirmation, self.smtp_url, self.sender, booking, 30.0)
 
-    async def alert_notify(self, payload: dict, correlation_id: str | None) -> dict:
+    async def alert_notify(self, payload: dict, correlation_id: str | None, job_id=None) -> dict:
         return await asyncio.to_thread(post_alert, self.alert_url, payload, 10.0)
 
     async def run_job(self, job_id, kind, payload, attempt, token) -> None:
@@ -126,7 +164,7 @@ class Worker:
         extra = {"job_id": str(job_id), "kind": kind, "attempt": attempt, "correlation_id": cid, "worker": self.name}
         log.info("job started", extra=extra)
         try:
-            result = await self.handlers[kind](payload, cid)
+            result = await self.handlers[kind](payload, cid, job_id)
         except asyncio.CancelledError:
             await self.call("SELECT api.fail_job(%s, %s, %s, true)", [job_id, token, "worker stopped"], cid)
             log.warning("job given back: the worker is stopping", extra=extra)

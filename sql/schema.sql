@@ -1306,6 +1306,77 @@ COMMENT ON FUNCTION api.record_stripe_event_failure(p_event jsonb, p_sqlstate te
 
 
 --
+-- Name: record_stripe_refund(jsonb); Type: FUNCTION; Schema: api; Owner: booking_owner
+--
+
+CREATE FUNCTION api.record_stripe_refund(p_refund jsonb) RETURNS text
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    SET plan_cache_mode TO 'force_generic_plan'
+    AS $$
+-- The refund worker records the refund it created, as its webhook would (refund id keyed,
+-- so the later refund.created event is a no-op): processed, ignored or deferred.
+BEGIN
+    IF jsonb_typeof(p_refund) IS DISTINCT FROM 'object' OR jsonb_typeof(p_refund -> 'id') IS DISTINCT FROM 'string'
+        OR jsonb_typeof(p_refund -> 'payment_intent') IS DISTINCT FROM 'string' THEN
+        RAISE EXCEPTION 'p_refund must be a Stripe refund object with an id and a payment_intent'
+            USING ERRCODE = '22023';
+    END IF;
+    RETURN stripe.on_refund(NULL, p_refund);
+END;
+$$;
+
+
+ALTER FUNCTION api.record_stripe_refund(p_refund jsonb) OWNER TO booking_owner;
+
+--
+-- Name: FUNCTION record_stripe_refund(p_refund jsonb); Type: COMMENT; Schema: api; Owner: booking_owner
+--
+
+COMMENT ON FUNCTION api.record_stripe_refund(p_refund jsonb) IS 'Books a succeeded Stripe refund created by the worker (once per refund id, like its refund.* event); the booking becomes refunded or partially_refunded.';
+
+
+--
+-- Name: refunds_due(uuid, text); Type: FUNCTION; Schema: api; Owner: booking_owner
+--
+
+CREATE FUNCTION api.refunds_due(p_booking_id uuid, p_payment_intent_id text DEFAULT NULL::text) RETURNS TABLE(payment_intent_id text, amount bigint, currency text)
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+-- What a stripe.refund job must send back, per PaymentIntent, as the ledger says now:
+-- charged minus refunded. For one PaymentIntent when given (a duplicate payment); else
+-- everything the booking received, if it is waiting for its money to go back.
+BEGIN
+    PERFORM core.require(p_booking_id, 'p_booking_id');
+    RETURN QUERY
+    SELECT t.payment_intent_id,
+           (sum(t.amount) FILTER (WHERE t.kind = 'charge')
+            - coalesce(sum(t.amount) FILTER (WHERE t.kind = 'refund'), 0))::bigint,
+           min(t.currency)
+    FROM ledger.transactions AS t
+    WHERE t.booking_id = p_booking_id
+      AND t.kind IN ('charge', 'refund')
+      AND (t.payment_intent_id = p_payment_intent_id
+           OR (p_payment_intent_id IS NULL
+               AND (SELECT b.status FROM booking.bookings AS b WHERE b.booking_id = p_booking_id) = 'refund_pending'))
+    GROUP BY t.payment_intent_id
+    HAVING sum(t.amount) FILTER (WHERE t.kind = 'charge')
+           > coalesce(sum(t.amount) FILTER (WHERE t.kind = 'refund'), 0);
+END;
+$$;
+
+
+ALTER FUNCTION api.refunds_due(p_booking_id uuid, p_payment_intent_id text) OWNER TO booking_owner;
+
+--
+-- Name: FUNCTION refunds_due(p_booking_id uuid, p_payment_intent_id text); Type: COMMENT; Schema: api; Owner: booking_owner
+--
+
+COMMENT ON FUNCTION api.refunds_due(p_booking_id uuid, p_payment_intent_id text) IS 'For the refund worker: per PaymentIntent, what is still to be refunded (charged minus refunded in the ledger), for the given PaymentIntent or, with NULL, for a booking in refund_pending.';
+
+
+--
 -- Name: release_hold(uuid); Type: FUNCTION; Schema: api; Owner: booking_owner
 --
 
@@ -5043,6 +5114,22 @@ GRANT ALL ON FUNCTION api.record_payment_intent(p_booking_id uuid, p_payment_int
 
 REVOKE ALL ON FUNCTION api.record_stripe_event_failure(p_event jsonb, p_sqlstate text, p_message text) FROM PUBLIC;
 GRANT ALL ON FUNCTION api.record_stripe_event_failure(p_event jsonb, p_sqlstate text, p_message text) TO booking_app;
+
+
+--
+-- Name: FUNCTION record_stripe_refund(p_refund jsonb); Type: ACL; Schema: api; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION api.record_stripe_refund(p_refund jsonb) FROM PUBLIC;
+GRANT ALL ON FUNCTION api.record_stripe_refund(p_refund jsonb) TO booking_app;
+
+
+--
+-- Name: FUNCTION refunds_due(p_booking_id uuid, p_payment_intent_id text); Type: ACL; Schema: api; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION api.refunds_due(p_booking_id uuid, p_payment_intent_id text) FROM PUBLIC;
+GRANT ALL ON FUNCTION api.refunds_due(p_booking_id uuid, p_payment_intent_id text) TO booking_app;
 
 
 --

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
+
+import httpx
 import pytest
 
+from tests.shim.server import free_port
 from tests.pg import (
     APP_LOGIN, OPS_LOGIN, TEMPLATE_DB, Database, CRON_DB, connect, database_from_template, empty_database,
-    migrate, start_cluster, url_for,
+    ROOT, migrate, start_cluster, url_for,
 )
+
+LOCALSTRIPE_API_KEY = "sk_test_booking_core"
 
 
 @pytest.fixture(scope="session")
@@ -52,3 +60,24 @@ def blank_db(migrated) -> Database:
     """An empty database, nothing applied."""
     with empty_database(migrated) as database:
         yield database
+
+
+@pytest.fixture(scope="session")
+def localstripe():
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "tests.localstripe_server", str(port)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            httpx.get(base + "/v1/customers", headers={"Authorization": f"Bearer {LOCALSTRIPE_API_KEY}"}, timeout=1)
+            break
+        except httpx.TransportError:
+            assert proc.poll() is None and time.monotonic() < deadline, "localstripe did not start"
+            time.sleep(0.1)
+    try:
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

@@ -350,3 +350,55 @@ END;
 $$;
 COMMENT ON FUNCTION api.record_payment_intent(uuid, text, text, text) IS
 'Records the PaymentIntent created for a booking (its latest one; payments on earlier ones are still found by metadata.booking_id). RB005 unknown booking.';
+
+CREATE OR REPLACE FUNCTION api.refunds_due(p_booking_id uuid, p_payment_intent_id text DEFAULT NULL)
+RETURNS TABLE (payment_intent_id text, amount bigint, currency text)
+LANGUAGE plpgsql
+STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+-- What a stripe.refund job must send back, per PaymentIntent, as the ledger says now:
+-- charged minus refunded. For one PaymentIntent when given (a duplicate payment); else
+-- everything the booking received, if it is waiting for its money to go back.
+BEGIN
+    PERFORM core.require(p_booking_id, 'p_booking_id');
+    RETURN QUERY
+    SELECT t.payment_intent_id,
+           (sum(t.amount) FILTER (WHERE t.kind = 'charge')
+            - coalesce(sum(t.amount) FILTER (WHERE t.kind = 'refund'), 0))::bigint,
+           min(t.currency)
+    FROM ledger.transactions AS t
+    WHERE t.booking_id = p_booking_id
+      AND t.kind IN ('charge', 'refund')
+      AND (t.payment_intent_id = p_payment_intent_id
+           OR (p_payment_intent_id IS NULL
+               AND (SELECT b.status FROM booking.bookings AS b WHERE b.booking_id = p_booking_id) = 'refund_pending'))
+    GROUP BY t.payment_intent_id
+    HAVING sum(t.amount) FILTER (WHERE t.kind = 'charge')
+           > coalesce(sum(t.amount) FILTER (WHERE t.kind = 'refund'), 0);
+END;
+$$;
+COMMENT ON FUNCTION api.refunds_due(uuid, text) IS
+'For the refund worker: per PaymentIntent, what is still to be refunded (charged minus refunded in the ledger), for the given PaymentIntent or, with NULL, for a booking in refund_pending.';
+
+CREATE OR REPLACE FUNCTION api.record_stripe_refund(p_refund jsonb)
+RETURNS text
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
+AS $$
+-- The refund worker records the refund it created, as its webhook would (refund id keyed,
+-- so the later refund.created event is a no-op): processed, ignored or deferred.
+BEGIN
+    IF jsonb_typeof(p_refund) IS DISTINCT FROM 'object' OR jsonb_typeof(p_refund -> 'id') IS DISTINCT FROM 'string'
+        OR jsonb_typeof(p_refund -> 'payment_intent') IS DISTINCT FROM 'string' THEN
+        RAISE EXCEPTION 'p_refund must be a Stripe refund object with an id and a payment_intent'
+            USING ERRCODE = '22023';
+    END IF;
+    RETURN stripe.on_refund(NULL, p_refund);
+END;
+$$;
+COMMENT ON FUNCTION api.record_stripe_refund(jsonb) IS
+'Books a succeeded Stripe refund created by the worker (once per refund id, like its refund.* event); the booking becomes refunded or partially_refunded.';

@@ -3,8 +3,6 @@ a confirmation with a test card, localstripe's own signed webhook, the booking c
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -13,32 +11,12 @@ import httpx
 import pytest
 import stripe
 
-from tests.pg import ROOT, connect, database_from_template
-from tests.shim.server import free_port, shim
+from tests.conftest import LOCALSTRIPE_API_KEY
+from tests.pg import connect, database_from_template
+from tests.shim.server import shim
 
 SECRET = "whsec_localstripe_e2e_0123456789"
-API_KEY = "sk_test_booking_core"
-
-
-@pytest.fixture(scope="module")
-def localstripe():
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "tests.localstripe_server", str(port)], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            httpx.get(base + "/v1/customers", headers={"Authorization": f"Bearer {API_KEY}"}, timeout=1)
-            break
-        except httpx.TransportError:
-            assert proc.poll() is None and time.monotonic() < deadline, "localstripe did not start"
-            time.sleep(0.1)
-    try:
-        yield base
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+API_KEY = LOCALSTRIPE_API_KEY
 
 
 @pytest.fixture(scope="module")

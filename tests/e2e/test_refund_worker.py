@@ -1,0 +1,95 @@
+"""The stripe.refund job against localstripe: one refund, even when the worker is killed
+between Stripe's answer and the database's."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+import stripe
+from psycopg.types.json import Jsonb
+
+from tests.conftest import LOCALSTRIPE_API_KEY
+from tests.pg import ROOT, connect, database_from_template, env_with
+from tests.stripe_events import event
+
+
+@pytest.fixture
+def refund_db(migrated):
+    with database_from_template(migrated) as database:
+        yield database
+
+
+def paid_then_cancelled(db, client) -> tuple[str, str, int]:
+    """A booking paid with a real (local) PaymentIntent, then cancelled: refund_pending."""
+    with connect(db.app_url) as conn:
+        inventory = conn.execute("SELECT api.create_inventory(%s, 10, 3000, 'usd')",
+                                 (f"r-{uuid.uuid4().hex[:8]}",)).fetchone()[0]
+        hold = conn.execute("SELECT hold_id FROM api.place_hold(%s, 2, 'alice')", (inventory,)).fetchone()[0]
+        booking = conn.execute("SELECT api.create_booking(%s, 'alice', ARRAY[%s::uuid])",
+                               (uuid.uuid4().hex, hold)).fetchone()[0]
+    method = client.v1.payment_methods.create(params={
+        "type": "card", "card": {"number": "4242424242424242", "exp_month": 12, "exp_year": 2034, "cvc": "123"}})
+    intent = client.v1.payment_intents.create(params={
+        "amount": booking["amount"], "currency": "usd", "metadata": {"booking_id": booking["booking_id"]},
+        "payment_method": method.id, "confirm": True})
+    assert intent.status == "succeeded"
+    with connect(db.app_url) as conn:
+        obj = intent.to_dict()
+        obj["amount_received"] = booking["amount"]
+        assert conn.execute("SELECT api.ingest_stripe_event(%s)",
+                            (Jsonb(event("payment_intent.succeeded", obj)),)).fetchone()[0] == "processed"
+        assert conn.execute("SELECT api.cancel_booking(%s, 'customer asked')",
+                            (booking["booking_id"],)).fetchone()[0] == "refund_pending"
+    return booking["booking_id"], intent.id, booking["amount"]
+
+
+def worker(db, localstripe, **env):
+    return subprocess.Popen(
+        [sys.executable, "-m", "pyshim", "worker"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, env=env_with(DATABASE_URL=db.app_url, STRIPE_API_KEY=LOCALSTRIPE_API_KEY,
+                                STRIPE_API_BASE=localstripe, WORKER_POLL_S="0.2", **env))
+
+
+def wait_until(predicate, seconds=30):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_a_worker_killed_after_stripe_refunded_is_taken_over_and_refunds_once(refund_db, localstripe):
+    client = stripe.StripeClient(LOCALSTRIPE_API_KEY, base_addresses={"api": localstripe}, max_network_retries=0)
+    booking_id, intent_id, amount = paid_then_cancelled(refund_db, client)
+
+    def refunds():
+        return client.v1.refunds.list(params={"payment_intent": intent_id}).data
+
+    first = worker(refund_db, localstripe, WORKER_LEASE_S="2", WORKER_FAULT_PAUSE_AFTER_SIDE_EFFECT_S="30")
+    try:
+        assert wait_until(lambda: len(refunds()) == 1), "the first worker never refunded"
+        first.send_signal(signal.SIGKILL)  # Stripe refunded; the database does not know yet
+        first.wait(timeout=10)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert refund_db.one("SELECT status FROM booking.bookings") == "refund_pending"
+
+    second = worker(refund_db, localstripe, WORKER_LEASE_S="2")
+    try:
+        assert wait_until(lambda: refund_db.one("SELECT status FROM jobs.jobs WHERE kind = 'stripe.refund'") == "done")
+    finally:
+        second.send_signal(signal.SIGTERM)
+        second.communicate(timeout=30)
+    assert len(refunds()) == 1 and refunds()[0].amount == amount
+    result = refund_db.one("SELECT result FROM jobs.jobs WHERE kind = 'stripe.refund'")
+    assert result["refunds"][0]["reused"] is True
+    assert refund_db.one("SELECT status FROM booking.bookings") == "refunded"
+    assert refund_db.rows("SELECT paid, refunded FROM ops.booking_ledger") == [(amount, amount)]
+    assert refund_db.one("SELECT attempts FROM jobs.jobs WHERE kind = 'stripe.refund'") == 2
