@@ -2,7 +2,7 @@
 
 Kinds it does: email.booking_confirmed (when SMTP_URL is set), alert.notify (a
 Slack-style JSON POST to ALERT_WEBHOOK_URL, when set), stripe.refund (when
-STRIPE_API_KEY is set). Other kinds stay queued
+STRIPE_API_KEY is set), stripe.reconcile (the same). Other kinds stay queued
 for a worker that does them. Each job runs under a lease; a worker that stalls past its
 lease cannot complete the job any more (api.complete_job checks the lease token), and
 another worker takes it over. SIGTERM or SIGINT: stop claiming, let running jobs finish
@@ -107,6 +107,7 @@ class Worker:
                 options["base_addresses"] = {"api": env["STRIPE_API_BASE"].strip()}
             self.stripe = stripe.StripeClient(stripe_key, **options)
             self.handlers["stripe.refund"] = self.stripe_refund
+            self.handlers["stripe.reconcile"] = self.stripe_reconcile
         # Fault injection for tests: pause after an outside side effect, before recording it.
         self.fault_pause_s = float(env.get("WORKER_FAULT_PAUSE_AFTER_SIDE_EFFECT_S", "0"))
         if not self.handlers:
@@ -151,6 +152,31 @@ class Worker:
             done.append({"refund_id": refund.id, "payment_intent_id": payment_intent_id, "amount": amount,
                          "recorded": outcome[0][0], "reused": bool(mine)})
         return {"refunds": done}
+
+    def stripe_money_in_window(self, start: float, end: float) -> list[dict]:
+        """Succeeded PaymentIntents (as the charges the ledger keys on them) and succeeded
+        refunds created in [start, end), from Stripe's own lists."""
+        found = []
+        for intent in self.stripe.v1.payment_intents.list(params={"limit": 100}).auto_paging_iter():
+            d = intent.to_dict()
+            if d.get("status") == "succeeded" and start <= d["created"] < end:
+                found.append({"kind": "charge", "id": d["id"], "amount": d.get("amount_received") or d["amount"],
+                              "currency": d["currency"]})
+        for refund in self.stripe.v1.refunds.list(params={"limit": 100}).auto_paging_iter():
+            d = refund.to_dict()
+            if d.get("status") == "succeeded" and start <= d["created"] < end:
+                found.append({"kind": "refund", "id": d["id"], "amount": d["amount"], "currency": d["currency"]})
+        return found
+
+    async def stripe_reconcile(self, payload: dict, correlation_id: str | None, job_id=None) -> dict:
+        (window,), = await self.call("SELECT jsonb_build_object('start', extract(epoch FROM %s::timestamptz), "
+                                     "'end', extract(epoch FROM %s::timestamptz))",
+                                     [payload["window_start"], payload["window_end"]])
+        stripe_side = await asyncio.to_thread(self.stripe_money_in_window, float(window["start"]), float(window["end"]))
+        (summary,), = await self.call("SELECT api.reconcile(%s::timestamptz, %s::timestamptz, %s::jsonb)",
+                                      [payload["window_start"], payload["window_end"], json.dumps(stripe_side)],
+                                      correlation_id)
+        return summary
 
     async def email_booking_confirmed(self, payload: dict, correlation_id: str | None, job_id=None) -> dict:
         (booking,), = await self.call("SELECT api.get_booking(%s::uuid)", [payload["booking_id"]], correlation_id)

@@ -1224,6 +1224,88 @@ COMMENT ON FUNCTION api.place_hold(p_inventory_id uuid, p_quantity integer, p_ho
 
 
 --
+-- Name: reconcile(timestamp with time zone, timestamp with time zone, jsonb); Type: FUNCTION; Schema: api; Owner: booking_owner
+--
+
+CREATE FUNCTION api.reconcile(p_window_start timestamp with time zone, p_window_end timestamp with time zone, p_stripe jsonb) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+-- p_stripe: [{"kind": "charge"|"refund", "id", "amount", "currency", "created"}] for the
+-- money Stripe moved (succeeded PaymentIntents, keyed as charges, and succeeded refunds)
+-- created in the window. Differences both ways: an object Stripe has and the ledger not,
+-- a ledger posting (posted in the window) Stripe does not list, or other amounts. Each is
+-- a row of ops.reconciliation_mismatches and a critical error.
+DECLARE
+    v_run_id bigint;
+    v_count int;
+    v_checked int;
+    v_row record;
+BEGIN
+    PERFORM core.require(p_window_start, 'p_window_start');
+    PERFORM core.require(p_window_end, 'p_window_end');
+    IF p_window_start >= p_window_end THEN
+        RAISE EXCEPTION 'the window must start before it ends' USING ERRCODE = '22023';
+    END IF;
+    IF jsonb_typeof(p_stripe) IS DISTINCT FROM 'array' THEN
+        RAISE EXCEPTION 'p_stripe must be a JSON array' USING ERRCODE = '22023';
+    END IF;
+    CREATE TEMP TABLE IF NOT EXISTS reconcile_stripe (
+        kind text, id text, amount bigint, currency text
+    ) ON COMMIT DROP;
+    TRUNCATE reconcile_stripe;
+    INSERT INTO reconcile_stripe
+    SELECT s.kind, s.id, s.amount, s.currency
+    FROM jsonb_to_recordset(p_stripe) AS s(kind text, id text, amount bigint, currency text)
+    WHERE s.kind IN ('charge', 'refund');
+    GET DIAGNOSTICS v_checked = ROW_COUNT;
+
+    INSERT INTO core.reconciliation_runs (window_start, window_end, checked, mismatches)
+    VALUES (p_window_start, p_window_end, v_checked, 0)
+    RETURNING run_id INTO v_run_id;
+
+    INSERT INTO core.reconciliation_mismatches (
+        run_id, problem, kind, stripe_object_id, stripe_amount, ledger_amount, currency, booking_id
+    )
+    SELECT v_run_id,
+           CASE WHEN t.txn_id IS NULL THEN 'missing_in_ledger' ELSE 'amount_differs' END,
+           s.kind, s.id, s.amount, t.amount, s.currency, t.booking_id
+    FROM reconcile_stripe AS s
+    LEFT JOIN ledger.transactions AS t ON t.kind = s.kind AND t.stripe_object_id = s.id
+    WHERE t.txn_id IS NULL OR (t.amount, t.currency) IS DISTINCT FROM (s.amount, s.currency)
+    UNION ALL
+    SELECT v_run_id, 'missing_at_stripe', t.kind, t.stripe_object_id, NULL, t.amount, t.currency, t.booking_id
+    FROM ledger.transactions AS t
+    WHERE t.kind IN ('charge', 'refund')
+      AND t.posted_at >= p_window_start AND t.posted_at < p_window_end
+      AND NOT EXISTS (SELECT FROM reconcile_stripe AS s WHERE s.kind = t.kind AND s.id = t.stripe_object_id);
+    GET DIAGNOSTICS v_count = ROW_COUNT;
+    UPDATE core.reconciliation_runs SET mismatches = v_count WHERE run_id = v_run_id;
+
+    FOR v_row IN
+        SELECT m.problem, m.kind, m.stripe_object_id, m.stripe_amount, m.ledger_amount
+        FROM core.reconciliation_mismatches AS m WHERE m.run_id = v_run_id
+    LOOP
+        PERFORM api.log_error('critical', 'reconciliation',
+            pg_catalog.format('%s: %s %s (Stripe %s, ledger %s)', v_row.problem, v_row.kind, v_row.stripe_object_id,
+                              coalesce(v_row.stripe_amount::text, '-'), coalesce(v_row.ledger_amount::text, '-')),
+            NULL, jsonb_build_object('run_id', v_run_id));
+    END LOOP;
+    RETURN jsonb_build_object('run_id', v_run_id, 'checked', v_checked, 'mismatches', v_count);
+END;
+$$;
+
+
+ALTER FUNCTION api.reconcile(p_window_start timestamp with time zone, p_window_end timestamp with time zone, p_stripe jsonb) OWNER TO booking_owner;
+
+--
+-- Name: FUNCTION reconcile(p_window_start timestamp with time zone, p_window_end timestamp with time zone, p_stripe jsonb); Type: COMMENT; Schema: api; Owner: booking_owner
+--
+
+COMMENT ON FUNCTION api.reconcile(p_window_start timestamp with time zone, p_window_end timestamp with time zone, p_stripe jsonb) IS 'For the stripe.reconcile worker: compares Stripe''s succeeded charges (by PaymentIntent) and refunds created in the window with the ledger, records differences in ops.reconciliation_mismatches and as critical errors; returns {"run_id", "checked", "mismatches"}.';
+
+
+--
 -- Name: record_payment_intent(uuid, text, text, text); Type: FUNCTION; Schema: api; Owner: booking_owner
 --
 
@@ -2402,6 +2484,29 @@ $$;
 
 
 ALTER FUNCTION core.cron_run_end(p_jobname text, p_result jsonb, p_error text) OWNER TO booking_owner;
+
+--
+-- Name: enqueue_reconciliation(); Type: FUNCTION; Schema: core; Owner: booking_owner
+--
+
+CREATE FUNCTION core.enqueue_reconciliation() RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+-- The daily cron job: reconcile yesterday (UTC), once per day.
+DECLARE
+    v_end timestamptz := date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC';
+BEGIN
+    RETURN jsonb_build_object('job_id', jobs.enqueue(
+        'stripe.reconcile',
+        jsonb_build_object('window_start', v_end - interval '1 day', 'window_end', v_end),
+        'stripe.reconcile:' || to_char(v_end - interval '1 day', 'YYYY-MM-DD')
+    ));
+END;
+$$;
+
+
+ALTER FUNCTION core.enqueue_reconciliation() OWNER TO booking_owner;
 
 --
 -- Name: error_fingerprint(text, text); Type: FUNCTION; Schema: core; Owner: booking_owner
@@ -3846,6 +3951,71 @@ ALTER TABLE core.errors ALTER COLUMN error_id ADD GENERATED ALWAYS AS IDENTITY (
 
 
 --
+-- Name: reconciliation_mismatches; Type: TABLE; Schema: core; Owner: booking_owner
+--
+
+CREATE TABLE core.reconciliation_mismatches (
+    mismatch_id bigint NOT NULL,
+    run_id bigint NOT NULL,
+    problem text NOT NULL,
+    kind text NOT NULL,
+    stripe_object_id text NOT NULL,
+    stripe_amount bigint,
+    ledger_amount bigint,
+    currency text,
+    booking_id uuid,
+    CONSTRAINT check_reconciliation_mismatches_problem CHECK ((problem = ANY (ARRAY['missing_in_ledger'::text, 'missing_at_stripe'::text, 'amount_differs'::text])))
+);
+
+
+ALTER TABLE core.reconciliation_mismatches OWNER TO booking_owner;
+
+--
+-- Name: reconciliation_mismatches_mismatch_id_seq; Type: SEQUENCE; Schema: core; Owner: booking_owner
+--
+
+ALTER TABLE core.reconciliation_mismatches ALTER COLUMN mismatch_id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME core.reconciliation_mismatches_mismatch_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
+
+
+--
+-- Name: reconciliation_runs; Type: TABLE; Schema: core; Owner: booking_owner
+--
+
+CREATE TABLE core.reconciliation_runs (
+    run_id bigint NOT NULL,
+    window_start timestamp with time zone NOT NULL,
+    window_end timestamp with time zone NOT NULL,
+    checked integer NOT NULL,
+    mismatches integer NOT NULL,
+    ran_at timestamp with time zone DEFAULT clock_timestamp() NOT NULL,
+    CONSTRAINT check_reconciliation_runs_window CHECK ((window_start < window_end))
+);
+
+
+ALTER TABLE core.reconciliation_runs OWNER TO booking_owner;
+
+--
+-- Name: reconciliation_runs_run_id_seq; Type: SEQUENCE; Schema: core; Owner: booking_owner
+--
+
+ALTER TABLE core.reconciliation_runs ALTER COLUMN run_id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME core.reconciliation_runs_run_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
+
+
+--
 -- Name: refresh_tokens; Type: TABLE; Schema: core; Owner: booking_owner
 --
 
@@ -4319,6 +4489,36 @@ COMMENT ON VIEW ops.oversold_inventory IS 'Always empty: inventories sold or hel
 
 
 --
+-- Name: reconciliation_mismatches; Type: VIEW; Schema: ops; Owner: booking_owner
+--
+
+CREATE VIEW ops.reconciliation_mismatches AS
+ SELECT m.mismatch_id,
+    r.run_id,
+    r.window_start,
+    r.window_end,
+    r.ran_at,
+    m.problem,
+    m.kind,
+    m.stripe_object_id,
+    m.stripe_amount,
+    m.ledger_amount,
+    m.currency,
+    m.booking_id
+   FROM (core.reconciliation_mismatches m
+     JOIN core.reconciliation_runs r ON ((m.run_id = r.run_id)));
+
+
+ALTER TABLE ops.reconciliation_mismatches OWNER TO booking_owner;
+
+--
+-- Name: VIEW reconciliation_mismatches; Type: COMMENT; Schema: ops; Owner: booking_owner
+--
+
+COMMENT ON VIEW ops.reconciliation_mismatches IS 'Every difference the daily reconciliation found between Stripe and the ledger.';
+
+
+--
 -- Name: events; Type: TABLE; Schema: stripe; Owner: booking_owner
 --
 
@@ -4548,6 +4748,22 @@ ALTER TABLE ONLY core.idempotency_keys
 
 
 --
+-- Name: reconciliation_mismatches reconciliation_mismatches_pkey; Type: CONSTRAINT; Schema: core; Owner: booking_owner
+--
+
+ALTER TABLE ONLY core.reconciliation_mismatches
+    ADD CONSTRAINT reconciliation_mismatches_pkey PRIMARY KEY (mismatch_id);
+
+
+--
+-- Name: reconciliation_runs reconciliation_runs_pkey; Type: CONSTRAINT; Schema: core; Owner: booking_owner
+--
+
+ALTER TABLE ONLY core.reconciliation_runs
+    ADD CONSTRAINT reconciliation_runs_pkey PRIMARY KEY (run_id);
+
+
+--
 -- Name: refresh_tokens refresh_tokens_pkey; Type: CONSTRAINT; Schema: core; Owner: booking_owner
 --
 
@@ -4702,6 +4918,13 @@ CREATE INDEX errors_fingerprint_idx ON core.errors USING btree (fingerprint, err
 --
 
 CREATE INDEX idempotency_keys_expires_idx ON core.idempotency_keys USING btree (expires_at);
+
+
+--
+-- Name: reconciliation_mismatches_run_idx; Type: INDEX; Schema: core; Owner: booking_owner
+--
+
+CREATE INDEX reconciliation_mismatches_run_idx ON core.reconciliation_mismatches USING btree (run_id);
 
 
 --
@@ -4903,6 +5126,14 @@ ALTER TABLE ONLY core.errors
 
 
 --
+-- Name: reconciliation_mismatches reconciliation_mismatches_run_id_fkey; Type: FK CONSTRAINT; Schema: core; Owner: booking_owner
+--
+
+ALTER TABLE ONLY core.reconciliation_mismatches
+    ADD CONSTRAINT reconciliation_mismatches_run_id_fkey FOREIGN KEY (run_id) REFERENCES core.reconciliation_runs(run_id);
+
+
+--
 -- Name: lines lines_account_fkey; Type: FK CONSTRAINT; Schema: ledger; Owner: booking_owner
 --
 
@@ -5098,6 +5329,14 @@ GRANT ALL ON FUNCTION api.payment_intent_params(p_booking_id uuid) TO booking_ap
 
 REVOKE ALL ON FUNCTION api.place_hold(p_inventory_id uuid, p_quantity integer, p_holder text, p_hold_key text) FROM PUBLIC;
 GRANT ALL ON FUNCTION api.place_hold(p_inventory_id uuid, p_quantity integer, p_holder text, p_hold_key text) TO booking_app;
+
+
+--
+-- Name: FUNCTION reconcile(p_window_start timestamp with time zone, p_window_end timestamp with time zone, p_stripe jsonb); Type: ACL; Schema: api; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION api.reconcile(p_window_start timestamp with time zone, p_window_end timestamp with time zone, p_stripe jsonb) FROM PUBLIC;
+GRANT ALL ON FUNCTION api.reconcile(p_window_start timestamp with time zone, p_window_end timestamp with time zone, p_stripe jsonb) TO booking_app;
 
 
 --
@@ -5337,6 +5576,13 @@ REVOKE ALL ON FUNCTION core.cron_run_begin(p_jobname text) FROM PUBLIC;
 --
 
 REVOKE ALL ON FUNCTION core.cron_run_end(p_jobname text, p_result jsonb, p_error text) FROM PUBLIC;
+
+
+--
+-- Name: FUNCTION enqueue_reconciliation(); Type: ACL; Schema: core; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION core.enqueue_reconciliation() FROM PUBLIC;
 
 
 --
@@ -5693,6 +5939,13 @@ GRANT SELECT ON TABLE ops.oversold_inventory TO booking_ops;
 
 
 --
+-- Name: TABLE reconciliation_mismatches; Type: ACL; Schema: ops; Owner: booking_owner
+--
+
+GRANT SELECT ON TABLE ops.reconciliation_mismatches TO booking_ops;
+
+
+--
 -- Name: TABLE stripe_events; Type: ACL; Schema: ops; Owner: booking_owner
 --
 
@@ -5720,6 +5973,7 @@ ALTER DEFAULT PRIVILEGES FOR ROLE booking_owner REVOKE ALL ON FUNCTIONS  FROM PU
 
 
 -- pg_cron jobs
+-- booking-enqueue-reconciliation | 0 2 * * * | SELECT core.run_cron_job('booking-enqueue-reconciliation')
 -- booking-prune-cron-history | 17 * * * * | SELECT core.run_cron_job('booking-prune-cron-history')
 -- booking-purge-holds | 41 3 * * * | SELECT core.run_cron_job('booking-purge-holds')
 -- booking-purge-idempotency-keys | 23 * * * * | SELECT core.run_cron_job('booking-purge-idempotency-keys')

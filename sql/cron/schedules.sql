@@ -39,6 +39,13 @@ SELECT core.sync_cron_jobs($jobs$[
     "max_silence": "2 days"
   },
   {
+    "jobname": "booking-enqueue-reconciliation",
+    "schedule": "0 2 * * *",
+    "job_function": "core.enqueue_reconciliation",
+    "description": "Enqueues the stripe.reconcile job for yesterday (UTC): Stripe's charges and refunds against the ledger.",
+    "max_silence": "26 hours"
+  },
+  {
     "jobname": "booking-prune-cron-history",
     "schedule": "17 * * * *",
     "job_function": "core.prune_cron_history",

@@ -211,3 +211,21 @@ SELECT
     at
 FROM core.errors;
 COMMENT ON VIEW ops.errors IS 'Every error logged, with its correlation id.';
+
+CREATE OR REPLACE VIEW ops.reconciliation_mismatches AS
+SELECT
+    m.mismatch_id,
+    r.run_id,
+    r.window_start,
+    r.window_end,
+    r.ran_at,
+    m.problem,
+    m.kind,
+    m.stripe_object_id,
+    m.stripe_amount,
+    m.ledger_amount,
+    m.currency,
+    m.booking_id
+FROM core.reconciliation_mismatches AS m
+INNER JOIN core.reconciliation_runs AS r ON m.run_id = r.run_id;
+COMMENT ON VIEW ops.reconciliation_mismatches IS 'Every difference the daily reconciliation found between Stripe and the ledger.';

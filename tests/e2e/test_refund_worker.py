@@ -93,3 +93,36 @@ def test_a_worker_killed_after_stripe_refunded_is_taken_over_and_refunds_once(re
     assert refund_db.one("SELECT status FROM booking.bookings") == "refunded"
     assert refund_db.rows("SELECT paid, refunded FROM ops.booking_ledger") == [(amount, amount)]
     assert refund_db.one("SELECT attempts FROM jobs.jobs WHERE kind = 'stripe.refund'") == 2
+
+
+def test_reconciliation_finds_a_planted_mismatch_and_no_false_ones(refund_db, localstripe):
+    client = stripe.StripeClient(LOCALSTRIPE_API_KEY, base_addresses={"api": localstripe}, max_network_retries=0)
+    # Everything localstripe holds so far, except what this test plants, is not in this
+    # database's ledger: reconcile a window that starts now.
+    with connect(refund_db.url) as conn:
+        start = conn.execute("SELECT clock_timestamp()").fetchone()[0]
+    time.sleep(1.1)  # Stripe's created times are whole seconds
+    booking_id, intent_id, amount = paid_then_cancelled(refund_db, client)  # booked: no mismatch
+    proc = worker(refund_db, localstripe)
+    try:
+        assert wait_until(lambda: refund_db.one("SELECT status FROM jobs.jobs WHERE kind = 'stripe.refund'") == "done")
+        # Planted: a payment Stripe took whose webhook never arrived.
+        method = client.v1.payment_methods.create(params={
+            "type": "card", "card": {"number": "4242424242424242", "exp_month": 12, "exp_year": 2034, "cvc": "123"}})
+        lost = client.v1.payment_intents.create(params={"amount": 777, "currency": "usd", "payment_method": method.id,
+                                                        "confirm": True})
+        time.sleep(1.1)
+        with connect(refund_db.url) as conn:
+            end = conn.execute("SELECT clock_timestamp()").fetchone()[0]
+            conn.execute("SELECT jobs.enqueue('stripe.reconcile', %s)",
+                         (Jsonb({"window_start": start.isoformat(), "window_end": end.isoformat()}),))
+        assert wait_until(lambda: refund_db.one("SELECT status FROM jobs.jobs WHERE kind = 'stripe.reconcile'") == "done")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+    result = refund_db.one("SELECT result FROM jobs.jobs WHERE kind = 'stripe.reconcile'")
+    assert result["mismatches"] == 1 and result["checked"] >= 3  # the good charge, its refund, the lost one
+    assert refund_db.rows("SELECT problem, kind, stripe_object_id, stripe_amount FROM ops.reconciliation_mismatches") == [
+        ("missing_in_ledger", "charge", lost.id, 777)]
+    assert refund_db.one("SELECT count(*) FROM ops.open_errors WHERE source = 'reconciliation' "
+                         "AND severity = 'critical'") == 1

@@ -114,3 +114,13 @@ def test_bad_claims(db, app, args, code):
     enqueue(db)
     assert sqlstate_of(app, "SELECT * FROM api.claim_jobs(%s, %s, %s, %s::interval)", args) == code
     assert db.one("SELECT status FROM jobs.jobs") == "queued"
+
+
+def test_the_daily_reconciliation_job_is_enqueued_once_per_day(db):
+    first = db.one("SELECT core.run_cron_job('booking-enqueue-reconciliation')")
+    second = db.one("SELECT core.run_cron_job('booking-enqueue-reconciliation')")
+    assert first == second
+    payload = db.one("SELECT payload FROM jobs.jobs WHERE kind = 'stripe.reconcile'")
+    assert db.one("SELECT %s::timestamptz = date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'",
+                  (payload["window_end"],))
+    assert db.one("SELECT %s::timestamptz - %s::timestamptz", (payload["window_end"], payload["window_start"])).days == 1
