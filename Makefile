@@ -5,7 +5,7 @@ VENV := .venv
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: deps system-deps lint test run stop migrate migrate-dry-run psql snapshot bench send-test-event demo
+.PHONY: deps system-deps lint test run stop migrate migrate-dry-run psql snapshot bench send-test-event demo backup-drill
 
 deps: system-deps $(VENV)/.installed
 
@@ -44,6 +44,10 @@ psql:
 # The whole payment flow, printed step by step (embedded cluster, localstripe, a shim).
 demo: deps
 	$(VENV)/bin/python scripts/demo.py
+
+# Dump the embedded database (or DATABASE_URL), restore it into a fresh cluster, check it.
+backup-drill: deps
+	$(VENV)/bin/python scripts/backup_drill.py $(DATABASE_URL)
 
 send-test-event:
 	scripts/send-test-event.sh
