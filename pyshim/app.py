@@ -16,6 +16,7 @@ from starlette.routing import Route
 from .auth import refresh
 from .db import Database
 from .errors import HANDLERS, ApiError, is_unavailable
+from .monitoring import init_sentry
 from .payments import create_payment_intent, stripe_client
 from .request_id import RequestIdMiddleware, request_id_of
 from .settings import ConfigError, Settings
@@ -75,6 +76,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         except ConfigError as exc:
             log.error("refusing to start: %s", exc)
             raise
+        init_sentry("pyshim")
         app.state.db = Database(app.state.settings)
         app.state.stripe = stripe_client(app.state.settings)
         if app.state.stripe is None:

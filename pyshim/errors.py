@@ -10,6 +10,8 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from .monitoring import capture
+
 log = logging.getLogger("pyshim")
 
 # The contract's SQLSTATE table.
@@ -66,6 +68,7 @@ async def database_error(request: Request, exc: psycopg.Error) -> JSONResponse:
     status = http_status_for(sqlstate)
     if status is None or status >= 500:
         log.error("database error %s: %s", sqlstate, exc)
+        capture(exc, request.scope.get("state", {}).get("request_id"))
         return error_response(500, sqlstate or "internal", "internal error")
     diag = exc.diag
     return error_response(status, sqlstate, diag.message_primary or str(exc))
@@ -73,6 +76,7 @@ async def database_error(request: Request, exc: psycopg.Error) -> JSONResponse:
 
 async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error")
+    capture(exc, request.scope.get("state", {}).get("request_id"))
     return error_response(500, "internal", "internal error")
 
 

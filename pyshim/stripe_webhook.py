@@ -12,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from .errors import ApiError, is_unavailable
+from .monitoring import capture
 from .request_id import request_id_of
 
 log = logging.getLogger("pyshim.webhook")
@@ -79,6 +80,7 @@ async def stripe_webhook(request: Request) -> JSONResponse:
         # Applying failed and rolled back: keep the payload and the error in a fresh
         # transaction so the retry job (and Stripe's own retry) can try again.
         log.error("applying a Stripe event failed: %s %s", sqlstate, exc, extra={"request_id": rid})
+        capture(exc, rid)
         await db.call("record_stripe_event_failure", [text, sqlstate, str(exc)[:2000]], rid)
         await db.call("log_error", ["error", "webhook", f"applying a Stripe event failed: {exc.diag.message_primary}"[:2000],
                                     str(exc)[:10000], json.dumps({"sqlstate": sqlstate}), sqlstate], rid)

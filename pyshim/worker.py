@@ -27,6 +27,7 @@ from urllib.parse import urlparse
 import stripe
 from psycopg_pool import AsyncConnectionPool
 
+from .monitoring import capture, init_sentry
 from .settings import ConfigError
 
 log = logging.getLogger("pyshim.worker")
@@ -201,6 +202,7 @@ class Worker:
                                      [job_id, token, f"{type(exc).__name__}: {exc}"[:4000], retryable], cid)
             log.error("job failed" if ok else "job failed, and its lease was already lost", extra=extra,
                       exc_info=True)
+            capture(exc, cid)
             return
         (ok,), = await self.call("SELECT api.complete_job(%s, %s, %s::jsonb)", [job_id, token, json.dumps(result)], cid)
         if ok:
@@ -244,6 +246,7 @@ def main(argv: list[str]) -> int:
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(JsonFormatter())
     logging.basicConfig(level=logging.INFO, handlers=[handler])
+    init_sentry("pyshim-worker")
     try:
         worker = Worker()
     except ConfigError as exc:
