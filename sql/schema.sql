@@ -1427,7 +1427,7 @@ CREATE FUNCTION api.refunds_due(p_booking_id uuid, p_payment_intent_id text DEFA
     SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 -- What a stripe.refund job must send back, per PaymentIntent, as the ledger says now:
--- charged minus refunded. For one PaymentIntent when given (a duplicate payment); else
+-- charged minus refunded. For one PaymentIntent when given (every job names one); else
 -- everything the booking received, if it is waiting for its money to go back.
 BEGIN
     PERFORM core.require(p_booking_id, 'p_booking_id');
@@ -1707,10 +1707,10 @@ BEGIN
         PERFORM booking.give_back_units(NEW.booking_id);
     ELSIF NEW.status = 'refund_pending' AND OLD.status <> 'refund_pending' THEN
         PERFORM booking.give_back_units(NEW.booking_id);
-        PERFORM jobs.enqueue(
-            'stripe.refund', jsonb_build_object('booking_id', NEW.booking_id, 'reason', NEW.last_event),
-            'stripe.refund:' || NEW.booking_id || ':' || NEW.version
-        );
+        -- A refund job for every payment the booking received.
+        PERFORM stripe.enqueue_refund(NEW.booking_id, t.payment_intent_id, NEW.last_event)
+        FROM ledger.transactions AS t
+        WHERE t.booking_id = NEW.booking_id AND t.kind = 'charge';
     END IF;
     -- 'expired': its holds share its deadline, so they are already dead and not counted;
     -- the hold sweeper (or a buyer short of units) gives their units back.
@@ -3470,6 +3470,24 @@ $$;
 ALTER FUNCTION stripe.dispatch(p_event_id text, p_type text, p_object jsonb) OWNER TO booking_owner;
 
 --
+-- Name: enqueue_refund(uuid, text, text); Type: FUNCTION; Schema: stripe; Owner: booking_owner
+--
+
+CREATE FUNCTION stripe.enqueue_refund(p_booking_id uuid, p_payment_intent_id text, p_reason text) RETURNS uuid
+    LANGUAGE sql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+    -- One stripe.refund job per PaymentIntent, ever: two jobs refunding the same payment at
+    -- once could both see it unrefunded and refund it twice.
+    SELECT jobs.enqueue('stripe.refund',
+        jsonb_build_object('booking_id', p_booking_id, 'payment_intent_id', p_payment_intent_id, 'reason', p_reason),
+        'stripe.refund:' || p_payment_intent_id);
+$$;
+
+
+ALTER FUNCTION stripe.enqueue_refund(p_booking_id uuid, p_payment_intent_id text, p_reason text) OWNER TO booking_owner;
+
+--
 -- Name: livemode(jsonb); Type: FUNCTION; Schema: stripe; Owner: booking_owner
 --
 
@@ -3557,10 +3575,7 @@ BEGIN
     ) THEN
         -- Paid twice (two PaymentIntents): the second payment goes back.
         PERFORM ledger.post_charge(p_booking_id, p_payment_intent_id, p_amount, p_currency, true, p_event_id);
-        PERFORM jobs.enqueue('stripe.refund',
-            jsonb_build_object('booking_id', p_booking_id, 'payment_intent_id', p_payment_intent_id,
-                               'reason', 'duplicate_payment'),
-            'stripe.refund:' || p_payment_intent_id);
+        PERFORM stripe.enqueue_refund(p_booking_id, p_payment_intent_id, 'duplicate_payment');
         RETURN 'processed';
     END IF;
     IF v_booking.status IN ('pending_payment', 'payment_failed', 'expired')
@@ -3571,13 +3586,9 @@ BEGIN
     END IF;
     -- No units for it (or the booking was cancelled): keep the money apart, send it back.
     PERFORM ledger.post_charge(p_booking_id, p_payment_intent_id, p_amount, p_currency, true, p_event_id);
-    IF booking.try_event(p_booking_id, 'payment_succeeded_without_capacity', p_event_id) <> 'refund_pending'
-        OR v_booking.status = 'refund_pending' THEN
-        PERFORM jobs.enqueue('stripe.refund',
-            jsonb_build_object('booking_id', p_booking_id, 'payment_intent_id', p_payment_intent_id,
-                               'reason', 'unallocated_payment'),
-            'stripe.refund:' || p_payment_intent_id);
-    END IF;
+    -- Entering refund_pending enqueues the refunds itself; in any other case this one goes back.
+    PERFORM booking.try_event(p_booking_id, 'payment_succeeded_without_capacity', p_event_id);
+    PERFORM stripe.enqueue_refund(p_booking_id, p_payment_intent_id, 'unallocated_payment');
     RETURN 'processed';
 END;
 $$;
@@ -5810,6 +5821,13 @@ REVOKE ALL ON FUNCTION stripe.check_event(p_event jsonb) FROM PUBLIC;
 --
 
 REVOKE ALL ON FUNCTION stripe.dispatch(p_event_id text, p_type text, p_object jsonb) FROM PUBLIC;
+
+
+--
+-- Name: FUNCTION enqueue_refund(p_booking_id uuid, p_payment_intent_id text, p_reason text); Type: ACL; Schema: stripe; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION stripe.enqueue_refund(p_booking_id uuid, p_payment_intent_id text, p_reason text) FROM PUBLIC;
 
 
 --

@@ -75,10 +75,10 @@ BEGIN
         PERFORM booking.give_back_units(NEW.booking_id);
     ELSIF NEW.status = 'refund_pending' AND OLD.status <> 'refund_pending' THEN
         PERFORM booking.give_back_units(NEW.booking_id);
-        PERFORM jobs.enqueue(
-            'stripe.refund', jsonb_build_object('booking_id', NEW.booking_id, 'reason', NEW.last_event),
-            'stripe.refund:' || NEW.booking_id || ':' || NEW.version
-        );
+        -- A refund job for every payment the booking received.
+        PERFORM stripe.enqueue_refund(NEW.booking_id, t.payment_intent_id, NEW.last_event)
+        FROM ledger.transactions AS t
+        WHERE t.booking_id = NEW.booking_id AND t.kind = 'charge';
     END IF;
     -- 'expired': its holds share its deadline, so they are already dead and not counted;
     -- the hold sweeper (or a buyer short of units) gives their units back.

@@ -85,6 +85,18 @@ EXCEPTION WHEN SQLSTATE 'RB001' THEN
 END;
 $$;
 
+CREATE OR REPLACE FUNCTION stripe.enqueue_refund(p_booking_id uuid, p_payment_intent_id text, p_reason text)
+RETURNS uuid
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+    -- One stripe.refund job per PaymentIntent, ever: two jobs refunding the same payment at
+    -- once could both see it unrefunded and refund it twice.
+    SELECT jobs.enqueue('stripe.refund',
+        jsonb_build_object('booking_id', p_booking_id, 'payment_intent_id', p_payment_intent_id, 'reason', p_reason),
+        'stripe.refund:' || p_payment_intent_id);
+$$;
+
 CREATE OR REPLACE FUNCTION stripe.on_payment_succeeded(
     p_event_id text, p_booking_id uuid, p_payment_intent_id text, p_amount bigint, p_currency text
 )
@@ -113,10 +125,7 @@ BEGIN
     ) THEN
         -- Paid twice (two PaymentIntents): the second payment goes back.
         PERFORM ledger.post_charge(p_booking_id, p_payment_intent_id, p_amount, p_currency, true, p_event_id);
-        PERFORM jobs.enqueue('stripe.refund',
-            jsonb_build_object('booking_id', p_booking_id, 'payment_intent_id', p_payment_intent_id,
-                               'reason', 'duplicate_payment'),
-            'stripe.refund:' || p_payment_intent_id);
+        PERFORM stripe.enqueue_refund(p_booking_id, p_payment_intent_id, 'duplicate_payment');
         RETURN 'processed';
     END IF;
     IF v_booking.status IN ('pending_payment', 'payment_failed', 'expired')
@@ -127,13 +136,9 @@ BEGIN
     END IF;
     -- No units for it (or the booking was cancelled): keep the money apart, send it back.
     PERFORM ledger.post_charge(p_booking_id, p_payment_intent_id, p_amount, p_currency, true, p_event_id);
-    IF booking.try_event(p_booking_id, 'payment_succeeded_without_capacity', p_event_id) <> 'refund_pending'
-        OR v_booking.status = 'refund_pending' THEN
-        PERFORM jobs.enqueue('stripe.refund',
-            jsonb_build_object('booking_id', p_booking_id, 'payment_intent_id', p_payment_intent_id,
-                               'reason', 'unallocated_payment'),
-            'stripe.refund:' || p_payment_intent_id);
-    END IF;
+    -- Entering refund_pending enqueues the refunds itself; in any other case this one goes back.
+    PERFORM booking.try_event(p_booking_id, 'payment_succeeded_without_capacity', p_event_id);
+    PERFORM stripe.enqueue_refund(p_booking_id, p_payment_intent_id, 'unallocated_payment');
     RETURN 'processed';
 END;
 $$;
@@ -359,7 +364,7 @@ SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 -- What a stripe.refund job must send back, per PaymentIntent, as the ledger says now:
--- charged minus refunded. For one PaymentIntent when given (a duplicate payment); else
+-- charged minus refunded. For one PaymentIntent when given (every job names one); else
 -- everything the booking received, if it is waiting for its money to go back.
 BEGIN
     PERFORM core.require(p_booking_id, 'p_booking_id');

@@ -259,12 +259,14 @@ def test_cancel_before_and_after_payment(db, app):
                   (unpaid,)) == "changed my mind"
 
     h2, _ = place(app, inventory, 4)
-    paid = create(app, "k-p", "alice", [h2])["booking_id"]
+    answer = create(app, "k-p", "alice", [h2])
+    paid = answer["booking_id"]
+    db.one("SELECT ledger.post_charge(%s, 'pi_cancel_me', %s, 'usd')", (paid, answer["amount"]))
     db.one("SELECT booking.apply_event(%s, 'payment_succeeded')", (paid,))
     assert app.execute("SELECT api.cancel_booking(%s, 'refund please')", (paid,)).fetchone()[0] == "refund_pending"
     assert app.execute("SELECT * FROM api.availability(%s)", (inventory,)).fetchone() == (10, 0, 0, 10)
-    assert db.one("SELECT count(*) FROM jobs.jobs WHERE kind = 'stripe.refund' AND payload ->> 'booking_id' = %s",
-                  (str(paid),)) == 1
+    assert db.rows("SELECT payload ->> 'booking_id', payload ->> 'payment_intent_id' FROM jobs.jobs "
+                   "WHERE kind = 'stripe.refund'") == [(str(paid), "pi_cancel_me")]
     for sql, args, code in (
         ("SELECT api.cancel_booking(%s, 'x')", (uuid.uuid4(),), "RB005"),
         ("SELECT api.cancel_booking(NULL, 'x')", None, "22004"),
