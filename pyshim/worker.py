@@ -109,12 +109,15 @@ class Worker:
             self.stripe = stripe.StripeClient(stripe_key, **options)
             self.handlers["stripe.refund"] = self.stripe_refund
             self.handlers["stripe.reconcile"] = self.stripe_reconcile
+        if env.get("WORKER_NOOP") == "1":  # for make bench: jobs that do nothing
+            self.handlers["bench.noop"] = self.noop
         # Fault injection for tests: pause after an outside side effect, before recording it.
         self.fault_pause_s = float(env.get("WORKER_FAULT_PAUSE_AFTER_SIDE_EFFECT_S", "0"))
         if not self.handlers:
             raise ConfigError("nothing to do: set SMTP_URL (email.booking_confirmed), ALERT_WEBHOOK_URL "
                               "(alert.notify) or STRIPE_API_KEY (stripe.refund)")
-        self.pool = AsyncConnectionPool(database_url, min_size=1, max_size=self.concurrency + 1,
+        pool_size = int(env.get("WORKER_POOL_SIZE", str(min(self.concurrency + 1, 16))))
+        self.pool = AsyncConnectionPool(database_url, min_size=1, max_size=pool_size,
                                         kwargs={"autocommit": True, "application_name": "pyshim-worker"},
                                         open=False)
         self.stopping = asyncio.Event()
@@ -183,13 +186,17 @@ class Worker:
         (booking,), = await self.call("SELECT api.get_booking(%s::uuid)", [payload["booking_id"]], correlation_id)
         return await asyncio.to_thread(send_confirmation, self.smtp_url, self.sender, booking, 30.0)
 
+    async def noop(self, payload: dict, correlation_id: str | None, job_id=None) -> dict:
+        return {}
+
     async def alert_notify(self, payload: dict, correlation_id: str | None, job_id=None) -> dict:
         return await asyncio.to_thread(post_alert, self.alert_url, payload, 10.0)
 
     async def run_job(self, job_id, kind, payload, attempt, token) -> None:
         cid = payload.get("correlation_id")
         extra = {"job_id": str(job_id), "kind": kind, "attempt": attempt, "correlation_id": cid, "worker": self.name}
-        log.info("job started", extra=extra)
+        if kind != "bench.noop":
+            log.info("job started", extra=extra)
         try:
             result = await self.handlers[kind](payload, cid, job_id)
         except asyncio.CancelledError:
@@ -206,7 +213,8 @@ class Worker:
             return
         (ok,), = await self.call("SELECT api.complete_job(%s, %s, %s::jsonb)", [job_id, token, json.dumps(result)], cid)
         if ok:
-            log.info("job done", extra=extra)
+            if kind != "bench.noop":
+                log.info("job done", extra=extra)
         else:
             log.warning("job finished after its lease was taken over; the other worker's result stands", extra=extra)
 

@@ -212,7 +212,9 @@ CREATE TABLE jobs.jobs (
     created_at timestamptz NOT NULL DEFAULT now(),
     finished_at timestamptz,
     CONSTRAINT jobs_dedupe_key UNIQUE (dedupe_key),
-    CONSTRAINT check_jobs_kind CHECK (kind IN ('email.booking_confirmed', 'stripe.refund', 'stripe.reconcile', 'alert.notify')),
+    CONSTRAINT check_jobs_kind CHECK (
+        kind IN ('email.booking_confirmed', 'stripe.refund', 'stripe.reconcile', 'alert.notify', 'bench.noop')
+    ),
     CONSTRAINT check_jobs_status CHECK (status IN ('queued', 'running', 'done', 'failed', 'dead')),
     CONSTRAINT check_jobs_attempts CHECK (attempts >= 0 AND max_attempts BETWEEN 1 AND 100),
     CONSTRAINT check_jobs_dedupe_key CHECK (length(dedupe_key) <= 255),
