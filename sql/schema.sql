@@ -4071,7 +4071,7 @@ CREATE TABLE jobs.jobs (
     finished_at timestamp with time zone,
     CONSTRAINT check_jobs_attempts CHECK (((attempts >= 0) AND ((max_attempts >= 1) AND (max_attempts <= 100)))),
     CONSTRAINT check_jobs_dedupe_key CHECK ((length(dedupe_key) <= 255)),
-    CONSTRAINT check_jobs_kind CHECK ((kind = ANY (ARRAY['email.booking_confirmed'::text, 'stripe.refund'::text, 'stripe.reconcile'::text, 'alert.notify'::text]))),
+    CONSTRAINT check_jobs_kind CHECK ((kind = ANY (ARRAY['email.booking_confirmed'::text, 'stripe.refund'::text, 'stripe.reconcile'::text, 'alert.notify'::text, 'bench.noop'::text]))),
     CONSTRAINT check_jobs_payload CHECK ((jsonb_typeof(payload) = 'object'::text)),
     CONSTRAINT check_jobs_status CHECK ((status = ANY (ARRAY['queued'::text, 'running'::text, 'done'::text, 'failed'::text, 'dead'::text])))
 );
