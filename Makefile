@@ -54,9 +54,11 @@ send-test-event:
 
 # Benchmarks (not part of make test): each prints its figures beside a baseline measured in the same run.
 bench: deps
+	$(VENV)/bin/pip install -q --disable-pip-version-check -e '.[test,bench]'
 	$(VENV)/bin/python -m tests.bench.holds_bench
 	$(VENV)/bin/python -m tests.bench.bookings_bench
 	$(VENV)/bin/python -m tests.bench.webhook_bench
+	$(VENV)/bin/python -m tests.bench.queue_bench
 
 # Rewrite sql/schema.sql from the embedded cluster's migrated database.
 snapshot:

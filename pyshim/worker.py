@@ -122,6 +122,10 @@ class Worker:
                                         open=False)
         self.stopping = asyncio.Event()
         self.running: dict[asyncio.Task, tuple] = {}
+        # Completions are batched: one api.complete_jobs call for all that finished within
+        # a few milliseconds of each other (one commit instead of one each).
+        self.completions: list[tuple] = []
+        self.completion_wakeup = asyncio.Event()
 
     async def call(self, sql: str, params: list, correlation_id: str | None = None):
         async with self.pool.connection() as conn:
@@ -192,6 +196,32 @@ class Worker:
     async def alert_notify(self, payload: dict, correlation_id: str | None, job_id=None) -> dict:
         return await asyncio.to_thread(post_alert, self.alert_url, payload, 10.0)
 
+    async def complete(self, job_id, token, result) -> bool:
+        done = asyncio.get_running_loop().create_future()
+        self.completions.append((job_id, token, json.dumps(result), done))
+        self.completion_wakeup.set()
+        return await done
+
+    async def flush_completions(self) -> None:
+        while True:
+            await self.completion_wakeup.wait()
+            self.completion_wakeup.clear()
+            await asyncio.sleep(0.002)  # let the jobs finishing now join this batch
+            batch, self.completions = self.completions[:1000], self.completions[1000:]
+            if self.completions:
+                self.completion_wakeup.set()
+            if not batch:
+                continue
+            try:
+                (oks,), = await self.call("SELECT api.complete_jobs(%s::uuid[], %s::uuid[], %s::jsonb[])",
+                                          [[b[0] for b in batch], [b[1] for b in batch], [b[2] for b in batch]])
+            except Exception as exc:  # noqa: BLE001 - each job's own task reports it
+                for *_, done in batch:
+                    done.set_exception(exc)
+                continue
+            for ok, (*_, done) in zip(oks, batch):
+                done.set_result(ok)
+
     async def run_job(self, job_id, kind, payload, attempt, token) -> None:
         cid = payload.get("correlation_id")
         extra = {"job_id": str(job_id), "kind": kind, "attempt": attempt, "correlation_id": cid, "worker": self.name}
@@ -211,7 +241,7 @@ class Worker:
                       exc_info=True)
             capture(exc, cid)
             return
-        (ok,), = await self.call("SELECT api.complete_job(%s, %s, %s::jsonb)", [job_id, token, json.dumps(result)], cid)
+        ok = await self.complete(job_id, token, result)
         if ok:
             if kind != "bench.noop":
                 log.info("job done", extra=extra)
@@ -224,18 +254,22 @@ class Worker:
             loop.add_signal_handler(sig, self.stopping.set)
         await self.pool.open()
         log.info("worker started", extra={"worker": self.name})
+        flusher = asyncio.create_task(self.flush_completions())
         try:
             while not self.stopping.is_set():
                 free = self.concurrency - len(self.running)
-                jobs = []
-                if free > 0:
-                    jobs = await self.call("SELECT * FROM api.claim_jobs(%s, %s, %s, make_interval(secs => %s))",
-                                           [self.name, list(self.handlers), free, self.lease_s])
+                if free <= 0:
+                    # Every slot busy: claim again as soon as one frees up.
+                    await asyncio.wait(list(self.running), return_when=asyncio.FIRST_COMPLETED)
+                    continue
+                jobs = await self.call("SELECT * FROM api.claim_jobs(%s, %s, %s, make_interval(secs => %s))",
+                                       [self.name, list(self.handlers), free, self.lease_s])
                 for job in jobs:
                     task = asyncio.create_task(self.run_job(*job))
                     self.running[task] = job
                     task.add_done_callback(self.running.pop)
-                if not jobs:
+                if len(jobs) < free:
+                    # The queue is empty for now: wait a poll interval (or for a stop).
                     try:
                         await asyncio.wait_for(self.stopping.wait(), timeout=self.poll_s)
                     except asyncio.TimeoutError:
@@ -246,6 +280,7 @@ class Worker:
                     task.cancel()
                 await asyncio.gather(*pending, return_exceptions=True)
         finally:
+            flusher.cancel()
             await self.pool.close()
             log.info("worker stopped", extra={"worker": self.name})
 

@@ -332,6 +332,52 @@ COMMENT ON FUNCTION api.complete_job(p_job_id uuid, p_lease_token uuid, p_result
 
 
 --
+-- Name: complete_jobs(uuid[], uuid[], jsonb[]); Type: FUNCTION; Schema: api; Owner: booking_owner
+--
+
+CREATE FUNCTION api.complete_jobs(p_job_ids uuid[], p_lease_tokens uuid[], p_results jsonb[]) RETURNS boolean[]
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+-- api.complete_job for many jobs in one transaction (a worker's batched completions):
+-- for each job, true if it was completed, false if its lease token is no longer valid.
+DECLARE
+    v_done uuid[];
+BEGIN
+    PERFORM core.require(p_job_ids, 'p_job_ids');
+    PERFORM core.require(p_lease_tokens, 'p_lease_tokens');
+    IF cardinality(p_job_ids) <> cardinality(p_lease_tokens)
+        OR (p_results IS NOT NULL AND cardinality(p_results) <> cardinality(p_job_ids)) THEN
+        RAISE EXCEPTION 'p_job_ids, p_lease_tokens and p_results must have the same length' USING ERRCODE = '22023';
+    END IF;
+    IF cardinality(p_job_ids) > 1000 THEN
+        RAISE EXCEPTION 'at most 1000 jobs a call' USING ERRCODE = '22023';
+    END IF;
+    WITH done AS (
+        UPDATE jobs.jobs AS j
+        SET status = 'done', result = c.result, finished_at = clock_timestamp(), lease_token = NULL,
+            lease_expires_at = NULL
+        FROM unnest(p_job_ids, p_lease_tokens, coalesce(p_results, array_fill(NULL::jsonb, ARRAY[cardinality(p_job_ids)])))
+            AS c (job_id, lease_token, result)
+        WHERE j.job_id = c.job_id AND j.lease_token = c.lease_token AND j.status = 'running'
+        RETURNING j.job_id
+    )
+    SELECT coalesce(array_agg(done.job_id), '{}') INTO v_done FROM done;
+    RETURN ARRAY(SELECT x = ANY(v_done) FROM unnest(p_job_ids) WITH ORDINALITY AS u (x, n) ORDER BY n);
+END;
+$$;
+
+
+ALTER FUNCTION api.complete_jobs(p_job_ids uuid[], p_lease_tokens uuid[], p_results jsonb[]) OWNER TO booking_owner;
+
+--
+-- Name: FUNCTION complete_jobs(p_job_ids uuid[], p_lease_tokens uuid[], p_results jsonb[]); Type: COMMENT; Schema: api; Owner: booking_owner
+--
+
+COMMENT ON FUNCTION api.complete_jobs(p_job_ids uuid[], p_lease_tokens uuid[], p_results jsonb[]) IS 'api.complete_job for up to 1000 jobs in one call: returns, job by job, whether it was completed (false: its lease token is no longer valid).';
+
+
+--
 -- Name: create_booking(text, text, uuid[], jsonb); Type: FUNCTION; Schema: api; Owner: booking_owner
 --
 
@@ -5220,6 +5266,14 @@ GRANT ALL ON FUNCTION api.claim_jobs(p_worker text, p_kinds text[], p_limit inte
 
 REVOKE ALL ON FUNCTION api.complete_job(p_job_id uuid, p_lease_token uuid, p_result jsonb) FROM PUBLIC;
 GRANT ALL ON FUNCTION api.complete_job(p_job_id uuid, p_lease_token uuid, p_result jsonb) TO booking_app;
+
+
+--
+-- Name: FUNCTION complete_jobs(p_job_ids uuid[], p_lease_tokens uuid[], p_results jsonb[]); Type: ACL; Schema: api; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION api.complete_jobs(p_job_ids uuid[], p_lease_tokens uuid[], p_results jsonb[]) FROM PUBLIC;
+GRANT ALL ON FUNCTION api.complete_jobs(p_job_ids uuid[], p_lease_tokens uuid[], p_results jsonb[]) TO booking_app;
 
 
 --

@@ -154,3 +154,39 @@ BEGIN
 END;
 $$;
 COMMENT ON FUNCTION ops.retry_job(uuid) IS 'Makes a dead or failed job due again now (with one more attempt allowed).';
+
+CREATE OR REPLACE FUNCTION api.complete_jobs(p_job_ids uuid[], p_lease_tokens uuid[], p_results jsonb[])
+RETURNS boolean[]
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+-- api.complete_job for many jobs in one transaction (a worker's batched completions):
+-- for each job, true if it was completed, false if its lease token is no longer valid.
+DECLARE
+    v_done uuid[];
+BEGIN
+    PERFORM core.require(p_job_ids, 'p_job_ids');
+    PERFORM core.require(p_lease_tokens, 'p_lease_tokens');
+    IF cardinality(p_job_ids) <> cardinality(p_lease_tokens)
+        OR (p_results IS NOT NULL AND cardinality(p_results) <> cardinality(p_job_ids)) THEN
+        RAISE EXCEPTION 'p_job_ids, p_lease_tokens and p_results must have the same length' USING ERRCODE = '22023';
+    END IF;
+    IF cardinality(p_job_ids) > 1000 THEN
+        RAISE EXCEPTION 'at most 1000 jobs a call' USING ERRCODE = '22023';
+    END IF;
+    WITH done AS (
+        UPDATE jobs.jobs AS j
+        SET status = 'done', result = c.result, finished_at = clock_timestamp(), lease_token = NULL,
+            lease_expires_at = NULL
+        FROM unnest(p_job_ids, p_lease_tokens, coalesce(p_results, array_fill(NULL::jsonb, ARRAY[cardinality(p_job_ids)])))
+            AS c (job_id, lease_token, result)
+        WHERE j.job_id = c.job_id AND j.lease_token = c.lease_token AND j.status = 'running'
+        RETURNING j.job_id
+    )
+    SELECT coalesce(array_agg(done.job_id), '{}') INTO v_done FROM done;
+    RETURN ARRAY(SELECT x = ANY(v_done) FROM unnest(p_job_ids) WITH ORDINALITY AS u (x, n) ORDER BY n);
+END;
+$$;
+COMMENT ON FUNCTION api.complete_jobs(uuid[], uuid[], jsonb[]) IS
+'api.complete_job for up to 1000 jobs in one call: returns, job by job, whether it was completed (false: its lease token is no longer valid).';
