@@ -124,3 +124,19 @@ def test_the_daily_reconciliation_job_is_enqueued_once_per_day(db):
     assert db.one("SELECT %s::timestamptz = date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'",
                   (payload["window_end"],))
     assert db.one("SELECT %s::timestamptz - %s::timestamptz", (payload["window_end"], payload["window_start"])).days == 1
+
+
+def test_complete_jobs_in_a_batch_checks_every_lease(db, app):
+    first, second = enqueue(db, n=2)
+    claimed = {row[0]: row[4] for row in claim(app, lease="1 second")}
+    time.sleep(1.1)
+    [(rescued, _, _, _, new_token)] = claim(app, "rescuer", limit=1)
+    stale = [j for j in claimed if j != rescued][0]
+    result = app.execute("SELECT api.complete_jobs(%s::uuid[], %s::uuid[], NULL)",
+                         ([stale, rescued], [claimed[stale], claimed[rescued]])).fetchone()[0]
+    # The stale worker's own job is still its own (nobody took it); the rescued one is not.
+    assert result == [True, False]
+    assert app.execute("SELECT api.complete_jobs(%s::uuid[], %s::uuid[], %s::jsonb[])",
+                       ([rescued], [new_token], [Jsonb({"ok": 1})])).fetchone()[0] == [True]
+    assert db.rows("SELECT job_id, status FROM jobs.jobs ORDER BY job_id") == sorted([(first, "done"), (second, "done")])
+    assert sqlstate_of(app, "SELECT api.complete_jobs(%s::uuid[], %s::uuid[], NULL)", ([first], [])) == "22023"
