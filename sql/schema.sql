@@ -1027,23 +1027,33 @@ CREATE FUNCTION api.ingest_stripe_event(p_event jsonb) RETURNS text
 DECLARE
     v_event_id text := p_event ->> 'id';
     v_status text;
+    v_outcome text;
 BEGIN
     PERFORM stripe.check_event(p_event);
-    INSERT INTO stripe.events (event_id, type, livemode, payload, status, next_attempt_at, correlation_id)
-    VALUES (
-        v_event_id, p_event ->> 'type', stripe.livemode(p_event), p_event, 'deferred', now(),
-        left(current_setting('app.correlation_id', true), 200)
-    )
-    ON CONFLICT (event_id) DO NOTHING;
-    IF FOUND THEN
-        RETURN stripe.apply_event(v_event_id);
-    END IF;
-    -- Seen before. A redelivery of an event that failed or waits is a retry: apply it now.
+    -- Deliveries of one event id take turns; a later one finds the row the first wrote.
+    PERFORM pg_advisory_xact_lock(hashtextextended(v_event_id, 7263));
     SELECT e.status INTO v_status FROM stripe.events AS e WHERE e.event_id = v_event_id FOR UPDATE;
-    IF v_status IN ('failed', 'deferred', 'dead') THEN
-        RETURN stripe.apply_event(v_event_id);
+    IF FOUND THEN
+        -- A redelivery of an event that failed or waits is a retry: apply it now.
+        IF v_status IN ('failed', 'deferred', 'dead') THEN
+            RETURN stripe.apply_event(v_event_id);
+        END IF;
+        RETURN 'duplicate';
     END IF;
-    RETURN 'duplicate';
+    -- New: apply first, then store it once with its outcome (one write of the row).
+    v_outcome := stripe.outcome_of(p_event);
+    INSERT INTO stripe.events (
+        event_id, type, livemode, payload, status, attempts, processed_at, next_attempt_at, last_error,
+        correlation_id
+    )
+    VALUES (
+        v_event_id, p_event ->> 'type', stripe.livemode(p_event), p_event, v_outcome, 1,
+        CASE WHEN v_outcome <> 'deferred' THEN clock_timestamp() END,
+        CASE WHEN v_outcome = 'deferred' THEN now() + stripe.retry_delay(1) END,
+        CASE WHEN v_outcome = 'deferred' THEN 'waiting for the payment it depends on' END,
+        left(current_setting('app.correlation_id', true), 200)
+    );
+    RETURN v_outcome;
 END;
 $$;
 
@@ -3314,24 +3324,12 @@ CREATE FUNCTION stripe.apply_event(p_event_id text) RETURNS text
     LANGUAGE plpgsql
     SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
--- Applies one stored, row-locked event and records the outcome on its row: processed,
--- ignored (not applicable, or another mode or account than stripe.config), or deferred
--- (it depends on something not booked yet: retried with backoff, dead after
--- stripe.attempts_max() attempts).
+-- Applies one stored, row-locked event again and records the outcome on its row; a
+-- deferred one is retried with backoff, dead after stripe.attempts_max() attempts.
 DECLARE
-    v_event stripe.events;
-    v_config stripe.config;
     v_outcome text;
 BEGIN
-    SELECT * INTO v_event FROM stripe.events AS e WHERE e.event_id = p_event_id;
-    SELECT * INTO v_config FROM stripe.config;
-    IF v_event.livemode IS DISTINCT FROM v_config.livemode
-        OR (v_config.account_id IS NOT NULL AND v_event.payload ->> 'account' IS NOT NULL
-            AND v_event.payload ->> 'account' <> v_config.account_id) THEN
-        v_outcome := 'ignored';
-    ELSE
-        v_outcome := stripe.dispatch(p_event_id, v_event.type, v_event.payload #> '{data,object}');
-    END IF;
+    v_outcome := stripe.outcome_of((SELECT e.payload FROM stripe.events AS e WHERE e.event_id = p_event_id));
     UPDATE stripe.events
     SET status = CASE
             WHEN v_outcome = 'deferred' AND attempts + 1 >= stripe.attempts_max() THEN 'dead'
@@ -3695,6 +3693,32 @@ $$;
 
 
 ALTER FUNCTION stripe.on_refund(p_event_id text, p_refund jsonb) OWNER TO booking_owner;
+
+--
+-- Name: outcome_of(jsonb); Type: FUNCTION; Schema: stripe; Owner: booking_owner
+--
+
+CREATE FUNCTION stripe.outcome_of(p_event jsonb) RETURNS text
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+-- Applies an event (stored or about to be): processed, ignored (not applicable, or another
+-- mode or account than stripe.config), or deferred (it depends on something not booked yet).
+DECLARE
+    v_config stripe.config;
+BEGIN
+    SELECT * INTO v_config FROM stripe.config;
+    IF stripe.livemode(p_event) IS DISTINCT FROM v_config.livemode
+        OR (v_config.account_id IS NOT NULL AND p_event ->> 'account' IS NOT NULL
+            AND p_event ->> 'account' <> v_config.account_id) THEN
+        RETURN 'ignored';
+    END IF;
+    RETURN stripe.dispatch(p_event ->> 'id', p_event ->> 'type', p_event #> '{data,object}');
+END;
+$$;
+
+
+ALTER FUNCTION stripe.outcome_of(p_event jsonb) OWNER TO booking_owner;
 
 --
 -- Name: retry_delay(integer); Type: FUNCTION; Schema: stripe; Owner: booking_owner
@@ -5910,6 +5934,13 @@ REVOKE ALL ON FUNCTION stripe.on_payment_succeeded(p_event_id text, p_booking_id
 --
 
 REVOKE ALL ON FUNCTION stripe.on_refund(p_event_id text, p_refund jsonb) FROM PUBLIC;
+
+
+--
+-- Name: FUNCTION outcome_of(p_event jsonb); Type: ACL; Schema: stripe; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION stripe.outcome_of(p_event jsonb) FROM PUBLIC;
 
 
 --

@@ -46,8 +46,13 @@ def broken_db(migrated):
         with connect(db.url) as conn:
             conn.execute("""
                 CREATE FUNCTION stripe.test_explode() RETURNS trigger LANGUAGE plpgsql AS $$
-                BEGIN RAISE EXCEPTION 'simulated bug for sentry' USING ERRCODE = 'XX000'; END $$;
-                CREATE TRIGGER test_explode BEFORE UPDATE ON stripe.events
+                BEGIN
+                    IF NEW.status <> 'failed' THEN
+                        RAISE EXCEPTION 'simulated bug for sentry' USING ERRCODE = 'XX000';
+                    END IF;
+                    RETURN NEW;
+                END $$;
+                CREATE TRIGGER test_explode BEFORE INSERT OR UPDATE ON stripe.events
                     FOR EACH ROW EXECUTE FUNCTION stripe.test_explode();
             """)
         yield db

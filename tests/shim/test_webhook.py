@@ -178,7 +178,7 @@ def test_a_failure_to_apply_is_500_and_recorded_for_retry(server, webhook_db):
                 END IF;
                 RETURN NEW;
             END $$;
-            CREATE TRIGGER test_explode BEFORE UPDATE ON stripe.events
+            CREATE TRIGGER test_explode BEFORE INSERT OR UPDATE ON stripe.events
                 FOR EACH ROW EXECUTE FUNCTION stripe.test_explode();
             """
         )
