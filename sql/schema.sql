@@ -2254,7 +2254,7 @@ ALTER FUNCTION booking.sweep_batch(p_batch_size integer) OWNER TO booking_owner;
 -- Name: sweep_expired_holds(jsonb, integer, interval, double precision); Type: PROCEDURE; Schema: booking; Owner: booking_owner
 --
 
-CREATE PROCEDURE booking.sweep_expired_holds(INOUT p_result jsonb DEFAULT NULL::jsonb, IN p_batch_size integer DEFAULT 2000, IN p_time_budget interval DEFAULT '00:00:30'::interval, IN p_pause_ratio double precision DEFAULT 1.0)
+CREATE PROCEDURE booking.sweep_expired_holds(INOUT p_result jsonb DEFAULT NULL::jsonb, IN p_batch_size integer DEFAULT 2000, IN p_time_budget interval DEFAULT '00:00:30'::interval, IN p_pause_ratio double precision DEFAULT 2.0)
     LANGUAGE plpgsql
     AS $$
 -- Sweeps batch after batch, each in its own short transaction, until no dead open hold is

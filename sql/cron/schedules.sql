@@ -7,7 +7,7 @@ SELECT core.sync_cron_jobs($jobs$[
     "jobname": "booking-sweep-holds",
     "schedule": "* * * * *",
     "job_function": "booking.sweep_holds_cron",
-    "description": "Marks holds past their deadline expired and returns their units: 2k a batch, a commit after each, 30 s at most, pausing as long as each batch took.",
+    "description": "Marks holds past their deadline expired and returns their units: 2k a batch, a commit after each, 30 s at most, pausing twice as long as each batch took.",
     "max_silence": "10 minutes"
   },
   {

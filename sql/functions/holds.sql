@@ -616,7 +616,7 @@ CREATE OR REPLACE PROCEDURE booking.sweep_expired_holds(
     INOUT p_result jsonb DEFAULT NULL,
     p_batch_size int DEFAULT 2000,
     p_time_budget interval DEFAULT '30 seconds',
-    p_pause_ratio float8 DEFAULT 1.0
+    p_pause_ratio float8 DEFAULT 2.0
 )
 LANGUAGE plpgsql
 AS $$
