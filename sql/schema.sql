@@ -1778,16 +1778,18 @@ $$;
 ALTER FUNCTION booking.after_booking_change() OWNER TO booking_owner;
 
 --
--- Name: apply_event(uuid, text, text, text); Type: FUNCTION; Schema: booking; Owner: booking_owner
+-- Name: apply_event(uuid, text, text, text, boolean); Type: FUNCTION; Schema: booking; Owner: booking_owner
 --
 
-CREATE FUNCTION booking.apply_event(p_booking_id uuid, p_event text, p_stripe_event_id text DEFAULT NULL::text, p_detail text DEFAULT NULL::text) RETURNS text
+CREATE FUNCTION booking.apply_event(p_booking_id uuid, p_event text, p_stripe_event_id text DEFAULT NULL::text, p_detail text DEFAULT NULL::text, p_if_allowed boolean DEFAULT false) RETURNS text
     LANGUAGE plpgsql
     SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 -- Moves a booking along the transition for p_event from its current status and returns
--- the new status; RB004 if no such transition, RB005 unknown booking. The row lock makes
--- two concurrent events on one booking take turns: the second sees the first's result.
+-- the new status; RB005 unknown booking. No such transition: RB004, or, with
+-- p_if_allowed, nothing changes and the current status is returned (a Stripe event that
+-- arrives after a later one moved the booking on). The row lock makes two concurrent
+-- events on one booking take turns: the second sees the first's result.
 DECLARE
     v_status text;
     v_to text;
@@ -1800,6 +1802,9 @@ BEGIN
     FROM booking.booking_transitions AS t
     WHERE t.from_status = v_status AND t.event = p_event;
     IF NOT FOUND THEN
+        IF p_if_allowed THEN
+            RETURN v_status;
+        END IF;
         RAISE EXCEPTION 'booking % is %: % is not allowed', p_booking_id, v_status, p_event
             USING ERRCODE = 'RB004', HINT = 'Allowed transitions: SELECT * FROM ops.booking_transitions.';
     END IF;
@@ -1813,7 +1818,7 @@ END;
 $$;
 
 
-ALTER FUNCTION booking.apply_event(p_booking_id uuid, p_event text, p_stripe_event_id text, p_detail text) OWNER TO booking_owner;
+ALTER FUNCTION booking.apply_event(p_booking_id uuid, p_event text, p_stripe_event_id text, p_detail text, p_if_allowed boolean) OWNER TO booking_owner;
 
 --
 -- Name: bucket_count_for(integer); Type: FUNCTION; Schema: booking; Owner: booking_owner
@@ -2459,30 +2464,6 @@ $$;
 
 
 ALTER FUNCTION booking.take_units_slowly(p_inventory_id uuid, p_quantity integer) OWNER TO booking_owner;
-
---
--- Name: try_event(uuid, text, text); Type: FUNCTION; Schema: booking; Owner: booking_owner
---
-
-CREATE FUNCTION booking.try_event(p_booking_id uuid, p_event text, p_stripe_event_id text) RETURNS text
-    LANGUAGE plpgsql
-    SET search_path TO 'pg_catalog', 'pg_temp'
-    AS $$
--- Applies p_event if the booking's current status allows it; otherwise changes nothing
--- (an event that arrives after a later one has moved the booking on). Returns the status.
-DECLARE
-    v_status text;
-BEGIN
-    SELECT b.status INTO v_status FROM booking.bookings AS b WHERE b.booking_id = p_booking_id FOR UPDATE;
-    IF EXISTS (SELECT FROM booking.booking_transitions AS t WHERE t.from_status = v_status AND t.event = p_event) THEN
-        RETURN booking.apply_event(p_booking_id, p_event, p_stripe_event_id);
-    END IF;
-    RETURN v_status;
-END;
-$$;
-
-
-ALTER FUNCTION booking.try_event(p_booking_id uuid, p_event text, p_stripe_event_id text) OWNER TO booking_owner;
 
 --
 -- Name: cron_command(text, text); Type: FUNCTION; Schema: core; Owner: booking_owner
@@ -3500,10 +3481,10 @@ BEGIN
             p_object ->> 'currency'
         );
     ELSIF p_type IN ('payment_intent.payment_failed', 'checkout.session.async_payment_failed') THEN
-        PERFORM booking.try_event(v_booking_id, 'payment_failed', p_event_id);
+        PERFORM booking.apply_event(v_booking_id, 'payment_failed', p_event_id, NULL, true);
         RETURN 'processed';
     ELSIF p_type IN ('payment_intent.canceled', 'checkout.session.expired') THEN
-        PERFORM booking.try_event(v_booking_id, 'payment_canceled', p_event_id);
+        PERFORM booking.apply_event(v_booking_id, 'payment_canceled', p_event_id, NULL, true);
         RETURN 'processed';
     END IF;
     RETURN 'ignored';  -- a checkout session completed but not paid yet (async methods)
@@ -3568,7 +3549,7 @@ BEGIN
     IF p_type = 'charge.dispute.created' THEN
         PERFORM ledger.post_dispute(v_booking_id, v_id, v_pi, (p_dispute ->> 'amount')::bigint,
                                     p_dispute ->> 'currency', p_event_id);
-        PERFORM booking.try_event(v_booking_id, 'dispute_opened', p_event_id);
+        PERFORM booking.apply_event(v_booking_id, 'dispute_opened', p_event_id, NULL, true);
         RETURN 'processed';
     END IF;
     IF NOT EXISTS (SELECT FROM ledger.transactions AS t WHERE t.kind = 'dispute' AND t.stripe_object_id = v_id) THEN
@@ -3577,9 +3558,9 @@ BEGIN
     IF p_dispute ->> 'status' = 'won' THEN
         PERFORM ledger.post_dispute_reversal(v_booking_id, v_id, v_pi, (p_dispute ->> 'amount')::bigint,
                                              p_dispute ->> 'currency', p_event_id);
-        PERFORM booking.try_event(v_booking_id, 'dispute_won', p_event_id);
+        PERFORM booking.apply_event(v_booking_id, 'dispute_won', p_event_id, NULL, true);
     ELSIF p_dispute ->> 'status' = 'lost' THEN
-        PERFORM booking.try_event(v_booking_id, 'dispute_lost', p_event_id);
+        PERFORM booking.apply_event(v_booking_id, 'dispute_lost', p_event_id, NULL, true);
     ELSE
         RETURN 'ignored';
     END IF;
@@ -3631,7 +3612,7 @@ BEGIN
     -- No units for it (or the booking was cancelled): keep the money apart, send it back.
     PERFORM ledger.post_charge(p_booking_id, p_payment_intent_id, p_amount, p_currency, true, p_event_id);
     -- Entering refund_pending enqueues the refunds itself; in any other case this one goes back.
-    PERFORM booking.try_event(p_booking_id, 'payment_succeeded_without_capacity', p_event_id);
+    PERFORM booking.apply_event(p_booking_id, 'payment_succeeded_without_capacity', p_event_id, NULL, true);
     PERFORM stripe.enqueue_refund(p_booking_id, p_payment_intent_id, 'unallocated_payment');
     RETURN 'processed';
 END;
@@ -3680,12 +3661,11 @@ BEGIN
         -- Money no booking kept: it only decides the state of a booking waiting for it to go back.
         IF v_refunded >= v_charged
             AND (SELECT b.status FROM booking.bookings AS b WHERE b.booking_id = v_booking_id) = 'refund_pending' THEN
-            PERFORM booking.try_event(v_booking_id, 'full_refund', p_event_id);
+            PERFORM booking.apply_event(v_booking_id, 'full_refund', p_event_id, NULL, true);
         END IF;
     ELSE
-        PERFORM booking.try_event(
-            v_booking_id, CASE WHEN v_refunded >= v_charged THEN 'full_refund' ELSE 'partial_refund' END, p_event_id
-        );
+        PERFORM booking.apply_event(
+            v_booking_id, CASE WHEN v_refunded >= v_charged THEN 'full_refund' ELSE 'partial_refund' END, p_event_id, NULL, true);
     END IF;
     RETURN 'processed';
 END;
@@ -5507,10 +5487,10 @@ REVOKE ALL ON FUNCTION booking.after_booking_change() FROM PUBLIC;
 
 
 --
--- Name: FUNCTION apply_event(p_booking_id uuid, p_event text, p_stripe_event_id text, p_detail text); Type: ACL; Schema: booking; Owner: booking_owner
+-- Name: FUNCTION apply_event(p_booking_id uuid, p_event text, p_stripe_event_id text, p_detail text, p_if_allowed boolean); Type: ACL; Schema: booking; Owner: booking_owner
 --
 
-REVOKE ALL ON FUNCTION booking.apply_event(p_booking_id uuid, p_event text, p_stripe_event_id text, p_detail text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION booking.apply_event(p_booking_id uuid, p_event text, p_stripe_event_id text, p_detail text, p_if_allowed boolean) FROM PUBLIC;
 
 
 --
@@ -5637,13 +5617,6 @@ REVOKE ALL ON FUNCTION booking.take_units(p_inventory_id uuid, p_units integer) 
 --
 
 REVOKE ALL ON FUNCTION booking.take_units_slowly(p_inventory_id uuid, p_quantity integer) FROM PUBLIC;
-
-
---
--- Name: FUNCTION try_event(p_booking_id uuid, p_event text, p_stripe_event_id text); Type: ACL; Schema: booking; Owner: booking_owner
---
-
-REVOKE ALL ON FUNCTION booking.try_event(p_booking_id uuid, p_event text, p_stripe_event_id text) FROM PUBLIC;
 
 
 --

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -104,6 +105,16 @@ def database_from_template(base_url: str, template: str = TEMPLATE_DB):
 def empty_database(base_url: str):
     with database_from_template(base_url, template="template0") as db:
         yield db
+
+
+def wait_until(predicate, seconds: float = 20, interval: float = 0.1) -> bool:
+    """Polls predicate until it is true or `seconds` have passed; returns whether it came true."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return bool(predicate())
 
 
 def env_with(**overrides: str) -> dict[str, str]:

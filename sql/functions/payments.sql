@@ -35,24 +35,6 @@ BEGIN
 END;
 $$;
 
-CREATE OR REPLACE FUNCTION booking.try_event(p_booking_id uuid, p_event text, p_stripe_event_id text)
-RETURNS text
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-AS $$
--- Applies p_event if the booking's current status allows it; otherwise changes nothing
--- (an event that arrives after a later one has moved the booking on). Returns the status.
-DECLARE
-    v_status text;
-BEGIN
-    SELECT b.status INTO v_status FROM booking.bookings AS b WHERE b.booking_id = p_booking_id FOR UPDATE;
-    IF EXISTS (SELECT FROM booking.booking_transitions AS t WHERE t.from_status = v_status AND t.event = p_event) THEN
-        RETURN booking.apply_event(p_booking_id, p_event, p_stripe_event_id);
-    END IF;
-    RETURN v_status;
-END;
-$$;
-
 CREATE OR REPLACE FUNCTION booking.reserve_for_late_payment(p_booking_id uuid)
 RETURNS boolean
 LANGUAGE plpgsql
@@ -137,7 +119,7 @@ BEGIN
     -- No units for it (or the booking was cancelled): keep the money apart, send it back.
     PERFORM ledger.post_charge(p_booking_id, p_payment_intent_id, p_amount, p_currency, true, p_event_id);
     -- Entering refund_pending enqueues the refunds itself; in any other case this one goes back.
-    PERFORM booking.try_event(p_booking_id, 'payment_succeeded_without_capacity', p_event_id);
+    PERFORM booking.apply_event(p_booking_id, 'payment_succeeded_without_capacity', p_event_id, NULL, true);
     PERFORM stripe.enqueue_refund(p_booking_id, p_payment_intent_id, 'unallocated_payment');
     RETURN 'processed';
 END;
@@ -180,12 +162,11 @@ BEGIN
         -- Money no booking kept: it only decides the state of a booking waiting for it to go back.
         IF v_refunded >= v_charged
             AND (SELECT b.status FROM booking.bookings AS b WHERE b.booking_id = v_booking_id) = 'refund_pending' THEN
-            PERFORM booking.try_event(v_booking_id, 'full_refund', p_event_id);
+            PERFORM booking.apply_event(v_booking_id, 'full_refund', p_event_id, NULL, true);
         END IF;
     ELSE
-        PERFORM booking.try_event(
-            v_booking_id, CASE WHEN v_refunded >= v_charged THEN 'full_refund' ELSE 'partial_refund' END, p_event_id
-        );
+        PERFORM booking.apply_event(
+            v_booking_id, CASE WHEN v_refunded >= v_charged THEN 'full_refund' ELSE 'partial_refund' END, p_event_id, NULL, true);
     END IF;
     RETURN 'processed';
 END;
@@ -211,7 +192,7 @@ BEGIN
     IF p_type = 'charge.dispute.created' THEN
         PERFORM ledger.post_dispute(v_booking_id, v_id, v_pi, (p_dispute ->> 'amount')::bigint,
                                     p_dispute ->> 'currency', p_event_id);
-        PERFORM booking.try_event(v_booking_id, 'dispute_opened', p_event_id);
+        PERFORM booking.apply_event(v_booking_id, 'dispute_opened', p_event_id, NULL, true);
         RETURN 'processed';
     END IF;
     IF NOT EXISTS (SELECT FROM ledger.transactions AS t WHERE t.kind = 'dispute' AND t.stripe_object_id = v_id) THEN
@@ -220,9 +201,9 @@ BEGIN
     IF p_dispute ->> 'status' = 'won' THEN
         PERFORM ledger.post_dispute_reversal(v_booking_id, v_id, v_pi, (p_dispute ->> 'amount')::bigint,
                                              p_dispute ->> 'currency', p_event_id);
-        PERFORM booking.try_event(v_booking_id, 'dispute_won', p_event_id);
+        PERFORM booking.apply_event(v_booking_id, 'dispute_won', p_event_id, NULL, true);
     ELSIF p_dispute ->> 'status' = 'lost' THEN
-        PERFORM booking.try_event(v_booking_id, 'dispute_lost', p_event_id);
+        PERFORM booking.apply_event(v_booking_id, 'dispute_lost', p_event_id, NULL, true);
     ELSE
         RETURN 'ignored';
     END IF;
@@ -288,10 +269,10 @@ BEGIN
             p_object ->> 'currency'
         );
     ELSIF p_type IN ('payment_intent.payment_failed', 'checkout.session.async_payment_failed') THEN
-        PERFORM booking.try_event(v_booking_id, 'payment_failed', p_event_id);
+        PERFORM booking.apply_event(v_booking_id, 'payment_failed', p_event_id, NULL, true);
         RETURN 'processed';
     ELSIF p_type IN ('payment_intent.canceled', 'checkout.session.expired') THEN
-        PERFORM booking.try_event(v_booking_id, 'payment_canceled', p_event_id);
+        PERFORM booking.apply_event(v_booking_id, 'payment_canceled', p_event_id, NULL, true);
         RETURN 'processed';
     END IF;
     RETURN 'ignored';  -- a checkout session completed but not paid yet (async methods)

@@ -4,7 +4,6 @@ a confirmation with a test card, localstripe's own signed webhook, the booking c
 from __future__ import annotations
 
 import threading
-import time
 import uuid
 
 import httpx
@@ -12,7 +11,7 @@ import pytest
 import stripe
 
 from tests.conftest import LOCALSTRIPE_API_KEY
-from tests.pg import connect, database_from_template
+from tests.pg import connect, database_from_template, wait_until
 from tests.shim.server import shim
 
 SECRET = "whsec_localstripe_e2e_0123456789"
@@ -58,13 +57,11 @@ def pay(server, booking_id, key=None):
 
 
 def wait_for_status(db, booking_id, wanted, seconds=20):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        status = db.one("SELECT status FROM booking.bookings WHERE booking_id = %s", (booking_id,))
-        if status == wanted:
-            return status
-        time.sleep(0.2)
-    return status
+    def status():
+        return db.one("SELECT status FROM booking.bookings WHERE booking_id = %s", (booking_id,))
+
+    wait_until(lambda: status() == wanted, seconds)
+    return status()
 
 
 def confirm_with_card(client, payment_intent_id, number):

@@ -14,7 +14,7 @@ import stripe
 from psycopg.types.json import Jsonb
 
 from tests.conftest import LOCALSTRIPE_API_KEY
-from tests.pg import ROOT, connect, database_from_template, env_with
+from tests.pg import ROOT, connect, database_from_template, env_with, wait_until
 from tests.stripe_events import event
 
 
@@ -55,15 +55,6 @@ def worker(db, localstripe, **env):
                                 STRIPE_API_BASE=localstripe, WORKER_POLL_S="0.2", **env))
 
 
-def wait_until(predicate, seconds=30):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
-
-
 def test_a_worker_killed_after_stripe_refunded_is_taken_over_and_refunds_once(refund_db, localstripe):
     client = stripe.StripeClient(LOCALSTRIPE_API_KEY, base_addresses={"api": localstripe}, max_network_retries=0)
     booking_id, intent_id, amount = paid_then_cancelled(refund_db, client)
@@ -73,7 +64,7 @@ def test_a_worker_killed_after_stripe_refunded_is_taken_over_and_refunds_once(re
 
     first = worker(refund_db, localstripe, WORKER_LEASE_S="2", WORKER_FAULT_PAUSE_AFTER_SIDE_EFFECT_S="30")
     try:
-        assert wait_until(lambda: len(refunds()) == 1), "the first worker never refunded"
+        assert wait_until(lambda: len(refunds()) == 1, 30), "the first worker never refunded"
         first.send_signal(signal.SIGKILL)  # Stripe refunded; the database does not know yet
         first.wait(timeout=10)
     finally:
@@ -83,7 +74,7 @@ def test_a_worker_killed_after_stripe_refunded_is_taken_over_and_refunds_once(re
 
     second = worker(refund_db, localstripe, WORKER_LEASE_S="2")
     try:
-        assert wait_until(lambda: refund_db.one("SELECT status FROM jobs.jobs WHERE kind = 'stripe.refund'") == "done")
+        assert wait_until(lambda: refund_db.one("SELECT status FROM jobs.jobs WHERE kind = 'stripe.refund'") == "done", 30)
     finally:
         second.send_signal(signal.SIGTERM)
         second.communicate(timeout=30)
@@ -105,7 +96,7 @@ def test_reconciliation_finds_a_planted_mismatch_and_no_false_ones(refund_db, lo
     booking_id, intent_id, amount = paid_then_cancelled(refund_db, client)  # booked: no mismatch
     proc = worker(refund_db, localstripe)
     try:
-        assert wait_until(lambda: refund_db.one("SELECT status FROM jobs.jobs WHERE kind = 'stripe.refund'") == "done")
+        assert wait_until(lambda: refund_db.one("SELECT status FROM jobs.jobs WHERE kind = 'stripe.refund'") == "done", 30)
         # Planted: a payment Stripe took whose webhook never arrived.
         method = client.v1.payment_methods.create(params={
             "type": "card", "card": {"number": "4242424242424242", "exp_month": 12, "exp_year": 2034, "cvc": "123"}})
@@ -116,7 +107,7 @@ def test_reconciliation_finds_a_planted_mismatch_and_no_false_ones(refund_db, lo
             end = conn.execute("SELECT clock_timestamp()").fetchone()[0]
             conn.execute("SELECT jobs.enqueue('stripe.reconcile', %s)",
                          (Jsonb({"window_start": start.isoformat(), "window_end": end.isoformat()}),))
-        assert wait_until(lambda: refund_db.one("SELECT status FROM jobs.jobs WHERE kind = 'stripe.reconcile'") == "done")
+        assert wait_until(lambda: refund_db.one("SELECT status FROM jobs.jobs WHERE kind = 'stripe.reconcile'") == "done", 30)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=30)

@@ -12,7 +12,7 @@ import time
 import pytest
 from aiosmtpd.controller import Controller
 
-from tests.pg import ROOT, connect, database_from_template, env_with
+from tests.pg import ROOT, connect, database_from_template, env_with, wait_until
 from tests.shim.server import free_port
 from tests.sql.helpers import new_inventory, place
 
@@ -79,15 +79,6 @@ def start_worker(db, inbox, **env):
         env=env_with(DATABASE_URL=db.app_url, SMTP_URL=inbox.url, WORKER_POLL_S="0.2", **env),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
-
-
-def wait_until(predicate, seconds=20):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 def test_the_confirmation_email_is_sent_once_and_sigterm_stops_cleanly(worker_db, inbox):

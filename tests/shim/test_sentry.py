@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import httpx
 import pytest
 
-from tests.pg import connect, database_from_template
+from tests.pg import connect, database_from_template, wait_until
 from tests.shim.server import free_port, shim
 from tests.stripe_events import encode, event, sign
 
@@ -65,11 +65,7 @@ def deliver(base):
 
 
 def wait_for(received, seconds=10):
-    import time
-
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline and not received:
-        time.sleep(0.1)
+    wait_until(lambda: received, seconds)
     return received
 
 

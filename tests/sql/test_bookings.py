@@ -10,7 +10,7 @@ import pytest
 from psycopg.types.json import Jsonb
 
 from tests.pg import connect
-from tests.sql.helpers import at_once, new_inventory, place, sqlstate_of
+from tests.sql.helpers import at_once, new_inventory, on_connections, place, sqlstate_of, wait_past
 
 
 @pytest.fixture
@@ -76,12 +76,7 @@ def test_twenty_concurrent_creates_with_one_key_make_one_booking(db):
     with connect(db.app_url) as conn:
         inventory = new_inventory(conn, 10)
         holds = [place(conn, inventory, 1)[0] for _ in range(3)]
-    conns = [connect(db.app_url) for _ in range(20)]
-    try:
-        answers, errors = at_once(conns, lambda c: create(c, "double-click", "alice", holds))
-    finally:
-        for c in conns:
-            c.close()
+    answers, errors = on_connections(db.app_url, 20, lambda c: create(c, "double-click", "alice", holds))
     assert errors == []
     assert len(answers) == 20 and all(a == answers[0] for a in answers)
     assert db.one("SELECT count(*) FROM booking.bookings") == 1
@@ -127,8 +122,7 @@ def test_released_expired_or_booked_holds_are_rb002(db, app):
         assert sqlstate_of(app, "SELECT api.create_booking('k-x', 'alice', %s::uuid[])", ([hold],)) == "RB002"
     short = new_inventory(app, 10, ttl="1 second")
     dead, expires_at = place(app, short, 1)
-    while app.execute("SELECT clock_timestamp() <= %s", (expires_at,)).fetchone()[0]:
-        pass
+    wait_past(app, expires_at)
     assert sqlstate_of(app, "SELECT api.create_booking('k-y', 'alice', %s::uuid[])", ([dead],)) == "RB002"
 
 
@@ -283,8 +277,7 @@ def test_the_sweeper_expires_unpaid_bookings_past_their_deadline(db, app):
     inventory = new_inventory(app, 10, ttl="1 second")
     hold, expires_at = place(app, inventory, 2)
     booking_id = create(app, "k-x", "alice", [hold])["booking_id"]
-    while app.execute("SELECT clock_timestamp() <= %s", (expires_at,)).fetchone()[0]:
-        pass
+    wait_past(app, expires_at)
     result = db.one("CALL booking.sweep_expired_holds()")
     assert (result["expired_bookings"], result["expired_holds"]) == (1, 1)
     assert db.one("SELECT status FROM booking.bookings WHERE booking_id = %s", (booking_id,)) == "expired"

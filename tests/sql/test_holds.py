@@ -5,38 +5,20 @@ from __future__ import annotations
 import time
 import uuid
 
-import psycopg
 import pytest
 
 from tests.pg import connect
+from tests.sql.helpers import new_inventory, place, sqlstate_of, wait_past
 
 
 def call(conn, sql, params=None):
     return conn.execute(sql, params).fetchall()
 
 
-def sqlstate_of(conn, sql, params=None) -> str:
-    with pytest.raises(psycopg.Error) as info:
-        with conn.transaction():
-            conn.execute(sql, params)
-    return info.value.sqlstate
-
-
 @pytest.fixture
 def app(db):
     with connect(db.app_url) as conn:
         yield conn
-
-
-def new_inventory(conn, capacity=10, ttl="15 minutes", extension="10 minutes", max_extensions=1, sku=None):
-    return conn.execute(
-        "SELECT api.create_inventory(%s, %s, 2500, 'usd', %s::interval, %s::interval, %s)",
-        (sku or f"sku-{uuid.uuid4().hex[:8]}", capacity, ttl, extension, max_extensions),
-    ).fetchone()[0]
-
-
-def place(conn, inventory_id, quantity, holder="alice", key=None):
-    return conn.execute("SELECT * FROM api.place_hold(%s, %s, %s, %s)", (inventory_id, quantity, holder, key)).fetchone()
 
 
 def availability(conn, inventory_id):
@@ -202,9 +184,7 @@ def test_a_hold_is_dead_the_moment_its_deadline_passes_with_no_sweeper(db, app):
     assert st[0] == "live" and 1 <= st[3] <= 2 and st[4] == 1
     assert availability(app, inventory) == (4, 0, 4, 0)
 
-    # Wait by the database's clock until just past the deadline.
-    while app.execute("SELECT clock_timestamp() <= %s", (expires_at,)).fetchone()[0]:
-        time.sleep(0.02)
+    wait_past(app, expires_at)  # by the database's clock, just past the deadline
     assert status(app, hold_id) == ("expired", 4, expires_at, 0, 0)
     assert availability(app, inventory) == (4, 0, 0, 4)
     assert sqlstate_of(app, "SELECT api.extend_hold(%s)", (hold_id,)) == "RB002"
@@ -279,8 +259,7 @@ def test_the_sweeper_cron_job_commits_per_batch_and_records_its_run(db, app):
 def test_a_key_whose_hold_died_holds_again_and_units_add_up(db, app, again):
     inventory = new_inventory(app, 6, ttl="1 second")
     first, expires_at = place(app, inventory, 3, "alice", "cart-9")
-    while app.execute("SELECT clock_timestamp() <= %s", (expires_at,)).fetchone()[0]:
-        time.sleep(0.02)
+    wait_past(app, expires_at)
     second, _ = place(app, inventory, again, "alice", "cart-9")
     assert second != first
     assert db.one("SELECT status FROM booking.holds WHERE hold_id = %s", (first,)) == "expired"
@@ -295,8 +274,7 @@ def test_a_key_whose_hold_died_may_hold_on_another_inventory(db, app):
     first_inventory = new_inventory(app, 4, ttl="1 second")
     second_inventory = new_inventory(app, 4)
     _, expires_at = place(app, first_inventory, 4, "alice", "cart-x")
-    while app.execute("SELECT clock_timestamp() <= %s", (expires_at,)).fetchone()[0]:
-        time.sleep(0.02)
+    wait_past(app, expires_at)
     place(app, second_inventory, 2, "alice", "cart-x")
     assert availability(app, first_inventory) == (4, 0, 0, 4)
     assert db.one("SELECT sum(free) FROM booking.inventory_buckets WHERE inventory_id = %s", (first_inventory,)) == 4

@@ -10,6 +10,7 @@ import psycopg
 import pytest
 
 from tests.pg import connect
+from tests.sql.helpers import on_connections
 
 CLIENTS = 64
 
@@ -162,26 +163,8 @@ def test_64_greedy_clients_take_exactly_the_whole_capacity(db):
 def test_twenty_concurrent_requests_with_one_hold_key_get_one_hold(db):
     with connect(db.app_url) as conn:
         inventory = conn.execute("SELECT api.create_inventory('keyed', 100, 5000, 'usd')").fetchone()[0]
-    conns = [connect(db.app_url) for _ in range(20)]
-    barrier = threading.Barrier(20)
-    answers, errors = [], []
-
-    def run(conn):
-        try:
-            barrier.wait()
-            answers.append(conn.execute(
-                "SELECT * FROM api.place_hold(%s, 2, 'alice', 'double-click')", (inventory,)
-            ).fetchone())
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=run, args=(c,)) for c in conns]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    for c in conns:
-        c.close()
+    answers, errors = on_connections(db.app_url, 20, lambda c: c.execute(
+        "SELECT * FROM api.place_hold(%s, 2, 'alice', 'double-click')", (inventory,)).fetchone())
     assert errors == []
     assert len(set(answers)) == 1 and len(answers) == 20
     assert db.one("SELECT count(*) FROM booking.holds") == 1

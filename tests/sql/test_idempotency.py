@@ -8,7 +8,7 @@ import pytest
 from psycopg.types.json import Jsonb
 
 from tests.pg import connect
-from tests.sql.helpers import at_once, sqlstate_of
+from tests.sql.helpers import on_connections, sqlstate_of
 
 
 @pytest.fixture
@@ -94,11 +94,6 @@ def test_bad_arguments_are_class_22_and_write_nothing(db, app, args, code):
 
 
 def test_twenty_concurrent_begins_one_started_the_rest_in_progress(db):
-    conns = [connect(db.app_url) for _ in range(20)]
-    try:
-        results, errors = at_once(conns, lambda c: begin(c, "k-race", {"a": 1})[0])
-    finally:
-        for c in conns:
-            c.close()
+    results, errors = on_connections(db.app_url, 20, lambda c: begin(c, "k-race", {"a": 1})[0])
     assert results == ["started"]
     assert sorted(e.sqlstate for e in errors) == ["RI002"] * 19

@@ -9,7 +9,7 @@ import pytest
 from psycopg.types.json import Jsonb
 
 from tests.pg import connect
-from tests.sql.helpers import at_once, sqlstate_of
+from tests.sql.helpers import on_connections, sqlstate_of
 
 KIND = "email.booking_confirmed"
 
@@ -94,12 +94,7 @@ def test_a_lease_lost_on_the_last_attempt_makes_the_job_dead(db, app):
 
 def test_eight_workers_claiming_at_once_take_each_job_once(db):
     enqueue(db, n=200)
-    conns = [connect(db.app_url) for _ in range(8)]
-    try:
-        batches, errors = at_once(conns, lambda c: claim(c, f"w{id(c)}", limit=40))
-    finally:
-        for c in conns:
-            c.close()
+    batches, errors = on_connections(db.app_url, 8, lambda c: claim(c, f"w{id(c)}", limit=40))
     assert errors == []
     claimed = [row[0] for batch in batches for row in batch]
     assert len(claimed) == len(set(claimed)) == 200

@@ -9,7 +9,7 @@ import psycopg
 import pytest
 
 from tests.pg import connect
-from tests.sql.helpers import at_once, sqlstate_of
+from tests.sql.helpers import on_connections, sqlstate_of
 
 POSTERS = {
     "charge": "ledger.post_charge(%s, %s, %s, %s)",
@@ -51,12 +51,7 @@ def test_the_same_object_with_other_figures_is_rx001(db):
 @pytest.mark.parametrize("kind", ["charge", "refund"])
 def test_twenty_concurrent_posts_of_one_object_leave_one_transaction(db, kind):
     booking = uuid.uuid4()
-    conns = [connect(db.url) for _ in range(20)]
-    try:
-        results, errors = at_once(conns, lambda c: post(c, kind, booking, f"{kind}_concurrent", 4200))
-    finally:
-        for c in conns:
-            c.close()
+    results, errors = on_connections(db.url, 20, lambda c: post(c, kind, booking, f"{kind}_concurrent", 4200))
     assert errors == []
     assert sum(1 for r in results if r is not None) == 1
     assert db.one("SELECT count(*) FROM ledger.transactions") == 1

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 
 import pytest
 from psycopg.types.json import Jsonb
 
 from tests.pg import connect
-from tests.sql.helpers import new_inventory, place, sqlstate_of
+from tests.sql.helpers import new_inventory, place, sqlstate_of, wait_past
 from tests.stripe_events import dispute, event, payment_intent, refund
 
 
@@ -74,11 +73,6 @@ def test_a_canceled_payment_cancels_the_booking_and_frees_the_units(db, app):
     assert ingest(app, event("payment_intent.canceled", payment_intent("pi_c", booking_id, amount, status="canceled"))) == "processed"
     assert state(db, booking_id) == "cancelled"
     assert app.execute("SELECT * FROM api.availability(%s)", (inventory,)).fetchone() == (10, 0, 0, 10)
-
-
-def wait_past(app, deadline):
-    while app.execute("SELECT clock_timestamp() <= %s", (deadline,)).fetchone()[0]:
-        time.sleep(0.02)
 
 
 def test_a_late_payment_takes_the_units_again_when_they_are_there(db, app):

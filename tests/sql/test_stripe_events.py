@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import threading
 
 import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
 from tests.pg import connect
+from tests.sql.helpers import on_connections
 from tests.stripe_events import event
 
 
@@ -115,24 +115,8 @@ def test_record_failure_rejects_a_malformed_sqlstate_and_writes_nothing(db):
 
 def test_twenty_concurrent_ingests_of_one_event_store_one_row(db):
     evt = event()
-    barrier = threading.Barrier(20)
-    outcomes, errors = [], []
-    conns = [connect(db.app_url) for _ in range(20)]
-
-    def run(conn):
-        try:
-            barrier.wait()
-            outcomes.append(conn.execute("SELECT api.ingest_stripe_event(%s)", (Jsonb(evt),)).fetchone()[0])
-        except Exception as exc:  # noqa: BLE001 - collected and asserted below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=run, args=(c,)) for c in conns]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    for c in conns:
-        c.close()
+    outcomes, errors = on_connections(
+        db.app_url, 20, lambda c: c.execute("SELECT api.ingest_stripe_event(%s)", (Jsonb(evt),)).fetchone()[0])
     assert errors == []
     assert sorted(outcomes) == ["duplicate"] * 19 + ["ignored"]
     assert db.one("SELECT count(*) FROM stripe.events WHERE event_id = %s", (evt["id"],)) == 1
