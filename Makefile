@@ -54,6 +54,7 @@ send-test-event:
 
 # Benchmarks (not part of make test): each prints its figures beside a baseline measured in the same run.
 bench: deps
+	@BENCH=1 scripts/install-system-deps.sh
 	$(VENV)/bin/pip install -q --disable-pip-version-check -e '.[test,bench]'
 	$(VENV)/bin/python -m tests.bench.holds_bench
 	$(VENV)/bin/python -m tests.bench.bookings_bench
