@@ -9,7 +9,8 @@
 #   recorded with its checksum; an applied file that was edited afterwards is refused.
 # - repeatables, re-applied when their checksum changes: sql/functions/*.sql,
 #   sql/views/*.sql, sql/grants.sql (whose checksum covers every repeatable, so grants
-#   follow any new function), sql/cron/schedules.sql.
+#   follow any new function), sql/cron/schedules.sql. All of them are re-applied after
+#   any versioned migration too: one may drop views to change a column they read.
 # Everything runs in one psql session holding an advisory lock, so two migrators never
 # interleave; the second waits, then finds nothing to do. Files run as booking_owner
 # (SET LOCAL ROLE), so that role owns every object; cron schedules run as the session
@@ -29,9 +30,10 @@ sum() { cat "$@" | sha256sum | cut -c1-64; }
 
 # One step: kind, name (path relative to sql/), checksum, file, role to run as ('' = session user).
 step() {
-  local kind=$1 name=$2 checksum=$3 file=$4 as_owner=$5
+  local kind=$1 name=$2 checksum=$3 file=$4 as_owner=$5 also=
+  if [[ $kind == repeatable ]]; then also=" OR :'versioned_ran' = '1'"; fi
   cat <<SQL
-SELECT migrate.plan('$kind', '$name', '$checksum') AS todo \\gset
+SELECT migrate.plan('$kind', '$name', '$checksum')$also AS todo \\gset
 \\if :todo
 \\set changed 1
 \\if :dry_run
@@ -41,6 +43,7 @@ SELECT migrate.plan('$kind', '$name', '$checksum') AS todo \\gset
 BEGIN;
 SQL
   if [[ $as_owner == owner ]]; then echo 'SET LOCAL ROLE booking_owner;'; fi
+  if [[ $kind == versioned ]]; then echo '\set versioned_ran 1'; fi
   cat <<SQL
 \\i '$file'
 RESET ROLE;
@@ -57,6 +60,7 @@ script() {
 \\set QUIET on
 \\set dry_run $dry_run
 \\set changed 0
+\\set versioned_ran 0
 SET client_min_messages = warning;
 SELECT pg_advisory_lock(hashtext('booking-core migrate'));
 \\if :dry_run

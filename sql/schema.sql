@@ -160,6 +160,16 @@ COMMENT ON SCHEMA stripe IS 'Stripe events as received, and their processing sta
 
 
 --
+-- Name: booking_status; Type: DOMAIN; Schema: booking; Owner: booking_owner
+--
+
+CREATE DOMAIN booking.booking_status AS text
+	CONSTRAINT booking_status_check CHECK ((VALUE = ANY (ARRAY['pending_payment'::text, 'payment_failed'::text, 'confirmed'::text, 'expired'::text, 'cancelled'::text, 'refund_pending'::text, 'partially_refunded'::text, 'refunded'::text, 'disputed'::text])));
+
+
+ALTER DOMAIN booking.booking_status OWNER TO booking_owner;
+
+--
 -- Name: bucket_return; Type: TYPE; Schema: booking; Owner: booking_owner
 --
 
@@ -171,6 +181,226 @@ CREATE TYPE booking.bucket_return AS (
 
 
 ALTER TYPE booking.bucket_return OWNER TO booking_owner;
+
+--
+-- Name: extension_count; Type: DOMAIN; Schema: booking; Owner: booking_owner
+--
+
+CREATE DOMAIN booking.extension_count AS integer
+	CONSTRAINT extension_count_check CHECK (((VALUE >= 0) AND (VALUE <= 10)));
+
+
+ALTER DOMAIN booking.extension_count OWNER TO booking_owner;
+
+--
+-- Name: hold_quantity; Type: DOMAIN; Schema: booking; Owner: booking_owner
+--
+
+CREATE DOMAIN booking.hold_quantity AS integer
+	CONSTRAINT hold_quantity_check CHECK (((VALUE >= 1) AND (VALUE <= 100)));
+
+
+ALTER DOMAIN booking.hold_quantity OWNER TO booking_owner;
+
+--
+-- Name: hold_status; Type: DOMAIN; Schema: booking; Owner: booking_owner
+--
+
+CREATE DOMAIN booking.hold_status AS text
+	CONSTRAINT hold_status_check CHECK ((VALUE = ANY (ARRAY['live'::text, 'booked'::text, 'converted'::text, 'released'::text, 'expired'::text])));
+
+
+ALTER DOMAIN booking.hold_status OWNER TO booking_owner;
+
+--
+-- Name: row_version; Type: DOMAIN; Schema: booking; Owner: booking_owner
+--
+
+CREATE DOMAIN booking.row_version AS integer
+	CONSTRAINT row_version_check CHECK ((VALUE >= 1));
+
+
+ALTER DOMAIN booking.row_version OWNER TO booking_owner;
+
+--
+-- Name: count; Type: DOMAIN; Schema: core; Owner: booking_owner
+--
+
+CREATE DOMAIN core.count AS integer
+	CONSTRAINT count_check CHECK ((VALUE >= 0));
+
+
+ALTER DOMAIN core.count OWNER TO booking_owner;
+
+--
+-- Name: currency_code; Type: DOMAIN; Schema: core; Owner: booking_owner
+--
+
+CREATE DOMAIN core.currency_code AS text
+	CONSTRAINT currency_code_check CHECK ((VALUE ~ '^[a-z]{3}$'::text));
+
+
+ALTER DOMAIN core.currency_code OWNER TO booking_owner;
+
+--
+-- Name: json_object; Type: DOMAIN; Schema: core; Owner: booking_owner
+--
+
+CREATE DOMAIN core.json_object AS jsonb
+	CONSTRAINT json_object_check CHECK ((jsonb_typeof(VALUE) = 'object'::text));
+
+
+ALTER DOMAIN core.json_object OWNER TO booking_owner;
+
+--
+-- Name: minor_units; Type: DOMAIN; Schema: core; Owner: booking_owner
+--
+
+CREATE DOMAIN core.minor_units AS bigint
+	CONSTRAINT minor_units_check CHECK ((VALUE >= 0));
+
+
+ALTER DOMAIN core.minor_units OWNER TO booking_owner;
+
+--
+-- Name: text_0_1000; Type: DOMAIN; Schema: core; Owner: booking_owner
+--
+
+CREATE DOMAIN core.text_0_1000 AS text
+	CONSTRAINT text_0_1000_check CHECK ((length(VALUE) <= 1000));
+
+
+ALTER DOMAIN core.text_0_1000 OWNER TO booking_owner;
+
+--
+-- Name: text_0_200; Type: DOMAIN; Schema: core; Owner: booking_owner
+--
+
+CREATE DOMAIN core.text_0_200 AS text
+	CONSTRAINT text_0_200_check CHECK ((length(VALUE) <= 200));
+
+
+ALTER DOMAIN core.text_0_200 OWNER TO booking_owner;
+
+--
+-- Name: text_0_2000; Type: DOMAIN; Schema: core; Owner: booking_owner
+--
+
+CREATE DOMAIN core.text_0_2000 AS text
+	CONSTRAINT text_0_2000_check CHECK ((length(VALUE) <= 2000));
+
+
+ALTER DOMAIN core.text_0_2000 OWNER TO booking_owner;
+
+--
+-- Name: text_0_255; Type: DOMAIN; Schema: core; Owner: booking_owner
+--
+
+CREATE DOMAIN core.text_0_255 AS text
+	CONSTRAINT text_0_255_check CHECK ((length(VALUE) <= 255));
+
+
+ALTER DOMAIN core.text_0_255 OWNER TO booking_owner;
+
+--
+-- Name: text_1_200; Type: DOMAIN; Schema: core; Owner: booking_owner
+--
+
+CREATE DOMAIN core.text_1_200 AS text
+	CONSTRAINT text_1_200_check CHECK (((length(VALUE) >= 1) AND (length(VALUE) <= 200)));
+
+
+ALTER DOMAIN core.text_1_200 OWNER TO booking_owner;
+
+--
+-- Name: text_1_255; Type: DOMAIN; Schema: core; Owner: booking_owner
+--
+
+CREATE DOMAIN core.text_1_255 AS text
+	CONSTRAINT text_1_255_check CHECK (((length(VALUE) >= 1) AND (length(VALUE) <= 255)));
+
+
+ALTER DOMAIN core.text_1_255 OWNER TO booking_owner;
+
+--
+-- Name: job_kind; Type: DOMAIN; Schema: jobs; Owner: booking_owner
+--
+
+CREATE DOMAIN jobs.job_kind AS text
+	CONSTRAINT job_kind_check CHECK ((VALUE = ANY (ARRAY['email.booking_confirmed'::text, 'stripe.refund'::text, 'stripe.reconcile'::text, 'alert.notify'::text, 'bench.noop'::text])));
+
+
+ALTER DOMAIN jobs.job_kind OWNER TO booking_owner;
+
+--
+-- Name: job_status; Type: DOMAIN; Schema: jobs; Owner: booking_owner
+--
+
+CREATE DOMAIN jobs.job_status AS text
+	CONSTRAINT job_status_check CHECK ((VALUE = ANY (ARRAY['queued'::text, 'running'::text, 'done'::text, 'failed'::text, 'dead'::text])));
+
+
+ALTER DOMAIN jobs.job_status OWNER TO booking_owner;
+
+--
+-- Name: max_attempts; Type: DOMAIN; Schema: jobs; Owner: booking_owner
+--
+
+CREATE DOMAIN jobs.max_attempts AS integer
+	CONSTRAINT max_attempts_check CHECK (((VALUE >= 1) AND (VALUE <= 100)));
+
+
+ALTER DOMAIN jobs.max_attempts OWNER TO booking_owner;
+
+--
+-- Name: account_name; Type: DOMAIN; Schema: ledger; Owner: booking_owner
+--
+
+CREATE DOMAIN ledger.account_name AS text
+	CONSTRAINT account_name_check CHECK ((VALUE = ANY (ARRAY['cash_at_stripe'::text, 'booking_revenue'::text, 'unallocated_receipts'::text, 'disputed_funds'::text])));
+
+
+ALTER DOMAIN ledger.account_name OWNER TO booking_owner;
+
+--
+-- Name: nonzero_amount; Type: DOMAIN; Schema: ledger; Owner: booking_owner
+--
+
+CREATE DOMAIN ledger.nonzero_amount AS bigint
+	CONSTRAINT nonzero_amount_check CHECK ((VALUE <> 0));
+
+
+ALTER DOMAIN ledger.nonzero_amount OWNER TO booking_owner;
+
+--
+-- Name: positive_amount; Type: DOMAIN; Schema: ledger; Owner: booking_owner
+--
+
+CREATE DOMAIN ledger.positive_amount AS bigint
+	CONSTRAINT positive_amount_check CHECK ((VALUE > 0));
+
+
+ALTER DOMAIN ledger.positive_amount OWNER TO booking_owner;
+
+--
+-- Name: txn_kind; Type: DOMAIN; Schema: ledger; Owner: booking_owner
+--
+
+CREATE DOMAIN ledger.txn_kind AS text
+	CONSTRAINT txn_kind_check CHECK ((VALUE = ANY (ARRAY['charge'::text, 'refund'::text, 'dispute'::text, 'dispute_reversal'::text])));
+
+
+ALTER DOMAIN ledger.txn_kind OWNER TO booking_owner;
+
+--
+-- Name: event_status; Type: DOMAIN; Schema: stripe; Owner: booking_owner
+--
+
+CREATE DOMAIN stripe.event_status AS text
+	CONSTRAINT event_status_check CHECK ((VALUE = ANY (ARRAY['processed'::text, 'ignored'::text, 'deferred'::text, 'failed'::text, 'dead'::text])));
+
+
+ALTER DOMAIN stripe.event_status OWNER TO booking_owner;
 
 --
 -- Name: availability(uuid); Type: FUNCTION; Schema: api; Owner: booking_owner
@@ -285,10 +515,10 @@ BEGIN
         lease_expires_at = clock_timestamp() + p_lease
     FROM due
     WHERE j.job_id = due.job_id
-    RETURNING j.job_id, j.kind,
+    RETURNING j.job_id, j.kind::text,
         j.payload || CASE WHEN j.correlation_id IS NULL THEN '{}'::jsonb
                           ELSE jsonb_build_object('correlation_id', j.correlation_id) END,
-        j.attempts, j.lease_token;
+        j.attempts::int, j.lease_token;
 END;
 $$;
 
@@ -843,15 +1073,15 @@ BEGIN
     PERFORM core.require(p_hold_id, 'p_hold_id');
     RETURN QUERY
     SELECT
-        s.status,
-        s.quantity,
+        s.status::text,
+        s.quantity::int,
         s.expires_at,
         CASE WHEN s.status IN ('live', 'booked')
             THEN ceil(extract(EPOCH FROM s.expires_at - s.at))::int ELSE 0 END,
         CASE WHEN s.status = 'live' THEN greatest(s.max_extensions - s.extensions_used, 0) ELSE 0 END
     FROM (
         SELECT
-            CASE WHEN h.status IN ('live', 'booked') AND h.expires_at <= c.at THEN 'expired' ELSE h.status END AS status,
+            CASE WHEN h.status IN ('live', 'booked') AND h.expires_at <= c.at THEN 'expired' ELSE h.status::text END AS status,
             h.quantity, h.expires_at, h.extensions_used, i.max_extensions, c.at
         FROM booking.holds AS h
         JOIN booking.inventory AS i ON i.inventory_id = h.inventory_id
@@ -1491,7 +1721,7 @@ BEGIN
     SELECT t.payment_intent_id,
            (sum(t.amount) FILTER (WHERE t.kind = 'charge')
             - coalesce(sum(t.amount) FILTER (WHERE t.kind = 'refund'), 0))::bigint,
-           min(t.currency)
+           min(t.currency)::text
     FROM ledger.transactions AS t
     WHERE t.booking_id = p_booking_id
       AND t.kind IN ('charge', 'refund')
@@ -1845,10 +2075,15 @@ CREATE FUNCTION booking.convert_booked_holds(p_booking_id uuid) RETURNS integer
     SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 -- The booking is paid: its booked holds become converted and their units sold (the units
--- left 'free' when the hold was placed; now they move from the hold to 'sold').
+-- left 'free' when the hold was placed; now they move from the hold to 'sold'). 'sold'
+-- is a counter spread over the buckets, so the units go to any bucket of the inventory
+-- that no other transaction has locked (SKIP LOCKED: payments for one hot inventory do
+-- not queue on each other's buckets); only when all are busy does it wait, for the
+-- hold's own bucket, as a sale did before.
 DECLARE
     v_row record;
     v_units int := 0;
+    v_bucket smallint;
 BEGIN
     FOR v_row IN
         WITH converted AS (
@@ -1857,14 +2092,15 @@ BEGIN
             WHERE h.booking_id = p_booking_id AND h.status = 'booked'
             RETURNING h.inventory_id, h.bucket_no, h.quantity
         )
-        SELECT c.inventory_id, c.bucket_no, sum(c.quantity)::int AS units
+        SELECT c.inventory_id, min(c.bucket_no) AS bucket_no, sum(c.quantity)::int AS units
         FROM converted AS c
-        GROUP BY c.inventory_id, c.bucket_no
-        ORDER BY c.inventory_id, c.bucket_no
+        GROUP BY c.inventory_id
+        ORDER BY c.inventory_id
     LOOP
+        v_bucket := booking.idle_bucket(v_row.inventory_id);
         UPDATE booking.inventory_buckets
         SET sold = sold + v_row.units
-        WHERE inventory_id = v_row.inventory_id AND bucket_no = v_row.bucket_no;
+        WHERE inventory_id = v_row.inventory_id AND bucket_no = coalesce(v_bucket, v_row.bucket_no);
         v_units := v_units + v_row.units;
     END LOOP;
     RETURN v_units;
@@ -1979,22 +2215,15 @@ CREATE TABLE booking.holds (
     hold_id uuid DEFAULT gen_random_uuid() NOT NULL,
     inventory_id uuid NOT NULL,
     bucket_no smallint NOT NULL,
-    quantity integer NOT NULL,
-    holder text NOT NULL,
-    hold_key text,
-    status text DEFAULT 'live'::text NOT NULL,
+    quantity booking.hold_quantity NOT NULL,
+    holder core.text_1_200 NOT NULL,
+    hold_key core.text_1_255,
+    status booking.hold_status DEFAULT 'live'::text NOT NULL,
     created_at timestamp with time zone DEFAULT clock_timestamp() NOT NULL,
     expires_at timestamp with time zone NOT NULL,
-    extensions_used integer DEFAULT 0 NOT NULL,
+    extensions_used booking.extension_count DEFAULT 0 NOT NULL,
     ended_at timestamp with time zone,
-    booking_id uuid,
-    CONSTRAINT check_holds_booked CHECK (((status <> 'booked'::text) OR (booking_id IS NOT NULL))),
-    CONSTRAINT check_holds_ended CHECK (((status = ANY (ARRAY['live'::text, 'booked'::text])) = (ended_at IS NULL))),
-    CONSTRAINT check_holds_extensions_used CHECK (((extensions_used >= 0) AND (extensions_used <= 10))),
-    CONSTRAINT check_holds_hold_key CHECK (((length(hold_key) >= 1) AND (length(hold_key) <= 255))),
-    CONSTRAINT check_holds_holder CHECK (((length(holder) >= 1) AND (length(holder) <= 200))),
-    CONSTRAINT check_holds_quantity CHECK (((quantity >= 1) AND (quantity <= 100))),
-    CONSTRAINT check_holds_status CHECK ((status = ANY (ARRAY['live'::text, 'booked'::text, 'converted'::text, 'released'::text, 'expired'::text])))
+    booking_id uuid
 );
 
 
@@ -2110,6 +2339,34 @@ $$;
 
 
 ALTER FUNCTION booking.guard_booking_change() OWNER TO booking_owner;
+
+--
+-- Name: idle_bucket(uuid); Type: FUNCTION; Schema: booking; Owner: booking_owner
+--
+
+CREATE FUNCTION booking.idle_bucket(p_inventory_id uuid) RETURNS smallint
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+-- One of the inventory's buckets that no other transaction holds, now locked by this
+-- one (or one it already held); NULL when every bucket is busy. Only the key is tested,
+-- so the row it locks is always the one it returns: no stray lock is left behind.
+-- (plpgsql: its plan is kept for the session, a SQL function's would be made per call.)
+DECLARE
+    v_bucket smallint;
+BEGIN
+    SELECT b.bucket_no INTO v_bucket
+    FROM booking.inventory_buckets AS b
+    WHERE b.inventory_id = p_inventory_id
+    ORDER BY b.bucket_no
+    LIMIT 1
+    FOR UPDATE SKIP LOCKED;
+    RETURN v_bucket;
+END;
+$$;
+
+
+ALTER FUNCTION booking.idle_bucket(p_inventory_id uuid) OWNER TO booking_owner;
 
 --
 -- Name: lock_buckets(uuid); Type: FUNCTION; Schema: booking; Owner: booking_owner
@@ -3775,8 +4032,7 @@ CREATE TABLE booking.booking_history (
     actor text DEFAULT CURRENT_USER NOT NULL,
     stripe_event_id text,
     correlation_id text,
-    detail text,
-    CONSTRAINT check_booking_history_detail CHECK ((length(detail) <= 1000))
+    detail core.text_0_1000
 );
 
 
@@ -3828,28 +4084,22 @@ ALTER TABLE booking.booking_transitions OWNER TO booking_owner;
 
 CREATE TABLE booking.bookings (
     booking_id uuid DEFAULT gen_random_uuid() NOT NULL,
-    holder text NOT NULL,
-    idempotency_key text,
+    holder core.text_1_200 NOT NULL,
+    idempotency_key core.text_1_255,
     request_fingerprint text NOT NULL,
-    status text NOT NULL,
-    version integer DEFAULT 1 NOT NULL,
+    status booking.booking_status NOT NULL,
+    version booking.row_version DEFAULT 1 NOT NULL,
     last_event text DEFAULT 'created'::text NOT NULL,
     last_stripe_event_id text,
-    amount bigint NOT NULL,
+    amount core.minor_units NOT NULL,
     currency text NOT NULL,
-    metadata jsonb DEFAULT '{}'::jsonb NOT NULL,
+    metadata core.json_object DEFAULT '{}'::jsonb NOT NULL,
     expires_at timestamp with time zone NOT NULL,
-    payment_intent_id text,
+    payment_intent_id core.text_1_255,
     payment_intent_status text,
     response jsonb NOT NULL,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
-    updated_at timestamp with time zone DEFAULT now() NOT NULL,
-    CONSTRAINT check_bookings_amount CHECK ((amount >= 0)),
-    CONSTRAINT check_bookings_holder CHECK (((length(holder) >= 1) AND (length(holder) <= 200))),
-    CONSTRAINT check_bookings_idempotency_key CHECK (((length(idempotency_key) >= 1) AND (length(idempotency_key) <= 255))),
-    CONSTRAINT check_bookings_metadata CHECK ((jsonb_typeof(metadata) = 'object'::text)),
-    CONSTRAINT check_bookings_payment_intent_id CHECK (((length(payment_intent_id) >= 1) AND (length(payment_intent_id) <= 255))),
-    CONSTRAINT check_bookings_version CHECK ((version >= 1))
+    updated_at timestamp with time zone DEFAULT now() NOT NULL
 );
 
 
@@ -3889,15 +4139,20 @@ ALTER TABLE booking.inventory OWNER TO booking_owner;
 CREATE TABLE booking.inventory_buckets (
     inventory_id uuid NOT NULL,
     bucket_no smallint NOT NULL,
-    free integer NOT NULL,
-    sold integer DEFAULT 0 NOT NULL,
-    CONSTRAINT check_inventory_buckets_free CHECK ((free >= 0)),
-    CONSTRAINT check_inventory_buckets_sold CHECK ((sold >= 0))
+    free core.count NOT NULL,
+    sold integer DEFAULT 0 NOT NULL
 )
 WITH (fillfactor='50');
 
 
 ALTER TABLE booking.inventory_buckets OWNER TO booking_owner;
+
+--
+-- Name: COLUMN inventory_buckets.sold; Type: COMMENT; Schema: booking; Owner: booking_owner
+--
+
+COMMENT ON COLUMN booking.inventory_buckets.sold IS 'This bucket''s share of the units sold (a payment adds to any bucket free of locks); may be negative, only the sum per inventory means anything.';
+
 
 --
 -- Name: cron_jobs; Type: TABLE; Schema: core; Owner: booking_owner
@@ -4103,13 +4358,13 @@ ALTER TABLE core.refresh_tokens OWNER TO booking_owner;
 
 CREATE TABLE jobs.jobs (
     job_id uuid DEFAULT gen_random_uuid() NOT NULL,
-    kind text NOT NULL,
-    payload jsonb DEFAULT '{}'::jsonb NOT NULL,
-    dedupe_key text,
-    status text DEFAULT 'queued'::text NOT NULL,
+    kind jobs.job_kind NOT NULL,
+    payload core.json_object DEFAULT '{}'::jsonb NOT NULL,
+    dedupe_key core.text_0_255,
+    status jobs.job_status DEFAULT 'queued'::text NOT NULL,
     run_at timestamp with time zone DEFAULT now() NOT NULL,
-    attempts integer DEFAULT 0 NOT NULL,
-    max_attempts integer DEFAULT 10 NOT NULL,
+    attempts core.count DEFAULT 0 NOT NULL,
+    max_attempts jobs.max_attempts DEFAULT 10 NOT NULL,
     locked_by text,
     lease_token uuid,
     lease_expires_at timestamp with time zone,
@@ -4118,12 +4373,7 @@ CREATE TABLE jobs.jobs (
     result jsonb,
     correlation_id text,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
-    finished_at timestamp with time zone,
-    CONSTRAINT check_jobs_attempts CHECK (((attempts >= 0) AND ((max_attempts >= 1) AND (max_attempts <= 100)))),
-    CONSTRAINT check_jobs_dedupe_key CHECK ((length(dedupe_key) <= 255)),
-    CONSTRAINT check_jobs_kind CHECK ((kind = ANY (ARRAY['email.booking_confirmed'::text, 'stripe.refund'::text, 'stripe.reconcile'::text, 'alert.notify'::text, 'bench.noop'::text]))),
-    CONSTRAINT check_jobs_payload CHECK ((jsonb_typeof(payload) = 'object'::text)),
-    CONSTRAINT check_jobs_status CHECK ((status = ANY (ARRAY['queued'::text, 'running'::text, 'done'::text, 'failed'::text, 'dead'::text])))
+    finished_at timestamp with time zone
 );
 
 
@@ -4149,10 +4399,9 @@ ALTER TABLE ledger.accounts OWNER TO booking_owner;
 CREATE TABLE ledger.lines (
     line_id bigint NOT NULL,
     txn_id bigint NOT NULL,
-    account text NOT NULL,
-    currency text NOT NULL,
-    amount bigint NOT NULL,
-    CONSTRAINT check_lines_amount CHECK ((amount <> 0))
+    account ledger.account_name NOT NULL,
+    currency core.currency_code NOT NULL,
+    amount ledger.nonzero_amount NOT NULL
 );
 
 
@@ -4178,18 +4427,15 @@ ALTER TABLE ledger.lines ALTER COLUMN line_id ADD GENERATED ALWAYS AS IDENTITY (
 
 CREATE TABLE ledger.transactions (
     txn_id bigint NOT NULL,
-    kind text NOT NULL,
-    stripe_object_id text NOT NULL,
+    kind ledger.txn_kind NOT NULL,
+    stripe_object_id core.text_1_255 NOT NULL,
     booking_id uuid,
     payment_intent_id text,
-    currency text NOT NULL,
-    amount bigint NOT NULL,
+    currency core.currency_code NOT NULL,
+    amount ledger.positive_amount NOT NULL,
     posted_at timestamp with time zone DEFAULT clock_timestamp() NOT NULL,
     stripe_event_id text,
-    correlation_id text,
-    CONSTRAINT check_transactions_amount CHECK ((amount > 0)),
-    CONSTRAINT check_transactions_kind CHECK ((kind = ANY (ARRAY['charge'::text, 'refund'::text, 'dispute'::text, 'dispute_reversal'::text]))),
-    CONSTRAINT check_transactions_object CHECK (((length(stripe_object_id) >= 1) AND (length(stripe_object_id) <= 255)))
+    correlation_id text
 );
 
 
@@ -4268,10 +4514,10 @@ COMMENT ON VIEW ops.booking_history IS 'Every status change of every booking, wi
 CREATE VIEW ops.booking_ledger AS
  SELECT transactions.booking_id,
     transactions.currency,
-    (COALESCE(sum(transactions.amount) FILTER (WHERE (transactions.kind = 'charge'::text)), (0)::numeric))::bigint AS paid,
-    (COALESCE(sum(transactions.amount) FILTER (WHERE (transactions.kind = 'refund'::text)), (0)::numeric))::bigint AS refunded,
-    ((COALESCE(sum(transactions.amount) FILTER (WHERE (transactions.kind = 'dispute'::text)), (0)::numeric) - COALESCE(sum(transactions.amount) FILTER (WHERE (transactions.kind = 'dispute_reversal'::text)), (0)::numeric)))::bigint AS disputed,
-    ((COALESCE(sum(transactions.amount) FILTER (WHERE (transactions.kind = ANY (ARRAY['charge'::text, 'dispute_reversal'::text]))), (0)::numeric) - COALESCE(sum(transactions.amount) FILTER (WHERE (transactions.kind = ANY (ARRAY['refund'::text, 'dispute'::text]))), (0)::numeric)))::bigint AS net
+    (COALESCE(sum((transactions.amount)::bigint) FILTER (WHERE ((transactions.kind)::text = 'charge'::text)), (0)::numeric))::bigint AS paid,
+    (COALESCE(sum((transactions.amount)::bigint) FILTER (WHERE ((transactions.kind)::text = 'refund'::text)), (0)::numeric))::bigint AS refunded,
+    ((COALESCE(sum((transactions.amount)::bigint) FILTER (WHERE ((transactions.kind)::text = 'dispute'::text)), (0)::numeric) - COALESCE(sum((transactions.amount)::bigint) FILTER (WHERE ((transactions.kind)::text = 'dispute_reversal'::text)), (0)::numeric)))::bigint AS disputed,
+    ((COALESCE(sum((transactions.amount)::bigint) FILTER (WHERE ((transactions.kind)::text = ANY (ARRAY['charge'::text, 'dispute_reversal'::text]))), (0)::numeric) - COALESCE(sum((transactions.amount)::bigint) FILTER (WHERE ((transactions.kind)::text = ANY (ARRAY['refund'::text, 'dispute'::text]))), (0)::numeric)))::bigint AS net
    FROM ledger.transactions
   WHERE (transactions.booking_id IS NOT NULL)
   GROUP BY transactions.booking_id, transactions.currency;
@@ -4333,6 +4579,61 @@ ALTER TABLE ops.bookings OWNER TO booking_owner;
 --
 
 COMMENT ON VIEW ops.bookings IS 'Every booking and its current status; history in ops.booking_history.';
+
+
+--
+-- Name: events; Type: TABLE; Schema: stripe; Owner: booking_owner
+--
+
+CREATE TABLE stripe.events (
+    event_id core.text_1_255 NOT NULL,
+    type core.text_1_255 NOT NULL,
+    livemode boolean,
+    payload jsonb NOT NULL,
+    status stripe.event_status NOT NULL,
+    attempts core.count DEFAULT 0 NOT NULL,
+    last_error core.text_0_2000,
+    last_sqlstate text,
+    received_at timestamp with time zone DEFAULT now() NOT NULL,
+    processed_at timestamp with time zone,
+    next_attempt_at timestamp with time zone,
+    correlation_id core.text_0_200
+);
+
+
+ALTER TABLE stripe.events OWNER TO booking_owner;
+
+--
+-- Name: broken_rows; Type: VIEW; Schema: ops; Owner: booking_owner
+--
+
+CREATE VIEW ops.broken_rows AS
+ SELECT 'booking.holds'::text AS table_name,
+    (h.hold_id)::text AS row_id,
+    'an open hold has no ended_at, an ended one has one'::text AS rule
+   FROM booking.holds h
+  WHERE (((h.status)::text = ANY (ARRAY['live'::text, 'booked'::text])) IS DISTINCT FROM (h.ended_at IS NULL))
+UNION ALL
+ SELECT 'booking.holds'::text AS table_name,
+    (h.hold_id)::text AS row_id,
+    'a booked hold names its booking'::text AS rule
+   FROM booking.holds h
+  WHERE (((h.status)::text = 'booked'::text) AND (h.booking_id IS NULL))
+UNION ALL
+ SELECT 'stripe.events'::text AS table_name,
+    e.event_id AS row_id,
+    'an event waiting for a retry (deferred, failed) has a retry time, no other has'::text AS rule
+   FROM stripe.events e
+  WHERE (((e.status)::text = ANY (ARRAY['deferred'::text, 'failed'::text])) IS DISTINCT FROM (e.next_attempt_at IS NOT NULL));
+
+
+ALTER TABLE ops.broken_rows OWNER TO booking_owner;
+
+--
+-- Name: VIEW broken_rows; Type: COMMENT; Schema: ops; Owner: booking_owner
+--
+
+COMMENT ON VIEW ops.broken_rows IS 'Always empty: rows breaking a rule between two of their columns (holds: open vs ended_at, booked vs booking_id; Stripe events: waiting vs retry time).';
 
 
 --
@@ -4409,14 +4710,14 @@ CREATE VIEW ops.holds_overview AS
     i.bucket_count
    FROM ((booking.inventory i
      CROSS JOIN LATERAL ( SELECT (sum(x.sold))::integer AS sold,
-            (sum(x.free))::integer AS free
+            (sum((x.free)::integer))::integer AS free
            FROM booking.inventory_buckets x
           WHERE (x.inventory_id = i.inventory_id)) b)
-     CROSS JOIN LATERAL ( SELECT (COALESCE(sum(o.quantity) FILTER (WHERE (o.expires_at > clock_timestamp())), (0)::bigint))::integer AS live_held,
-            (COALESCE(sum(o.quantity) FILTER (WHERE (o.expires_at <= clock_timestamp())), (0)::bigint))::integer AS expired_unswept,
+     CROSS JOIN LATERAL ( SELECT (COALESCE(sum((o.quantity)::integer) FILTER (WHERE (o.expires_at > clock_timestamp())), (0)::bigint))::integer AS live_held,
+            (COALESCE(sum((o.quantity)::integer) FILTER (WHERE (o.expires_at <= clock_timestamp())), (0)::bigint))::integer AS expired_unswept,
             min(o.expires_at) FILTER (WHERE (o.expires_at > clock_timestamp())) AS next_deadline
            FROM booking.holds o
-          WHERE ((o.inventory_id = i.inventory_id) AND (o.status = ANY (ARRAY['live'::text, 'booked'::text])))) h);
+          WHERE ((o.inventory_id = i.inventory_id) AND ((o.status)::text = ANY (ARRAY['live'::text, 'booked'::text])))) h);
 
 
 ALTER TABLE ops.holds_overview OWNER TO booking_owner;
@@ -4436,7 +4737,7 @@ CREATE VIEW ops.jobs_overview AS
  SELECT jobs.kind,
     jobs.status,
     count(*) AS count,
-    min(jobs.run_at) FILTER (WHERE (jobs.status = ANY (ARRAY['queued'::text, 'failed'::text]))) AS oldest_due_at
+    min(jobs.run_at) FILTER (WHERE ((jobs.status)::text = ANY (ARRAY['queued'::text, 'failed'::text]))) AS oldest_due_at
    FROM jobs.jobs
   GROUP BY jobs.kind, jobs.status;
 
@@ -4457,7 +4758,7 @@ COMMENT ON VIEW ops.jobs_overview IS 'Jobs per kind and status, with the oldest 
 CREATE VIEW ops.ledger_balances AS
  SELECT lines.account,
     lines.currency,
-    (sum(lines.amount))::bigint AS balance
+    (sum((lines.amount)::bigint))::bigint AS balance
    FROM ledger.lines
   GROUP BY lines.account, lines.currency;
 
@@ -4481,11 +4782,11 @@ CREATE VIEW ops.ledger_imbalances AS
     t.stripe_object_id,
     t.currency,
     count(l.line_id) AS lines,
-    (COALESCE(sum(l.amount), (0)::numeric))::bigint AS total
+    (COALESCE(sum((l.amount)::bigint), (0)::numeric))::bigint AS total
    FROM (ledger.transactions t
      LEFT JOIN ledger.lines l ON ((t.txn_id = l.txn_id)))
   GROUP BY t.txn_id, t.kind, t.stripe_object_id, t.currency
- HAVING ((count(l.line_id) < 2) OR (COALESCE(sum(l.amount), (0)::numeric) <> (0)::numeric) OR (count(*) FILTER (WHERE (l.currency <> t.currency)) > 0));
+ HAVING ((count(l.line_id) < 2) OR (COALESCE(sum((l.amount)::bigint), (0)::numeric) <> (0)::numeric) OR (count(*) FILTER (WHERE ((l.currency)::text <> (t.currency)::text)) > 0));
 
 
 ALTER TABLE ops.ledger_imbalances OWNER TO booking_owner;
@@ -4580,35 +4881,6 @@ COMMENT ON VIEW ops.reconciliation_mismatches IS 'Every difference the daily rec
 
 
 --
--- Name: events; Type: TABLE; Schema: stripe; Owner: booking_owner
---
-
-CREATE TABLE stripe.events (
-    event_id text NOT NULL,
-    type text NOT NULL,
-    livemode boolean,
-    payload jsonb NOT NULL,
-    status text NOT NULL,
-    attempts integer DEFAULT 0 NOT NULL,
-    last_error text,
-    last_sqlstate text,
-    received_at timestamp with time zone DEFAULT now() NOT NULL,
-    processed_at timestamp with time zone,
-    next_attempt_at timestamp with time zone,
-    correlation_id text,
-    CONSTRAINT check_events_attempts CHECK ((attempts >= 0)),
-    CONSTRAINT check_events_correlation_id CHECK ((length(correlation_id) <= 200)),
-    CONSTRAINT check_events_event_id CHECK (((length(event_id) >= 1) AND (length(event_id) <= 255))),
-    CONSTRAINT check_events_last_error CHECK ((length(last_error) <= 2000)),
-    CONSTRAINT check_events_retry_due CHECK (((status = ANY (ARRAY['deferred'::text, 'failed'::text])) = (next_attempt_at IS NOT NULL))),
-    CONSTRAINT check_events_status CHECK ((status = ANY (ARRAY['processed'::text, 'ignored'::text, 'deferred'::text, 'failed'::text, 'dead'::text]))),
-    CONSTRAINT check_events_type CHECK (((length(type) >= 1) AND (length(type) <= 255)))
-);
-
-
-ALTER TABLE stripe.events OWNER TO booking_owner;
-
---
 -- Name: stripe_events; Type: VIEW; Schema: ops; Owner: booking_owner
 --
 
@@ -4653,7 +4925,7 @@ CREATE VIEW ops.stripe_events_dead AS
     stripe_events.livemode,
     stripe_events.correlation_id
    FROM ops.stripe_events
-  WHERE (stripe_events.status = 'dead'::text);
+  WHERE ((stripe_events.status)::text = 'dead'::text);
 
 
 ALTER TABLE ops.stripe_events_dead OWNER TO booking_owner;
@@ -4915,7 +5187,7 @@ CREATE INDEX booking_history_booking_idx ON booking.booking_history USING btree 
 -- Name: bookings_open_expiry_idx; Type: INDEX; Schema: booking; Owner: booking_owner
 --
 
-CREATE INDEX bookings_open_expiry_idx ON booking.bookings USING btree (expires_at) WHERE (status = ANY (ARRAY['pending_payment'::text, 'payment_failed'::text]));
+CREATE INDEX bookings_open_expiry_idx ON booking.bookings USING btree (expires_at) WHERE ((status)::text = ANY (ARRAY['pending_payment'::text, 'payment_failed'::text]));
 
 
 --
@@ -4936,21 +5208,21 @@ CREATE INDEX holds_ended_at_idx ON booking.holds USING btree (ended_at) WHERE (e
 -- Name: holds_open_deadline_idx; Type: INDEX; Schema: booking; Owner: booking_owner
 --
 
-CREATE INDEX holds_open_deadline_idx ON booking.holds USING btree (expires_at) WHERE (status = ANY (ARRAY['live'::text, 'booked'::text]));
+CREATE INDEX holds_open_deadline_idx ON booking.holds USING btree (expires_at) WHERE ((status)::text = ANY (ARRAY['live'::text, 'booked'::text]));
 
 
 --
 -- Name: holds_open_holder_key_idx; Type: INDEX; Schema: booking; Owner: booking_owner
 --
 
-CREATE UNIQUE INDEX holds_open_holder_key_idx ON booking.holds USING btree (holder, hold_key) WHERE ((hold_key IS NOT NULL) AND (status = ANY (ARRAY['live'::text, 'booked'::text])));
+CREATE UNIQUE INDEX holds_open_holder_key_idx ON booking.holds USING btree (holder, hold_key) WHERE ((hold_key IS NOT NULL) AND ((status)::text = ANY (ARRAY['live'::text, 'booked'::text])));
 
 
 --
 -- Name: holds_open_inventory_deadline_idx; Type: INDEX; Schema: booking; Owner: booking_owner
 --
 
-CREATE INDEX holds_open_inventory_deadline_idx ON booking.holds USING btree (inventory_id, expires_at) WHERE (status = ANY (ARRAY['live'::text, 'booked'::text]));
+CREATE INDEX holds_open_inventory_deadline_idx ON booking.holds USING btree (inventory_id, expires_at) WHERE ((status)::text = ANY (ARRAY['live'::text, 'booked'::text]));
 
 
 --
@@ -5013,14 +5285,14 @@ CREATE INDEX refresh_tokens_user_idx ON core.refresh_tokens USING btree (user_id
 -- Name: jobs_due_idx; Type: INDEX; Schema: jobs; Owner: booking_owner
 --
 
-CREATE INDEX jobs_due_idx ON jobs.jobs USING btree (run_at) WHERE (status = ANY (ARRAY['queued'::text, 'failed'::text]));
+CREATE INDEX jobs_due_idx ON jobs.jobs USING btree (run_at) WHERE ((status)::text = ANY (ARRAY['queued'::text, 'failed'::text]));
 
 
 --
 -- Name: jobs_lease_idx; Type: INDEX; Schema: jobs; Owner: booking_owner
 --
 
-CREATE INDEX jobs_lease_idx ON jobs.jobs USING btree (lease_expires_at) WHERE (status = 'running'::text);
+CREATE INDEX jobs_lease_idx ON jobs.jobs USING btree (lease_expires_at) WHERE ((status)::text = 'running'::text);
 
 
 --
@@ -5055,7 +5327,7 @@ CREATE INDEX events_received_at_idx ON stripe.events USING btree (received_at);
 -- Name: events_retry_due_idx; Type: INDEX; Schema: stripe; Owner: booking_owner
 --
 
-CREATE INDEX events_retry_due_idx ON stripe.events USING btree (next_attempt_at) WHERE (status = ANY (ARRAY['deferred'::text, 'failed'::text]));
+CREATE INDEX events_retry_due_idx ON stripe.events USING btree (next_attempt_at) WHERE ((status)::text = ANY (ARRAY['deferred'::text, 'failed'::text]));
 
 
 --
@@ -5147,14 +5419,6 @@ ALTER TABLE ONLY booking.bookings
 
 
 --
--- Name: bookings bookings_status_fkey; Type: FK CONSTRAINT; Schema: booking; Owner: booking_owner
---
-
-ALTER TABLE ONLY booking.bookings
-    ADD CONSTRAINT bookings_status_fkey FOREIGN KEY (status) REFERENCES booking.booking_states(status);
-
-
---
 -- Name: inventory_buckets inventory_buckets_inventory_id_fkey; Type: FK CONSTRAINT; Schema: booking; Owner: booking_owner
 --
 
@@ -5195,35 +5459,11 @@ ALTER TABLE ONLY core.reconciliation_mismatches
 
 
 --
--- Name: lines lines_account_fkey; Type: FK CONSTRAINT; Schema: ledger; Owner: booking_owner
---
-
-ALTER TABLE ONLY ledger.lines
-    ADD CONSTRAINT lines_account_fkey FOREIGN KEY (account) REFERENCES ledger.accounts(account);
-
-
---
--- Name: lines lines_currency_fkey; Type: FK CONSTRAINT; Schema: ledger; Owner: booking_owner
---
-
-ALTER TABLE ONLY ledger.lines
-    ADD CONSTRAINT lines_currency_fkey FOREIGN KEY (currency) REFERENCES core.currencies(code);
-
-
---
 -- Name: lines lines_txn_id_fkey; Type: FK CONSTRAINT; Schema: ledger; Owner: booking_owner
 --
 
 ALTER TABLE ONLY ledger.lines
     ADD CONSTRAINT lines_txn_id_fkey FOREIGN KEY (txn_id) REFERENCES ledger.transactions(txn_id);
-
-
---
--- Name: transactions transactions_currency_fkey; Type: FK CONSTRAINT; Schema: ledger; Owner: booking_owner
---
-
-ALTER TABLE ONLY ledger.transactions
-    ADD CONSTRAINT transactions_currency_fkey FOREIGN KEY (currency) REFERENCES core.currencies(code);
 
 
 --
@@ -5547,6 +5787,13 @@ REVOKE ALL ON FUNCTION booking.give_back_units(p_booking_id uuid) FROM PUBLIC;
 --
 
 REVOKE ALL ON FUNCTION booking.guard_booking_change() FROM PUBLIC;
+
+
+--
+-- Name: FUNCTION idle_bucket(p_inventory_id uuid); Type: ACL; Schema: booking; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION booking.idle_bucket(p_inventory_id uuid) FROM PUBLIC;
 
 
 --
@@ -5956,6 +6203,13 @@ GRANT SELECT ON TABLE ops.booking_transitions TO booking_ops;
 --
 
 GRANT SELECT ON TABLE ops.bookings TO booking_ops;
+
+
+--
+-- Name: TABLE broken_rows; Type: ACL; Schema: ops; Owner: booking_owner
+--
+
+GRANT SELECT ON TABLE ops.broken_rows TO booking_ops;
 
 
 --

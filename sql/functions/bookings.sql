@@ -99,10 +99,15 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 -- The booking is paid: its booked holds become converted and their units sold (the units
--- left 'free' when the hold was placed; now they move from the hold to 'sold').
+-- left 'free' when the hold was placed; now they move from the hold to 'sold'). 'sold'
+-- is a counter spread over the buckets, so the units go to any bucket of the inventory
+-- that no other transaction has locked (SKIP LOCKED: payments for one hot inventory do
+-- not queue on each other's buckets); only when all are busy does it wait, for the
+-- hold's own bucket, as a sale did before.
 DECLARE
     v_row record;
     v_units int := 0;
+    v_bucket smallint;
 BEGIN
     FOR v_row IN
         WITH converted AS (
@@ -111,14 +116,15 @@ BEGIN
             WHERE h.booking_id = p_booking_id AND h.status = 'booked'
             RETURNING h.inventory_id, h.bucket_no, h.quantity
         )
-        SELECT c.inventory_id, c.bucket_no, sum(c.quantity)::int AS units
+        SELECT c.inventory_id, min(c.bucket_no) AS bucket_no, sum(c.quantity)::int AS units
         FROM converted AS c
-        GROUP BY c.inventory_id, c.bucket_no
-        ORDER BY c.inventory_id, c.bucket_no
+        GROUP BY c.inventory_id
+        ORDER BY c.inventory_id
     LOOP
+        v_bucket := booking.idle_bucket(v_row.inventory_id);
         UPDATE booking.inventory_buckets
         SET sold = sold + v_row.units
-        WHERE inventory_id = v_row.inventory_id AND bucket_no = v_row.bucket_no;
+        WHERE inventory_id = v_row.inventory_id AND bucket_no = coalesce(v_bucket, v_row.bucket_no);
         v_units := v_units + v_row.units;
     END LOOP;
     RETURN v_units;

@@ -16,6 +16,28 @@ AS $$
     SELECT least(64, greatest(1, p_capacity / 8))::smallint;
 $$;
 
+CREATE OR REPLACE FUNCTION booking.idle_bucket(p_inventory_id uuid)
+RETURNS smallint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+-- One of the inventory's buckets that no other transaction holds, now locked by this
+-- one (or one it already held); NULL when every bucket is busy. Only the key is tested,
+-- so the row it locks is always the one it returns: no stray lock is left behind.
+-- (plpgsql: its plan is kept for the session, a SQL function's would be made per call.)
+DECLARE
+    v_bucket smallint;
+BEGIN
+    SELECT b.bucket_no INTO v_bucket
+    FROM booking.inventory_buckets AS b
+    WHERE b.inventory_id = p_inventory_id
+    ORDER BY b.bucket_no
+    LIMIT 1
+    FOR UPDATE SKIP LOCKED;
+    RETURN v_bucket;
+END;
+$$;
+
 CREATE OR REPLACE FUNCTION booking.add_free(p_inventory_id uuid, p_units int)
 RETURNS void
 LANGUAGE plpgsql
@@ -559,15 +581,15 @@ BEGIN
     PERFORM core.require(p_hold_id, 'p_hold_id');
     RETURN QUERY
     SELECT
-        s.status,
-        s.quantity,
+        s.status::text,
+        s.quantity::int,
         s.expires_at,
         CASE WHEN s.status IN ('live', 'booked')
             THEN ceil(extract(EPOCH FROM s.expires_at - s.at))::int ELSE 0 END,
         CASE WHEN s.status = 'live' THEN greatest(s.max_extensions - s.extensions_used, 0) ELSE 0 END
     FROM (
         SELECT
-            CASE WHEN h.status IN ('live', 'booked') AND h.expires_at <= c.at THEN 'expired' ELSE h.status END AS status,
+            CASE WHEN h.status IN ('live', 'booked') AND h.expires_at <= c.at THEN 'expired' ELSE h.status::text END AS status,
             h.quantity, h.expires_at, h.extensions_used, i.max_extensions, c.at
         FROM booking.holds AS h
         JOIN booking.inventory AS i ON i.inventory_id = h.inventory_id

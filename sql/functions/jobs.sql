@@ -74,10 +74,10 @@ BEGIN
         lease_expires_at = clock_timestamp() + p_lease
     FROM due
     WHERE j.job_id = due.job_id
-    RETURNING j.job_id, j.kind,
+    RETURNING j.job_id, j.kind::text,
         j.payload || CASE WHEN j.correlation_id IS NULL THEN '{}'::jsonb
                           ELSE jsonb_build_object('correlation_id', j.correlation_id) END,
-        j.attempts, j.lease_token;
+        j.attempts::int, j.lease_token;
 END;
 $$;
 COMMENT ON FUNCTION api.claim_jobs(text, text[], int, interval) IS

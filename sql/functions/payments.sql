@@ -353,7 +353,7 @@ BEGIN
     SELECT t.payment_intent_id,
            (sum(t.amount) FILTER (WHERE t.kind = 'charge')
             - coalesce(sum(t.amount) FILTER (WHERE t.kind = 'refund'), 0))::bigint,
-           min(t.currency)
+           min(t.currency)::text
     FROM ledger.transactions AS t
     WHERE t.booking_id = p_booking_id
       AND t.kind IN ('charge', 'refund')

@@ -169,5 +169,6 @@ def test_chaos_deliveries_end_in_the_state_stripe_says(chaos_db, tmp_path):
     assert chaos_db.one("SELECT count(*) FROM ledger.transactions") == objects
     assert chaos_db.rows("SELECT * FROM ops.ledger_imbalances") == []
     assert chaos_db.rows("SELECT * FROM ops.oversold_inventory") == []
+    assert chaos_db.rows("SELECT * FROM ops.broken_rows") == []
     assert chaos_db.one("SELECT count(*) FROM stripe.events") == len({e["id"] for b in bookings.values() for e in b["events"]})
     print(f"\nchaos: {len(bookings)} bookings, {total} deliveries, {objects} ledger transactions")

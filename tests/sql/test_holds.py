@@ -279,3 +279,29 @@ def test_a_key_whose_hold_died_may_hold_on_another_inventory(db, app):
     assert availability(app, first_inventory) == (4, 0, 0, 4)
     assert db.one("SELECT sum(free) FROM booking.inventory_buckets WHERE inventory_id = %s", (first_inventory,)) == 4
     assert availability(app, second_inventory) == (4, 0, 2, 2)
+
+
+@pytest.mark.parametrize("change, rule", [
+    ("status = 'converted'", "an open hold has no ended_at, an ended one has one"),
+    ("ended_at = now()", "an open hold has no ended_at, an ended one has one"),
+    ("status = 'booked'", "a booked hold names its booking"),
+])
+def test_ops_broken_rows_shows_a_hold_changed_by_hand_against_its_rules(db, app, change, rule):
+    """The rules between two columns are not table CHECKs (see V0007); the view finds a
+    row that breaks one, as a DBA's hand-made UPDATE could."""
+    hold_id, _ = place(app, new_inventory(app, 10), 1)
+    assert db.rows("SELECT * FROM ops.broken_rows") == []
+    with connect(db.url) as owner:
+        owner.execute(f"UPDATE booking.holds SET {change} WHERE hold_id = %s", (hold_id,))
+    assert db.rows("SELECT table_name, row_id, rule FROM ops.broken_rows") == [("booking.holds", str(hold_id), rule)]
+
+
+@pytest.mark.parametrize("column, value", [
+    ("quantity", "0"), ("quantity", "101"), ("status", "'lost'"), ("holder", "''"), ("extensions_used", "11"),
+])
+def test_the_domains_still_refuse_a_bad_value_written_by_hand(db, app, column, value):
+    hold_id, _ = place(app, new_inventory(app, 10), 1)
+    with connect(db.url) as owner:
+        assert sqlstate_of(owner, f"UPDATE booking.holds SET {column} = {value} WHERE hold_id = %s", (hold_id,)) == "23514"
+    assert db.one("SELECT (quantity, status, holder, extensions_used)::text FROM booking.holds WHERE hold_id = %s",
+                  (hold_id,)) == "(1,live,alice,0)"

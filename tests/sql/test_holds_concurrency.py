@@ -63,6 +63,7 @@ def sample(db_url: str, inventory_id) -> dict:
                 {"i": inventory_id},
             ).fetchone()
             oversold = conn.execute("SELECT count(*) FROM ops.oversold_inventory").fetchone()[0]
+            oversold += conn.execute("SELECT count(*) FROM ops.broken_rows").fetchone()[0]
     return dict(capacity=capacity, sold=sold, held=held, available=available, free=free,
                 bucket_sold=bucket_sold, open_units=open_units, min_free=min_free, oversold=oversold)
 
