@@ -1488,7 +1488,7 @@ BEGIN
     END IF;
 
     IF v_needed > 0 THEN
-        v_bucket := booking.take_units(p_inventory_id, v_needed);
+        v_bucket := booking.take_units(p_inventory_id, v_needed, v_inventory.bucket_count);
         v_home := coalesce(v_home, v_bucket);
     END IF;
 
@@ -2439,7 +2439,9 @@ BEGIN
         FOR UPDATE
     LOOP
         CONTINUE WHEN v_hold.status = 'booked';
-        v_bucket := booking.take_units(v_hold.inventory_id, v_hold.quantity);
+        v_bucket := booking.take_units(
+            v_hold.inventory_id, v_hold.quantity,
+            (SELECT i.bucket_count FROM booking.inventory AS i WHERE i.inventory_id = v_hold.inventory_id));
         INSERT INTO booking.holds (inventory_id, bucket_no, quantity, holder, status, expires_at, booking_id)
         VALUES (v_hold.inventory_id, v_bucket, v_hold.quantity, v_hold.holder, 'booked', clock_timestamp(),
                 p_booking_id);
@@ -2630,37 +2632,52 @@ $$;
 ALTER FUNCTION booking.take_more_units(p_inventory_id uuid, p_units integer) OWNER TO booking_owner;
 
 --
--- Name: take_units(uuid, integer); Type: FUNCTION; Schema: booking; Owner: booking_owner
+-- Name: take_units(uuid, integer, integer); Type: FUNCTION; Schema: booking; Owner: booking_owner
 --
 
-CREATE FUNCTION booking.take_units(p_inventory_id uuid, p_units integer) RETURNS smallint
+CREATE FUNCTION booking.take_units(p_inventory_id uuid, p_units integer, p_bucket_count integer) RETURNS smallint
     LANGUAGE plpgsql
     SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 -- Takes p_units from the inventory's buckets; returns the bucket they came from (or the
 -- first of them); RB001 when there are not enough.
--- Fast path: one bucket that nobody else is using and that has enough, picked at random
--- so that concurrent buyers spread out (SKIP LOCKED). FOR UPDATE can lock a row whose
+-- Fast path: the first bucket from a random starting point (then from 0) that nobody
+-- else is using and that has enough (SKIP LOCKED), so that concurrent buyers spread out
+-- and each reads a few bucket rows, not all of them. FOR UPDATE can lock a row whose
 -- newer version then fails "free >= p_units" and keep that lock; such a stray lock,
--- taken in random order, would deadlock against the slow path's ordered locking, so the
+-- taken out of order, would deadlock against the slow path's ordered locking, so the
 -- attempt runs in a subtransaction and a miss is rolled back, which releases it.
 DECLARE
+    v_start int := floor(random() * p_bucket_count);
     v_bucket smallint;
 BEGIN
     BEGIN
-        WITH pick AS MATERIALIZED (
-            SELECT c.bucket_no
-            FROM booking.inventory_buckets AS c
-            WHERE c.inventory_id = p_inventory_id AND c.free >= p_units
-            ORDER BY random()
-            LIMIT 1
-            FOR UPDATE SKIP LOCKED
-        )
         UPDATE booking.inventory_buckets AS b
         SET free = b.free - p_units
-        FROM pick
-        WHERE b.inventory_id = p_inventory_id AND b.bucket_no = pick.bucket_no
+        WHERE b.inventory_id = p_inventory_id
+          AND b.bucket_no = (
+              SELECT c.bucket_no
+              FROM booking.inventory_buckets AS c
+              WHERE c.inventory_id = p_inventory_id AND c.bucket_no >= v_start AND c.free >= p_units
+              ORDER BY c.bucket_no
+              LIMIT 1
+              FOR UPDATE SKIP LOCKED
+          )
         RETURNING b.bucket_no INTO v_bucket;
+        IF v_bucket IS NULL AND v_start > 0 THEN
+            UPDATE booking.inventory_buckets AS b
+            SET free = b.free - p_units
+            WHERE b.inventory_id = p_inventory_id
+              AND b.bucket_no = (
+                  SELECT c.bucket_no
+                  FROM booking.inventory_buckets AS c
+                  WHERE c.inventory_id = p_inventory_id AND c.bucket_no < v_start AND c.free >= p_units
+                  ORDER BY c.bucket_no
+                  LIMIT 1
+                  FOR UPDATE SKIP LOCKED
+              )
+            RETURNING b.bucket_no INTO v_bucket;
+        END IF;
         IF v_bucket IS NULL THEN
             RAISE EXCEPTION USING ERRCODE = 'RB001';
         END IF;
@@ -2673,7 +2690,7 @@ END;
 $$;
 
 
-ALTER FUNCTION booking.take_units(p_inventory_id uuid, p_units integer) OWNER TO booking_owner;
+ALTER FUNCTION booking.take_units(p_inventory_id uuid, p_units integer, p_bucket_count integer) OWNER TO booking_owner;
 
 --
 -- Name: take_units_slowly(uuid, integer); Type: FUNCTION; Schema: booking; Owner: booking_owner
@@ -5853,10 +5870,10 @@ REVOKE ALL ON FUNCTION booking.take_more_units(p_inventory_id uuid, p_units inte
 
 
 --
--- Name: FUNCTION take_units(p_inventory_id uuid, p_units integer); Type: ACL; Schema: booking; Owner: booking_owner
+-- Name: FUNCTION take_units(p_inventory_id uuid, p_units integer, p_bucket_count integer); Type: ACL; Schema: booking; Owner: booking_owner
 --
 
-REVOKE ALL ON FUNCTION booking.take_units(p_inventory_id uuid, p_units integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION booking.take_units(p_inventory_id uuid, p_units integer, p_bucket_count integer) FROM PUBLIC;
 
 
 --

@@ -239,35 +239,51 @@ BEGIN
 END;
 $$;
 
-CREATE OR REPLACE FUNCTION booking.take_units(p_inventory_id uuid, p_units int)
+DROP FUNCTION IF EXISTS booking.take_units(uuid, int);
+CREATE OR REPLACE FUNCTION booking.take_units(p_inventory_id uuid, p_units int, p_bucket_count int)
 RETURNS smallint
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 -- Takes p_units from the inventory's buckets; returns the bucket they came from (or the
 -- first of them); RB001 when there are not enough.
--- Fast path: one bucket that nobody else is using and that has enough, picked at random
--- so that concurrent buyers spread out (SKIP LOCKED). FOR UPDATE can lock a row whose
+-- Fast path: the first bucket from a random starting point (then from 0) that nobody
+-- else is using and that has enough (SKIP LOCKED), so that concurrent buyers spread out
+-- and each reads a few bucket rows, not all of them. FOR UPDATE can lock a row whose
 -- newer version then fails "free >= p_units" and keep that lock; such a stray lock,
--- taken in random order, would deadlock against the slow path's ordered locking, so the
+-- taken out of order, would deadlock against the slow path's ordered locking, so the
 -- attempt runs in a subtransaction and a miss is rolled back, which releases it.
 DECLARE
+    v_start int := floor(random() * p_bucket_count);
     v_bucket smallint;
 BEGIN
     BEGIN
-        WITH pick AS MATERIALIZED (
-            SELECT c.bucket_no
-            FROM booking.inventory_buckets AS c
-            WHERE c.inventory_id = p_inventory_id AND c.free >= p_units
-            ORDER BY random()
-            LIMIT 1
-            FOR UPDATE SKIP LOCKED
-        )
         UPDATE booking.inventory_buckets AS b
         SET free = b.free - p_units
-        FROM pick
-        WHERE b.inventory_id = p_inventory_id AND b.bucket_no = pick.bucket_no
+        WHERE b.inventory_id = p_inventory_id
+          AND b.bucket_no = (
+              SELECT c.bucket_no
+              FROM booking.inventory_buckets AS c
+              WHERE c.inventory_id = p_inventory_id AND c.bucket_no >= v_start AND c.free >= p_units
+              ORDER BY c.bucket_no
+              LIMIT 1
+              FOR UPDATE SKIP LOCKED
+          )
         RETURNING b.bucket_no INTO v_bucket;
+        IF v_bucket IS NULL AND v_start > 0 THEN
+            UPDATE booking.inventory_buckets AS b
+            SET free = b.free - p_units
+            WHERE b.inventory_id = p_inventory_id
+              AND b.bucket_no = (
+                  SELECT c.bucket_no
+                  FROM booking.inventory_buckets AS c
+                  WHERE c.inventory_id = p_inventory_id AND c.bucket_no < v_start AND c.free >= p_units
+                  ORDER BY c.bucket_no
+                  LIMIT 1
+                  FOR UPDATE SKIP LOCKED
+              )
+            RETURNING b.bucket_no INTO v_bucket;
+        END IF;
         IF v_bucket IS NULL THEN
             RAISE EXCEPTION USING ERRCODE = 'RB001';
         END IF;
@@ -497,7 +513,7 @@ BEGIN
     END IF;
 
     IF v_needed > 0 THEN
-        v_bucket := booking.take_units(p_inventory_id, v_needed);
+        v_bucket := booking.take_units(p_inventory_id, v_needed, v_inventory.bucket_count);
         v_home := coalesce(v_home, v_bucket);
     END IF;
 

@@ -56,7 +56,9 @@ BEGIN
         FOR UPDATE
     LOOP
         CONTINUE WHEN v_hold.status = 'booked';
-        v_bucket := booking.take_units(v_hold.inventory_id, v_hold.quantity);
+        v_bucket := booking.take_units(
+            v_hold.inventory_id, v_hold.quantity,
+            (SELECT i.bucket_count FROM booking.inventory AS i WHERE i.inventory_id = v_hold.inventory_id));
         INSERT INTO booking.holds (inventory_id, bucket_no, quantity, holder, status, expires_at, booking_id)
         VALUES (v_hold.inventory_id, v_bucket, v_hold.quantity, v_hold.holder, 'booked', clock_timestamp(),
                 p_booking_id);
