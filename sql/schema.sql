@@ -2652,32 +2652,24 @@ DECLARE
     v_bucket smallint;
 BEGIN
     BEGIN
-        UPDATE booking.inventory_buckets AS b
-        SET free = b.free - p_units
-        WHERE b.inventory_id = p_inventory_id
-          AND b.bucket_no = (
-              SELECT c.bucket_no
-              FROM booking.inventory_buckets AS c
-              WHERE c.inventory_id = p_inventory_id AND c.bucket_no >= v_start AND c.free >= p_units
-              ORDER BY c.bucket_no
-              LIMIT 1
-              FOR UPDATE SKIP LOCKED
-          )
-        RETURNING b.bucket_no INTO v_bucket;
-        IF v_bucket IS NULL AND v_start > 0 THEN
+        -- Buckets [start, last], then [0, start).
+        FOR v_pass IN 0..1 LOOP
             UPDATE booking.inventory_buckets AS b
             SET free = b.free - p_units
             WHERE b.inventory_id = p_inventory_id
               AND b.bucket_no = (
                   SELECT c.bucket_no
                   FROM booking.inventory_buckets AS c
-                  WHERE c.inventory_id = p_inventory_id AND c.bucket_no < v_start AND c.free >= p_units
+                  WHERE c.inventory_id = p_inventory_id AND c.free >= p_units
+                    AND c.bucket_no >= CASE WHEN v_pass = 0 THEN v_start ELSE 0 END
+                    AND c.bucket_no < CASE WHEN v_pass = 0 THEN p_bucket_count ELSE v_start END
                   ORDER BY c.bucket_no
                   LIMIT 1
                   FOR UPDATE SKIP LOCKED
               )
             RETURNING b.bucket_no INTO v_bucket;
-        END IF;
+            EXIT WHEN v_bucket IS NOT NULL OR v_start = 0;
+        END LOOP;
         IF v_bucket IS NULL THEN
             RAISE EXCEPTION USING ERRCODE = 'RB001';
         END IF;
