@@ -47,7 +47,7 @@ demo: deps
 
 # Dump the embedded database (or DATABASE_URL), restore it into a fresh cluster, check it.
 backup-drill: deps
-	$(VENV)/bin/python scripts/backup_drill.py $(DATABASE_URL)
+	$(VENV)/bin/python scripts/backup_drill.py $(if $(DATABASE_URL),"$(DATABASE_URL)")
 
 send-test-event:
 	scripts/send-test-event.sh

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import secrets
 import time
 import uuid
@@ -17,7 +16,7 @@ from starlette.responses import JSONResponse
 
 from .errors import ApiError, error_response
 from .request_id import request_id_of
-from .stripe_webhook import read_body
+from .stripe_webhook import read_json
 
 
 def token_hash(pepper: str, token: str) -> bytes:
@@ -28,10 +27,7 @@ async def refresh(request: Request) -> JSONResponse:
     settings = request.app.state.settings
     if settings.jwt_secret is None or settings.refresh_token_pepper is None:
         raise ApiError(503, "not_configured", "POST /auth/refresh needs JWT_SECRET and REFRESH_TOKEN_PEPPER")
-    try:
-        body = json.loads(await read_body(request, settings.request_body_max_bytes))
-    except (ValueError, UnicodeDecodeError):
-        raise ApiError(400, "22023", "the body is not JSON") from None
+    body = await read_json(request, settings.request_body_max_bytes)
     old = body.get("refresh_token") if isinstance(body, dict) else None
     if not isinstance(old, str) or not 1 <= len(old) <= 512:
         raise ApiError(400, "22023", 'the body must be {"refresh_token": "..."}')

@@ -5,28 +5,22 @@ from __future__ import annotations
 import logging
 import os
 
+import sentry_sdk
+
 log = logging.getLogger("pyshim")
 
 
-def init_sentry(component: str, env=None) -> bool:
-    env = os.environ if env is None else env
-    dsn = env.get("SENTRY_DSN", "").strip()
+def init_sentry(component: str) -> None:
+    dsn = os.environ.get("SENTRY_DSN", "").strip()
     if not dsn:
-        return False
-    import sentry_sdk
-
+        return
     sentry_sdk.init(dsn=dsn, send_default_pii=False, traces_sample_rate=0.0,
-                    server_name=component, environment=env.get("SENTRY_ENVIRONMENT", "production"))
+                    server_name=component, environment=os.environ.get("SENTRY_ENVIRONMENT", "production"))
     log.info("Sentry enabled for %s", component)
-    return True
 
 
 def capture(exc: BaseException, request_id: str | None = None) -> None:
     """Reports an exception if Sentry is enabled, with the request's correlation id."""
-    try:
-        import sentry_sdk
-    except ImportError:  # pragma: no cover - a declared dependency
-        return
     if not sentry_sdk.is_initialized():
         return
     with sentry_sdk.new_scope() as scope:

@@ -34,7 +34,7 @@ class Settings:
     webhook_tolerance_s: int = 300
     webhook_body_max_bytes: int = 1024 * 1024
     request_body_max_bytes: int = 16 * 1024
-    # How long a started idempotency key stays locked before another request may take it over.
+    # How long POST /payment-intents waits for Stripe before freeing the key for a retry.
     stripe_timeout_s: float = 20.0
     jwt_secret: Secret | None = None
     refresh_token_pepper: Secret | None = None

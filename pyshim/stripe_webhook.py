@@ -32,6 +32,14 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+async def read_json(request: Request, limit: int):
+    """The body parsed as JSON; 400 (22023) when it is not JSON."""
+    try:
+        return json.loads(await read_body(request, limit))
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError(400, "22023", "the body is not JSON") from None
+
+
 def signed_timestamp(header: str) -> int:
     for item in header.split(","):
         key, _, value = item.strip().partition("=")

@@ -4,7 +4,7 @@ Kinds it does: email.booking_confirmed (when SMTP_URL is set), alert.notify (a
 Slack-style JSON POST to ALERT_WEBHOOK_URL, when set), stripe.refund (when
 STRIPE_API_KEY is set), stripe.reconcile (the same). Other kinds stay queued
 for a worker that does them. Each job runs under a lease; a worker that stalls past its
-lease cannot complete the job any more (api.complete_job checks the lease token), and
+lease cannot complete the job any more (api.complete_jobs checks the lease token), and
 another worker takes it over. SIGTERM or SIGINT: stop claiming, let running jobs finish
 for up to WORKER_GRACE_S seconds, then give back the rest as failed-retryable."""
 
@@ -47,10 +47,6 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, default=str)
 
 
-class PermanentError(Exception):
-    """Retrying will not help: the job dies at once."""
-
-
 def send_confirmation(smtp_url: str, sender: str, booking: dict, timeout_s: float) -> dict:
     to = booking.get("holder", "")
     if "@" not in to:
@@ -83,8 +79,8 @@ def post_alert(url: str, payload: dict, timeout_s: float) -> dict:
 
 
 class Worker:
-    def __init__(self, env=None):
-        env = os.environ if env is None else env
+    def __init__(self):
+        env = os.environ
         database_url = env.get("DATABASE_URL", "").strip()
         if not database_url:
             raise ConfigError("DATABASE_URL is required: the database the worker takes jobs from")
@@ -234,9 +230,8 @@ class Worker:
             log.warning("job given back: the worker is stopping", extra=extra)
             raise
         except Exception as exc:  # noqa: BLE001 - every failure is recorded on the job
-            retryable = not isinstance(exc, PermanentError)
-            (ok,), = await self.call("SELECT api.fail_job(%s, %s, %s, %s)",
-                                     [job_id, token, f"{type(exc).__name__}: {exc}"[:4000], retryable], cid)
+            (ok,), = await self.call("SELECT api.fail_job(%s, %s, %s, true)",
+                                     [job_id, token, f"{type(exc).__name__}: {exc}"[:4000]], cid)
             log.error("job failed" if ok else "job failed, and its lease was already lost", extra=extra,
                       exc_info=True)
             capture(exc, cid)

@@ -30,12 +30,14 @@ sum() { cat "$@" | sha256sum | cut -c1-64; }
 
 # One step: kind, name (path relative to sql/), checksum, file, role to run as ('' = session user).
 step() {
-  local kind=$1 name=$2 checksum=$3 file=$4 as_owner=$5 also=
-  if [[ $kind == repeatable ]]; then also=" OR :'versioned_ran' = '1'"; fi
+  local kind=$1 name=$2 checksum=$3 file=$4 as_owner=$5 also= mark=
+  # A versioned step that runs (or would) makes every repeatable after it run too.
+  if [[ $kind == repeatable ]]; then also=" OR :'versioned_ran' = '1'"; else mark='\set versioned_ran 1'; fi
   cat <<SQL
 SELECT migrate.plan('$kind', '$name', '$checksum')$also AS todo \\gset
 \\if :todo
 \\set changed 1
+$mark
 \\if :dry_run
 \\echo 'would apply $kind $name'
 \\else
@@ -43,7 +45,6 @@ SELECT migrate.plan('$kind', '$name', '$checksum')$also AS todo \\gset
 BEGIN;
 SQL
   if [[ $as_owner == owner ]]; then echo 'SET LOCAL ROLE booking_owner;'; fi
-  if [[ $kind == versioned ]]; then echo '\set versioned_ran 1'; fi
   cat <<SQL
 \\i '$file'
 RESET ROLE;

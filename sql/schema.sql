@@ -411,7 +411,7 @@ CREATE FUNCTION api.availability(p_inventory_id uuid) RETURNS TABLE(capacity int
     SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 -- One statement, one snapshot: the bucket sums plus the open holds already past their
--- deadline (dead, not yet swept). Reads at most 16 bucket rows and the unswept dead
+-- deadline (dead, not yet swept). Reads at most 64 bucket rows and the unswept dead
 -- holds, never the live ones.
 BEGIN
     PERFORM core.require(p_inventory_id, 'p_inventory_id');
@@ -543,11 +543,7 @@ CREATE FUNCTION api.complete_job(p_job_id uuid, p_lease_token uuid, p_result jso
 BEGIN
     PERFORM core.require(p_job_id, 'p_job_id');
     PERFORM core.require(p_lease_token, 'p_lease_token');
-    UPDATE jobs.jobs
-    SET status = 'done', result = p_result, finished_at = clock_timestamp(), lease_token = NULL,
-        lease_expires_at = NULL
-    WHERE job_id = p_job_id AND lease_token = p_lease_token AND status = 'running';
-    RETURN FOUND;
+    RETURN (api.complete_jobs(ARRAY[p_job_id], ARRAY[p_lease_token], ARRAY[p_result]))[1];
 END;
 $$;
 
@@ -569,8 +565,9 @@ CREATE FUNCTION api.complete_jobs(p_job_ids uuid[], p_lease_tokens uuid[], p_res
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
--- api.complete_job for many jobs in one transaction (a worker's batched completions):
--- for each job, true if it was completed, false if its lease token is no longer valid.
+-- Marks claimed jobs done in one transaction (a worker's batched completions; also
+-- api.complete_job's one): for each job, true if it was completed, false if its lease
+-- token is no longer valid.
 DECLARE
     v_done uuid[];
 BEGIN
@@ -983,7 +980,6 @@ BEGIN
             CASE
                 WHEN r.last_status = 'failed' THEN 'failed'
                 WHEN now() - coalesce(r.last_started_at, c.registered_at) > c.max_silence THEN 'late'
-                WHEN r.last_started_at IS NULL THEN 'ok'
                 ELSE 'ok'
             END AS status
         FROM core.cron_jobs AS c
@@ -2431,12 +2427,17 @@ DECLARE
     v_hold record;
     v_bucket smallint;
 BEGIN
+    -- All the hold rows first, in one statement: the loop below takes bucket locks, and
+    -- whoever holds bucket locks must not then wait for a hold row (holds.sql, lock order).
+    PERFORM FROM booking.holds AS h
+    WHERE h.booking_id = p_booking_id AND h.status IN ('booked', 'expired')
+    ORDER BY h.hold_id
+    FOR UPDATE;
     FOR v_hold IN
         SELECT h.hold_id, h.inventory_id, h.quantity, h.holder, h.status
         FROM booking.holds AS h
         WHERE h.booking_id = p_booking_id AND h.status IN ('booked', 'expired')
         ORDER BY h.hold_id
-        FOR UPDATE
     LOOP
         CONTINUE WHEN v_hold.status = 'booked';
         v_bucket := booking.take_units(
@@ -2526,8 +2527,10 @@ CREATE PROCEDURE booking.sweep_expired_holds(INOUT p_result jsonb DEFAULT NULL::
 -- as the batch took (like vacuum's cost delay), so a backlog does not take the CPU from
 -- buyers. Short transactions matter: one long one would hold back pruning of the hot
 -- bucket rows' dead versions and slow every buyer. Nothing depends on this running: a
--- dead hold is already not counted. (A procedure that commits may have no SET clause
--- and cannot be SECURITY DEFINER: every name here is schema-qualified.)
+-- dead hold is already not counted. A failing batch is rolled back and ends the sweep;
+-- its error is in the result ('error'), for the cron job to record (a CALL that commits
+-- cannot be wrapped in an exception block by its caller). (A procedure that commits may
+-- have no SET clause and cannot be SECURITY DEFINER: every name here is schema-qualified.)
 DECLARE
     v_started timestamptz := pg_catalog.clock_timestamp();
     v_batch_started timestamptz;
@@ -2536,10 +2539,16 @@ DECLARE
     v_bookings int := 0;
     v_units int := 0;
     v_batches int := 0;
+    v_error text;
 BEGIN
     LOOP
         v_batch_started := pg_catalog.clock_timestamp();
-        v_batch := booking.sweep_batch(p_batch_size);
+        BEGIN
+            v_batch := booking.sweep_batch(p_batch_size);
+        EXCEPTION WHEN OTHERS THEN
+            GET STACKED DIAGNOSTICS v_error = MESSAGE_TEXT;
+            EXIT;
+        END;
         COMMIT;
         EXIT WHEN (v_batch ->> 'expired_holds')::int = 0 AND (v_batch ->> 'expired_bookings')::int = 0;
         v_holds := v_holds + (v_batch ->> 'expired_holds')::int;
@@ -2555,7 +2564,7 @@ BEGIN
     p_result := pg_catalog.jsonb_build_object(
         'expired_holds', v_holds, 'expired_bookings', v_bookings, 'units_returned', v_units, 'batches', v_batches,
         'ms', round(extract(EPOCH FROM pg_catalog.clock_timestamp() - v_started) * 1000)
-    );
+    ) || CASE WHEN v_error IS NULL THEN '{}'::jsonb ELSE pg_catalog.jsonb_build_object('error', v_error) END;
 END;
 $$;
 
@@ -2576,7 +2585,7 @@ BEGIN
     PERFORM core.cron_run_begin('booking-sweep-holds');
     COMMIT;
     CALL booking.sweep_expired_holds(v_result);
-    PERFORM core.cron_run_end('booking-sweep-holds', v_result);
+    PERFORM core.cron_run_end('booking-sweep-holds', v_result, v_result ->> 'error');
 END;
 $$;
 
@@ -4008,14 +4017,9 @@ BEGIN
             v_outcome := stripe.apply_event(v_id);
         EXCEPTION WHEN OTHERS THEN
             GET STACKED DIAGNOSTICS v_sqlstate = RETURNED_SQLSTATE, v_message = MESSAGE_TEXT;
-            UPDATE stripe.events AS e
-            SET attempts = e.attempts + 1,
-                status = CASE WHEN e.attempts + 1 >= stripe.attempts_max() THEN 'dead' ELSE 'failed' END,
-                next_attempt_at = CASE
-                    WHEN e.attempts + 1 < stripe.attempts_max() THEN now() + stripe.retry_delay(e.attempts + 1)
-                END,
-                last_error = left(v_message, 2000), last_sqlstate = v_sqlstate
-            WHERE e.event_id = v_id;
+            -- The same record of a failed attempt as the shim makes after a failed delivery.
+            PERFORM api.record_stripe_event_failure(
+                (SELECT e.payload FROM stripe.events AS e WHERE e.event_id = v_id), v_sqlstate, v_message);
             v_outcome := 'failed';
         END;
         v_counts := v_counts || jsonb_build_object(v_outcome, coalesce((v_counts ->> v_outcome)::int, 0) + 1);
@@ -4101,7 +4105,7 @@ CREATE TABLE booking.bookings (
     last_event text DEFAULT 'created'::text NOT NULL,
     last_stripe_event_id text,
     amount core.minor_units NOT NULL,
-    currency text NOT NULL,
+    currency core.currency_code NOT NULL,
     metadata core.json_object DEFAULT '{}'::jsonb NOT NULL,
     expires_at timestamp with time zone NOT NULL,
     payment_intent_id core.text_1_255,
@@ -5417,14 +5421,6 @@ ALTER TABLE ONLY booking.booking_transitions
 
 ALTER TABLE ONLY booking.booking_transitions
     ADD CONSTRAINT booking_transitions_to_status_fkey FOREIGN KEY (to_status) REFERENCES booking.booking_states(status);
-
-
---
--- Name: bookings bookings_currency_fkey; Type: FK CONSTRAINT; Schema: booking; Owner: booking_owner
---
-
-ALTER TABLE ONLY booking.bookings
-    ADD CONSTRAINT bookings_currency_fkey FOREIGN KEY (currency) REFERENCES core.currencies(code);
 
 
 --

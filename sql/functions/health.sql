@@ -38,7 +38,6 @@ BEGIN
             CASE
                 WHEN r.last_status = 'failed' THEN 'failed'
                 WHEN now() - coalesce(r.last_started_at, c.registered_at) > c.max_silence THEN 'late'
-                WHEN r.last_started_at IS NULL THEN 'ok'
                 ELSE 'ok'
             END AS status
         FROM core.cron_jobs AS c

@@ -412,7 +412,7 @@ SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 -- One statement, one snapshot: the bucket sums plus the open holds already past their
--- deadline (dead, not yet swept). Reads at most 16 bucket rows and the unswept dead
+-- deadline (dead, not yet swept). Reads at most 64 bucket rows and the unswept dead
 -- holds, never the live ones.
 BEGIN
     PERFORM core.require(p_inventory_id, 'p_inventory_id');
@@ -655,8 +655,10 @@ AS $$
 -- as the batch took (like vacuum's cost delay), so a backlog does not take the CPU from
 -- buyers. Short transactions matter: one long one would hold back pruning of the hot
 -- bucket rows' dead versions and slow every buyer. Nothing depends on this running: a
--- dead hold is already not counted. (A procedure that commits may have no SET clause
--- and cannot be SECURITY DEFINER: every name here is schema-qualified.)
+-- dead hold is already not counted. A failing batch is rolled back and ends the sweep;
+-- its error is in the result ('error'), for the cron job to record (a CALL that commits
+-- cannot be wrapped in an exception block by its caller). (A procedure that commits may
+-- have no SET clause and cannot be SECURITY DEFINER: every name here is schema-qualified.)
 DECLARE
     v_started timestamptz := pg_catalog.clock_timestamp();
     v_batch_started timestamptz;
@@ -665,10 +667,16 @@ DECLARE
     v_bookings int := 0;
     v_units int := 0;
     v_batches int := 0;
+    v_error text;
 BEGIN
     LOOP
         v_batch_started := pg_catalog.clock_timestamp();
-        v_batch := booking.sweep_batch(p_batch_size);
+        BEGIN
+            v_batch := booking.sweep_batch(p_batch_size);
+        EXCEPTION WHEN OTHERS THEN
+            GET STACKED DIAGNOSTICS v_error = MESSAGE_TEXT;
+            EXIT;
+        END;
         COMMIT;
         EXIT WHEN (v_batch ->> 'expired_holds')::int = 0 AND (v_batch ->> 'expired_bookings')::int = 0;
         v_holds := v_holds + (v_batch ->> 'expired_holds')::int;
@@ -684,7 +692,7 @@ BEGIN
     p_result := pg_catalog.jsonb_build_object(
         'expired_holds', v_holds, 'expired_bookings', v_bookings, 'units_returned', v_units, 'batches', v_batches,
         'ms', round(extract(EPOCH FROM pg_catalog.clock_timestamp() - v_started) * 1000)
-    );
+    ) || CASE WHEN v_error IS NULL THEN '{}'::jsonb ELSE pg_catalog.jsonb_build_object('error', v_error) END;
 END;
 $$;
 
@@ -698,7 +706,7 @@ BEGIN
     PERFORM core.cron_run_begin('booking-sweep-holds');
     COMMIT;
     CALL booking.sweep_expired_holds(v_result);
-    PERFORM core.cron_run_end('booking-sweep-holds', v_result);
+    PERFORM core.cron_run_end('booking-sweep-holds', v_result, v_result ->> 'error');
 END;
 $$;
 

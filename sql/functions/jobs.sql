@@ -92,11 +92,7 @@ AS $$
 BEGIN
     PERFORM core.require(p_job_id, 'p_job_id');
     PERFORM core.require(p_lease_token, 'p_lease_token');
-    UPDATE jobs.jobs
-    SET status = 'done', result = p_result, finished_at = clock_timestamp(), lease_token = NULL,
-        lease_expires_at = NULL
-    WHERE job_id = p_job_id AND lease_token = p_lease_token AND status = 'running';
-    RETURN FOUND;
+    RETURN (api.complete_jobs(ARRAY[p_job_id], ARRAY[p_lease_token], ARRAY[p_result]))[1];
 END;
 $$;
 COMMENT ON FUNCTION api.complete_job(uuid, uuid, jsonb) IS
@@ -161,8 +157,9 @@ LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
--- api.complete_job for many jobs in one transaction (a worker's batched completions):
--- for each job, true if it was completed, false if its lease token is no longer valid.
+-- Marks claimed jobs done in one transaction (a worker's batched completions; also
+-- api.complete_job's one): for each job, true if it was completed, false if its lease
+-- token is no longer valid.
 DECLARE
     v_done uuid[];
 BEGIN

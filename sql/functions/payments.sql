@@ -48,12 +48,17 @@ DECLARE
     v_hold record;
     v_bucket smallint;
 BEGIN
+    -- All the hold rows first, in one statement: the loop below takes bucket locks, and
+    -- whoever holds bucket locks must not then wait for a hold row (holds.sql, lock order).
+    PERFORM FROM booking.holds AS h
+    WHERE h.booking_id = p_booking_id AND h.status IN ('booked', 'expired')
+    ORDER BY h.hold_id
+    FOR UPDATE;
     FOR v_hold IN
         SELECT h.hold_id, h.inventory_id, h.quantity, h.holder, h.status
         FROM booking.holds AS h
         WHERE h.booking_id = p_booking_id AND h.status IN ('booked', 'expired')
         ORDER BY h.hold_id
-        FOR UPDATE
     LOOP
         CONTINUE WHEN v_hold.status = 'booked';
         v_bucket := booking.take_units(

@@ -134,14 +134,9 @@ BEGIN
             v_outcome := stripe.apply_event(v_id);
         EXCEPTION WHEN OTHERS THEN
             GET STACKED DIAGNOSTICS v_sqlstate = RETURNED_SQLSTATE, v_message = MESSAGE_TEXT;
-            UPDATE stripe.events AS e
-            SET attempts = e.attempts + 1,
-                status = CASE WHEN e.attempts + 1 >= stripe.attempts_max() THEN 'dead' ELSE 'failed' END,
-                next_attempt_at = CASE
-                    WHEN e.attempts + 1 < stripe.attempts_max() THEN now() + stripe.retry_delay(e.attempts + 1)
-                END,
-                last_error = left(v_message, 2000), last_sqlstate = v_sqlstate
-            WHERE e.event_id = v_id;
+            -- The same record of a failed attempt as the shim makes after a failed delivery.
+            PERFORM api.record_stripe_event_failure(
+                (SELECT e.payload FROM stripe.events AS e WHERE e.event_id = v_id), v_sqlstate, v_message);
             v_outcome := 'failed';
         END;
         v_counts := v_counts || jsonb_build_object(v_outcome, coalesce((v_counts ->> v_outcome)::int, 0) + 1);

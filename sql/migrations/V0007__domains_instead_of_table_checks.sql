@@ -94,7 +94,9 @@ DROP CONSTRAINT check_bookings_idempotency_key,
 DROP CONSTRAINT check_bookings_metadata,
 DROP CONSTRAINT check_bookings_payment_intent_id,
 DROP CONSTRAINT check_bookings_version,
-DROP CONSTRAINT bookings_status_fkey;
+DROP CONSTRAINT bookings_status_fkey,
+-- The currency comes from the inventory, whose own key onto core.currencies stays.
+DROP CONSTRAINT bookings_currency_fkey;
 ALTER TABLE booking.bookings
 ALTER COLUMN amount TYPE core.minor_units,
 ALTER COLUMN holder TYPE core.text_1_200,
@@ -102,7 +104,8 @@ ALTER COLUMN idempotency_key TYPE core.text_1_255,
 ALTER COLUMN metadata TYPE core.json_object,
 ALTER COLUMN payment_intent_id TYPE core.text_1_255,
 ALTER COLUMN version TYPE booking.row_version,
-ALTER COLUMN status TYPE booking.booking_status;
+ALTER COLUMN status TYPE booking.booking_status,
+ALTER COLUMN currency TYPE core.currency_code;
 
 ALTER TABLE booking.booking_history
 DROP CONSTRAINT check_booking_history_detail;

@@ -12,14 +12,12 @@ confirms a new booking; none is sent twice.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import subprocess
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
-
-import aiohttp
 
 from tests.bench.common import bench_cluster, table
 from tests.pg import connect
@@ -32,7 +30,8 @@ WRK_SCRIPT = Path(__file__).with_name("wrk_requests.lua")
 
 
 def wrk(url: str, seconds: int, concurrency: int, requests_file: str | None = None) -> dict:
-    """Runs wrk against url; returns its summary (requests, seconds, p99_ms, non_2xx, errors)."""
+    """Runs wrk against url; returns its summary (requests, sent: how many of the file's
+    requests went out, repeats: answers "duplicate", seconds, p99_ms, non_2xx, errors)."""
     cmd = ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", "--timeout", "10s", "-s", str(WRK_SCRIPT), url]
     if requests_file:
         cmd += ["--", requests_file]
@@ -48,33 +47,15 @@ def chunks(total: int, size: int):
         total -= size
 
 
-async def load(url: str, requests, seconds: float, concurrency: int) -> tuple[float, float, int]:
-    """Sends requests (an iterator of (method, body, headers)) for up to `seconds` from
-    `concurrency` connections; returns (requests per second, p99 ms, errors)."""
-    latencies: list[float] = []
-    errors = 0
-    deadline = time.perf_counter() + seconds
-    connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(connector=connector) as session:
-        async def worker():
-            nonlocal errors
-            while time.perf_counter() < deadline:
-                try:
-                    method, body, headers = next(requests)
-                except StopIteration:
-                    return
-                started = time.perf_counter()
-                async with session.request(method, url, data=body, headers=headers) as resp:
-                    await resp.read()
-                    if resp.status != 200:
-                        errors += 1
-                latencies.append(time.perf_counter() - started)
-        started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        elapsed = time.perf_counter() - started
-    latencies.sort()
-    p99 = latencies[int(len(latencies) * 0.99) - 1] * 1000 if latencies else float("nan")
-    return len(latencies) / elapsed, p99, errors
+@contextmanager
+def signed_requests(bodies: list[bytes]):
+    """A file of "<Stripe-Signature>\t<body>" lines for wrk_requests.lua, signed now (one
+    timestamp, well inside the 300 s tolerance)."""
+    with tempfile.NamedTemporaryFile("w", suffix=".tsv") as f:
+        for body in bodies:
+            f.write(f"{sign(body, SECRET)}\t{body.decode()}\n")
+        f.flush()
+        yield f.name
 
 
 def main() -> None:
@@ -113,27 +94,21 @@ def main() -> None:
         bodies = [encode(event("payment_intent.succeeded", payment_intent(f"pi_bench_{i}", b, 2500)))
                   for i, (b,) in enumerate(bookings)]
         with shim(app_url, SECRET, extra_env={"PYSHIM_BENCH_ENDPOINT": "1", "DB_POOL_MAX_SIZE": "16"}) as base:
-            def webhooks(bodies):
-                for body in bodies:  # signed as sent: the timestamp must be fresh
-                    yield "POST", body, {"Stripe-Signature": sign(body, SECRET), "Content-Type": "application/json"}
-
             # Steady state, as in production after autovacuum's first pass: the event and
             # ledger tables hold rows and have statistics. Measured on a fresh install the
             # generic plans would be made on empty tables and scan them whole until then.
-            asyncio.run(load(base + "/webhooks/stripe", webhooks(bodies[:WARM_UP]), 60, args.concurrency))
+            with signed_requests(bodies[:WARM_UP]) as warm_up_file:
+                warm_up = wrk(base + "/webhooks/stripe", 60, args.concurrency, warm_up_file)
+            assert warm_up["sent"] == WARM_UP and warm_up["non_2xx"] == 0, warm_up
             with connect(admin_url) as conn:
                 conn.execute("ANALYZE")
             bare = wrk(base + "/bench/select1", args.seconds, args.concurrency)
-            with tempfile.NamedTemporaryFile("w", suffix=".tsv") as requests_file:
-                for body in bodies[WARM_UP:]:  # one timestamp, well inside the 300 s tolerance
-                    requests_file.write(f"{sign(body, SECRET)}\t{body.decode()}\n")
-                requests_file.flush()
+            with signed_requests(bodies[WARM_UP:]) as hooks_file:
                 print("webhook phase", flush=True)
-                hooks = wrk(base + "/webhooks/stripe", args.seconds, args.concurrency, requests_file.name)
+                hooks = wrk(base + "/webhooks/stripe", args.seconds, args.concurrency, hooks_file)
         with connect(admin_url) as conn:
             confirmed = conn.execute("SELECT count(*) FROM booking.bookings WHERE status = 'confirmed'").fetchone()[0]
             imbalances = conn.execute("SELECT count(*) FROM ops.ledger_imbalances").fetchone()[0]
-            duplicates = conn.execute("SELECT count(*) FROM stripe.events WHERE attempts > 1").fetchone()[0]
     table(f"one uvicorn worker, wrk with {args.concurrency} connections, {args.seconds} s per run "
           "(target: webhooks at least 50% of the bare endpoint)",
           ["endpoint", "requests/s", "p99 ms", "non-2xx", "socket errors"],
@@ -141,7 +116,7 @@ def main() -> None:
            for name, r in (("GET /bench/select1 (SELECT 1 through the pool)", bare),
                            ("POST /webhooks/stripe (verify, store, apply)", hooks))])
     print(f"webhooks / bare endpoint: {hooks['rps'] / bare['rps']:.0%}; bookings confirmed: {confirmed:,} "
-          f"({WARM_UP:,} of them in the warm-up); events delivered twice: {duplicates}; ledger imbalances: {imbalances}")
+          f"({WARM_UP:,} of them in the warm-up); answers 'duplicate': {warm_up['repeats'] + hooks['repeats']}; ledger imbalances: {imbalances}")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,16 @@
 -- wrk script for the webhook benchmark: sends each pre-signed request of a file once
--- (lines of "<Stripe-Signature>\t<body>"), then stops; prints a JSON summary at the end.
--- Without a file argument it sends wrk's plain GET to the URL's path.
+-- (lines of "<Stripe-Signature>\t<body>"), then stops; prints a JSON summary at the end,
+-- with "sent": how many requests of the file went out, and "repeats": how many answers
+-- said the event was a duplicate (the server had it already). Without a file argument it sends
+-- wrk's plain GET to the URL's path.
+local threads = {}
 local requests = {}
-local next_index = 1
+sent = 0  -- globals: read by done() through thread:get
+repeats = 0
+
+function setup(thread)
+  threads[#threads + 1] = thread
+end
 
 function init(args)
   if args[1] == nil then
@@ -19,17 +27,30 @@ function request()
   if #requests == 0 then
     return wrk.request()
   end
-  if next_index > #requests then
-    wrk.thread:stop()  -- never send an event twice: a duplicate costs less than a new one
-    return requests[#requests]
+  if sent == #requests then
+    -- Never send an event twice (a repeat costs less than a new one): the last requests
+    -- in flight go to the health endpoint, and the thread stops.
+    wrk.thread:stop()
+    return wrk.format("GET", "/healthz")
   end
-  next_index = next_index + 1
-  return requests[next_index - 1]
+  sent = sent + 1
+  return requests[sent]
+end
+
+function response(_, _, body)
+  if body:find('"outcome":"duplicate"', 1, true) then
+    repeats = repeats + 1
+  end
 end
 
 function done(summary, latency, _)
+  local total_sent, total_repeats = 0, 0
+  for _, thread in ipairs(threads) do
+    total_sent = total_sent + thread:get("sent")
+    total_repeats = total_repeats + thread:get("repeats")
+  end
   io.write(string.format(
-    '{"requests": %d, "seconds": %f, "p99_ms": %f, "non_2xx": %d, "errors": %d}\n',
-    summary.requests, summary.duration / 1e6, latency:percentile(99) / 1000,
+    '{"requests": %d, "sent": %d, "repeats": %d, "seconds": %f, "p99_ms": %f, "non_2xx": %d, "errors": %d}\n',
+    summary.requests, total_sent, total_repeats, summary.duration / 1e6, latency:percentile(99) / 1000,
     summary.errors.status, summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout))
 end

@@ -15,5 +15,5 @@ def test_a_populated_database_restores_with_its_invariants_counts_and_cron_jobs(
     backup_drill.populate(cron_db.url)
     result = backup_drill.drill(cron_db.url, tmp_path)
     assert result["before"]["booking.bookings"] >= 5 and result["before"]["ledger.transactions"] >= 3
-    assert result["checks"] == {name: True for name in result["checks"]}
+    assert len(result["checks"]) >= 6 and all(result["checks"].values()), result["checks"]
     assert len(result["after"]["cron jobs"]) >= 5

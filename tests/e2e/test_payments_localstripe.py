@@ -122,6 +122,7 @@ def test_ten_concurrent_requests_with_one_key_create_one_payment_intent(server, 
         t.start()
     for t in threads:
         t.join()
+    assert len(responses) == 10
     statuses = sorted(r.status_code for r in responses)
     assert set(statuses) <= {200, 409} and 200 in statuses, [r.text for r in responses]
     answers = [r.json() for r in responses if r.status_code == 200]
@@ -151,3 +152,7 @@ def test_bad_requests(server, pay_db):
     assert (first.status_code, first.json()["error"]["code"]) == (404, "RB005")
     assert pay(server, unknown, "k-unknown").json() == first.json()  # stored as the final answer
     assert pay_db.one("SELECT count(*) FROM core.idempotency_keys WHERE key = 'k-bad'") == 0
+    # The key's length is the database's rule (api.idempotency_begin): 22001 becomes 400.
+    resp = pay(server, booking_id, "k" * 256)
+    assert (resp.status_code, resp.json()["error"]["code"]) == (400, "22001")
+    assert pay_db.one("SELECT count(*) FROM core.idempotency_keys WHERE length(key) > 255") == 0

@@ -9,19 +9,12 @@ import sys
 import time
 import uuid
 
-import pytest
 import stripe
 from psycopg.types.json import Jsonb
 
 from tests.conftest import LOCALSTRIPE_API_KEY
-from tests.pg import ROOT, connect, database_from_template, env_with, wait_until
+from tests.pg import ROOT, connect, env_with, wait_until
 from tests.stripe_events import event
-
-
-@pytest.fixture
-def refund_db(migrated):
-    with database_from_template(migrated) as database:
-        yield database
 
 
 def paid_then_cancelled(db, client) -> tuple[str, str, int]:
@@ -55,14 +48,14 @@ def worker(db, localstripe, **env):
                                 STRIPE_API_BASE=localstripe, WORKER_POLL_S="0.2", **env))
 
 
-def test_a_worker_killed_after_stripe_refunded_is_taken_over_and_refunds_once(refund_db, localstripe):
+def test_a_worker_killed_after_stripe_refunded_is_taken_over_and_refunds_once(db, localstripe):
     client = stripe.StripeClient(LOCALSTRIPE_API_KEY, base_addresses={"api": localstripe}, max_network_retries=0)
-    booking_id, intent_id, amount = paid_then_cancelled(refund_db, client)
+    booking_id, intent_id, amount = paid_then_cancelled(db, client)
 
     def refunds():
         return client.v1.refunds.list(params={"payment_intent": intent_id}).data
 
-    first = worker(refund_db, localstripe, WORKER_LEASE_S="2", WORKER_FAULT_PAUSE_AFTER_SIDE_EFFECT_S="30")
+    first = worker(db, localstripe, WORKER_LEASE_S="2", WORKER_FAULT_PAUSE_AFTER_SIDE_EFFECT_S="30")
     try:
         assert wait_until(lambda: len(refunds()) == 1, 30), "the first worker never refunded"
         first.send_signal(signal.SIGKILL)  # Stripe refunded; the database does not know yet
@@ -70,50 +63,50 @@ def test_a_worker_killed_after_stripe_refunded_is_taken_over_and_refunds_once(re
     finally:
         if first.poll() is None:
             first.kill()
-    assert refund_db.one("SELECT status FROM booking.bookings") == "refund_pending"
+    assert db.one("SELECT status FROM booking.bookings") == "refund_pending"
 
-    second = worker(refund_db, localstripe, WORKER_LEASE_S="2")
+    second = worker(db, localstripe, WORKER_LEASE_S="2")
     try:
-        assert wait_until(lambda: refund_db.one("SELECT status FROM jobs.jobs WHERE kind = 'stripe.refund'") == "done", 30)
+        assert wait_until(lambda: db.one("SELECT status FROM jobs.jobs WHERE kind = 'stripe.refund'") == "done", 30)
     finally:
         second.send_signal(signal.SIGTERM)
         second.communicate(timeout=30)
     assert len(refunds()) == 1 and refunds()[0].amount == amount
-    result = refund_db.one("SELECT result FROM jobs.jobs WHERE kind = 'stripe.refund'")
+    result = db.one("SELECT result FROM jobs.jobs WHERE kind = 'stripe.refund'")
     assert result["refunds"][0]["reused"] is True
-    assert refund_db.one("SELECT status FROM booking.bookings") == "refunded"
-    assert refund_db.rows("SELECT paid, refunded FROM ops.booking_ledger") == [(amount, amount)]
-    assert refund_db.one("SELECT attempts FROM jobs.jobs WHERE kind = 'stripe.refund'") == 2
+    assert db.one("SELECT status FROM booking.bookings") == "refunded"
+    assert db.rows("SELECT paid, refunded FROM ops.booking_ledger") == [(amount, amount)]
+    assert db.one("SELECT attempts FROM jobs.jobs WHERE kind = 'stripe.refund'") == 2
 
 
-def test_reconciliation_finds_a_planted_mismatch_and_no_false_ones(refund_db, localstripe):
+def test_reconciliation_finds_a_planted_mismatch_and_no_false_ones(db, localstripe):
     client = stripe.StripeClient(LOCALSTRIPE_API_KEY, base_addresses={"api": localstripe}, max_network_retries=0)
     # Everything localstripe holds so far, except what this test plants, is not in this
     # database's ledger: reconcile a window that starts now.
-    with connect(refund_db.url) as conn:
+    with connect(db.url) as conn:
         start = conn.execute("SELECT clock_timestamp()").fetchone()[0]
     time.sleep(1.1)  # Stripe's created times are whole seconds
-    booking_id, intent_id, amount = paid_then_cancelled(refund_db, client)  # booked: no mismatch
-    proc = worker(refund_db, localstripe)
+    booking_id, intent_id, amount = paid_then_cancelled(db, client)  # booked: no mismatch
+    proc = worker(db, localstripe)
     try:
-        assert wait_until(lambda: refund_db.one("SELECT status FROM jobs.jobs WHERE kind = 'stripe.refund'") == "done", 30)
+        assert wait_until(lambda: db.one("SELECT status FROM jobs.jobs WHERE kind = 'stripe.refund'") == "done", 30)
         # Planted: a payment Stripe took whose webhook never arrived.
         method = client.v1.payment_methods.create(params={
             "type": "card", "card": {"number": "4242424242424242", "exp_month": 12, "exp_year": 2034, "cvc": "123"}})
         lost = client.v1.payment_intents.create(params={"amount": 777, "currency": "usd", "payment_method": method.id,
                                                         "confirm": True})
         time.sleep(1.1)
-        with connect(refund_db.url) as conn:
+        with connect(db.url) as conn:
             end = conn.execute("SELECT clock_timestamp()").fetchone()[0]
             conn.execute("SELECT jobs.enqueue('stripe.reconcile', %s)",
                          (Jsonb({"window_start": start.isoformat(), "window_end": end.isoformat()}),))
-        assert wait_until(lambda: refund_db.one("SELECT status FROM jobs.jobs WHERE kind = 'stripe.reconcile'") == "done", 30)
+        assert wait_until(lambda: db.one("SELECT status FROM jobs.jobs WHERE kind = 'stripe.reconcile'") == "done", 30)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=30)
-    result = refund_db.one("SELECT result FROM jobs.jobs WHERE kind = 'stripe.reconcile'")
+    result = db.one("SELECT result FROM jobs.jobs WHERE kind = 'stripe.reconcile'")
     assert result["mismatches"] == 1 and result["checked"] >= 3  # the good charge, its refund, the lost one
-    assert refund_db.rows("SELECT problem, kind, stripe_object_id, stripe_amount FROM ops.reconciliation_mismatches") == [
+    assert db.rows("SELECT problem, kind, stripe_object_id, stripe_amount FROM ops.reconciliation_mismatches") == [
         ("missing_in_ledger", "charge", lost.id, 777)]
-    assert refund_db.one("SELECT count(*) FROM ops.open_errors WHERE source = 'reconciliation' "
+    assert db.one("SELECT count(*) FROM ops.open_errors WHERE source = 'reconciliation' "
                          "AND severity = 'critical'") == 1

@@ -12,7 +12,7 @@ import time
 import pytest
 from aiosmtpd.controller import Controller
 
-from tests.pg import ROOT, connect, database_from_template, env_with, wait_until
+from tests.pg import ROOT, connect, env_with, wait_until
 from tests.shim.server import free_port
 from tests.sql.helpers import new_inventory, place
 
@@ -54,12 +54,6 @@ def inbox():
         controller.stop()
 
 
-@pytest.fixture
-def worker_db(migrated):
-    with database_from_template(migrated) as database:
-        yield database
-
-
 def confirmed_booking(db) -> str:
     with connect(db.app_url) as conn:
         inventory = new_inventory(conn, 10)
@@ -81,11 +75,11 @@ def start_worker(db, inbox, **env):
     )
 
 
-def test_the_confirmation_email_is_sent_once_and_sigterm_stops_cleanly(worker_db, inbox):
-    booking_id = confirmed_booking(worker_db)
-    proc = start_worker(worker_db, inbox)
+def test_the_confirmation_email_is_sent_once_and_sigterm_stops_cleanly(db, inbox):
+    booking_id = confirmed_booking(db)
+    proc = start_worker(db, inbox)
     try:
-        assert wait_until(lambda: worker_db.one("SELECT status FROM jobs.jobs") == "done")
+        assert wait_until(lambda: db.one("SELECT status FROM jobs.jobs") == "done")
         assert len(inbox.messages) == 1
         rcpts, content = inbox.messages[0]
         assert rcpts == ["alice@example.com"] and booking_id in content
@@ -98,25 +92,25 @@ def test_the_confirmation_email_is_sent_once_and_sigterm_stops_cleanly(worker_db
     assert '"correlation_id": "req-worker-1"' in out  # logs carry the cause's correlation id
 
 
-def test_a_worker_killed_mid_job_is_taken_over_after_its_lease_and_the_job_done_once(worker_db, inbox):
-    confirmed_booking(worker_db)
+def test_a_worker_killed_mid_job_is_taken_over_after_its_lease_and_the_job_done_once(db, inbox):
+    confirmed_booking(db)
     inbox.stall_first.set()
-    first = start_worker(worker_db, inbox, WORKER_LEASE_S="2")
+    first = start_worker(db, inbox, WORKER_LEASE_S="2")
     try:
         assert inbox.stalled.wait(20), "the first worker never reached the SMTP server"
-        assert worker_db.one("SELECT status FROM jobs.jobs") == "running"
+        assert db.one("SELECT status FROM jobs.jobs") == "running"
         first.send_signal(signal.SIGKILL)  # mid-job: connected, not yet sent
         first.wait(timeout=10)
     finally:
         if first.poll() is None:
             first.kill()
     inbox.release.set()
-    second = start_worker(worker_db, inbox, WORKER_LEASE_S="2")
+    second = start_worker(db, inbox, WORKER_LEASE_S="2")
     try:
-        assert wait_until(lambda: worker_db.one("SELECT status FROM jobs.jobs") == "done", 30)
+        assert wait_until(lambda: db.one("SELECT status FROM jobs.jobs") == "done", 30)
         time.sleep(0.5)
         assert len(inbox.messages) == 1
-        assert worker_db.one("SELECT attempts FROM jobs.jobs") == 2
+        assert db.one("SELECT attempts FROM jobs.jobs") == 2
     finally:
         second.send_signal(signal.SIGTERM)
         second.communicate(timeout=30)
@@ -128,7 +122,7 @@ def test_the_worker_refuses_to_start_without_its_settings():
     assert proc.returncode == 2 and "DATABASE_URL is required" in proc.stdout
 
 
-def test_a_critical_error_reaches_the_alert_webhook_within_a_minute(worker_db):
+def test_a_critical_error_reaches_the_alert_webhook_within_a_minute(db):
     import json
     from http.server import BaseHTTPRequestHandler, HTTPServer
 
@@ -147,10 +141,10 @@ def test_a_critical_error_reaches_the_alert_webhook_within_a_minute(worker_db):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     proc = subprocess.Popen(
         [sys.executable, "-m", "pyshim", "worker"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        env=env_with(DATABASE_URL=worker_db.app_url, WORKER_POLL_S="1",
+        env=env_with(DATABASE_URL=db.app_url, WORKER_POLL_S="1",
                      ALERT_WEBHOOK_URL=f"http://127.0.0.1:{server.server_port}/hooks/alert"))
     try:
-        with connect(worker_db.app_url) as conn:
+        with connect(db.app_url) as conn:
             with conn.transaction():
                 conn.execute("SELECT set_config('app.correlation_id', 'req-alert-9', true)")
                 conn.execute("SELECT api.log_error('critical', 'ledger', 'ledger imbalance in txn 42')")

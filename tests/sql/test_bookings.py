@@ -13,12 +13,6 @@ from tests.pg import connect
 from tests.sql.helpers import at_once, new_inventory, on_connections, place, sqlstate_of, wait_past
 
 
-@pytest.fixture
-def app(db):
-    with connect(db.app_url) as conn:
-        yield conn
-
-
 def create(conn, key, holder, hold_ids, metadata=None):
     return conn.execute(
         "SELECT api.create_booking(%s, %s, %s::uuid[], %s)", (key, holder, hold_ids, Jsonb(metadata or {}))
@@ -173,7 +167,6 @@ def test_every_event_from_every_state_follows_the_table_or_is_rb004(db, app):
 
 
 def test_a_direct_update_of_status_is_rb004_even_for_the_owner(db, app):
-    table = transitions(db)
     for source, target in itertools.product(STATES, STATES):
         if source == target:
             continue
@@ -187,7 +180,6 @@ def test_a_direct_update_of_status_is_rb004_even_for_the_owner(db, app):
             assert sqlstate_of(
                 conn, "UPDATE booking.bookings SET status = %s, version = version + 1, last_event = %s "
                       "WHERE booking_id = %s", (target, bad_event, booking_id)) == "RB004"
-    assert table  # the table is not empty
     booking_id = booking_in(db, app, "pending_payment")
     with connect(db.url) as conn:
         conn.execute("SET ROLE booking_owner")
@@ -206,6 +198,8 @@ def test_concurrent_events_on_one_booking_take_turns_and_none_is_lost(db, app):
         try:
             return event, conn.execute("SELECT booking.apply_event(%s, %s)", (booking_id, event)).fetchone()[0]
         except psycopg.Error as exc:
+            if exc.sqlstate != "RB004":
+                raise
             return event, exc.sqlstate
 
     try:
@@ -223,6 +217,7 @@ def test_concurrent_events_on_one_booking_take_turns_and_none_is_lost(db, app):
         assert previous[2] == current[1]
     # Once confirmed, payment_failed is refused: one success, and failures only before it.
     assert sum(1 for e, r in results if e == "payment_succeeded" and r == "confirmed") == 1
+    assert len(results) == 10
     assert db.one("SELECT status FROM booking.bookings WHERE booking_id = %s", (booking_id,)) == "confirmed"
 
 

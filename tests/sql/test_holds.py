@@ -2,23 +2,12 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 
 import pytest
 
 from tests.pg import connect
 from tests.sql.helpers import new_inventory, place, sqlstate_of, wait_past
-
-
-def call(conn, sql, params=None):
-    return conn.execute(sql, params).fetchall()
-
-
-@pytest.fixture
-def app(db):
-    with connect(db.app_url) as conn:
-        yield conn
 
 
 def availability(conn, inventory_id):
@@ -223,10 +212,9 @@ def test_set_capacity(db, app):
 def test_the_sweeper_expires_dead_holds_in_batches_and_keeps_the_rows(db, app):
     inventory = new_inventory(app, 100, ttl="1 second")
     live_inventory = new_inventory(app, 100)
-    for i in range(25):
-        place(app, inventory, 1 + i % 3)
+    deadlines = [place(app, inventory, 1 + i % 3)[1] for i in range(25)]
     place(app, live_inventory, 5)
-    time.sleep(1.1)
+    wait_past(app, max(deadlines))
     result = db.one("CALL booking.sweep_expired_holds(NULL, 10)")
     assert (result["expired_holds"], result["batches"], result["units_returned"]) == (25, 3, sum(1 + i % 3 for i in range(25)))
     assert db.rows("SELECT status, count(*) FROM booking.holds GROUP BY 1 ORDER BY 1") == [("expired", 25), ("live", 1)]
@@ -243,8 +231,8 @@ def test_the_sweeper_expires_dead_holds_in_batches_and_keeps_the_rows(db, app):
 
 def test_the_sweeper_cron_job_commits_per_batch_and_records_its_run(db, app):
     inventory = new_inventory(app, 10, ttl="1 second")
-    place(app, inventory, 3)
-    time.sleep(1.1)
+    _, expires_at = place(app, inventory, 3)
+    wait_past(app, expires_at)
     command = db.one("SELECT command FROM (SELECT core.cron_command(jobname, job_function) AS command "
                      "FROM core.cron_jobs WHERE jobname = 'booking-sweep-holds') AS c")
     assert command == "CALL booking.sweep_holds_cron()"
@@ -305,3 +293,19 @@ def test_the_domains_still_refuse_a_bad_value_written_by_hand(db, app, column, v
         assert sqlstate_of(owner, f"UPDATE booking.holds SET {column} = {value} WHERE hold_id = %s", (hold_id,)) == "23514"
     assert db.one("SELECT (quantity, status, holder, extensions_used)::text FROM booking.holds WHERE hold_id = %s",
                   (hold_id,)) == "(1,live,alice,0)"
+
+
+def test_a_failing_sweep_is_recorded_as_a_failed_cron_run_and_shows_in_health(db, app):
+    inventory = new_inventory(app, 10, ttl="1 second")
+    hold_id, expires_at = place(app, inventory, 3)
+    wait_past(app, expires_at)
+    with connect(db.url) as conn:
+        conn.execute("CREATE FUNCTION core.test_explode() RETURNS trigger LANGUAGE plpgsql AS "
+                     "$$ BEGIN RAISE EXCEPTION 'simulated sweep failure'; END $$")
+        conn.execute("CREATE TRIGGER test_explode BEFORE UPDATE ON booking.holds "
+                     "FOR EACH ROW EXECUTE FUNCTION core.test_explode()")
+        conn.execute("CALL booking.sweep_holds_cron()")
+    assert db.rows("SELECT last_status, last_error, failures FROM ops.cron_jobs "
+                   "WHERE jobname = 'booking-sweep-holds'") == [("failed", "simulated sweep failure", 1)]
+    assert db.one("SELECT api.health()")["checks"]["cron"]["jobs"]["booking-sweep-holds"]["status"] == "failed"
+    assert db.one("SELECT status FROM booking.holds WHERE hold_id = %s", (hold_id,)) == "live"  # rolled back

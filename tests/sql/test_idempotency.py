@@ -7,14 +7,7 @@ import time
 import pytest
 from psycopg.types.json import Jsonb
 
-from tests.pg import connect
 from tests.sql.helpers import on_connections, sqlstate_of
-
-
-@pytest.fixture
-def app(db):
-    with connect(db.app_url) as conn:
-        yield conn
 
 
 def begin(conn, key, request, principal="", lock_timeout="2 minutes", ttl="48 hours", scope="payment_intent"):

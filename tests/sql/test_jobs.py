@@ -14,12 +14,6 @@ from tests.sql.helpers import on_connections, sqlstate_of
 KIND = "email.booking_confirmed"
 
 
-@pytest.fixture
-def app(db):
-    with connect(db.app_url) as conn:
-        yield conn
-
-
 def enqueue(db, n=1, max_attempts=10):
     with connect(db.url) as conn:
         ids = [conn.execute("SELECT jobs.enqueue(%s, %s)", (KIND, Jsonb({"n": i}))).fetchone()[0] for i in range(n)]

@@ -120,8 +120,7 @@ def test_a_domain_that_replaced_a_foreign_key_allows_exactly_its_catalog(db, dom
 
 def test_every_currency_of_the_catalog_is_a_currency_code(db):
     # A code the domain refuses makes the cast fail.
-    assert db.one("SELECT count(c) FROM (SELECT code::core.currency_code AS c FROM core.currencies) AS x") == \
-        db.one("SELECT count(*) FROM core.currencies") > 100
+    assert db.one("SELECT count(code::core.currency_code) FROM core.currencies") > 100
 
 
 def test_two_migrators_at_once_apply_each_file_once(blank_db):

@@ -4,18 +4,11 @@ from __future__ import annotations
 
 import uuid
 
-import pytest
 from psycopg.types.json import Jsonb
 
 from tests.pg import connect
 from tests.sql.helpers import new_inventory, place, sqlstate_of, wait_past
 from tests.stripe_events import dispute, event, payment_intent, refund
-
-
-@pytest.fixture
-def app(db):
-    with connect(db.app_url) as conn:
-        yield conn
 
 
 def ingest(conn, evt):

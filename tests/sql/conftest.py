@@ -1,0 +1,14 @@
+"""Fixtures of the SQL tests (the cluster and `db` come from tests/conftest.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.pg import connect
+
+
+@pytest.fixture
+def app(db):
+    """A connection as a booking_app login, to the test's database."""
+    with connect(db.app_url) as conn:
+        yield conn
