@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import gzip
+import subprocess
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import httpx
 import pytest
 
-from tests.pg import connect, database_from_template, wait_until
+from tests.pg import ROOT, connect, database_from_template, env_with, wait_until
 from tests.shim.server import free_port, shim
 from tests.stripe_events import encode, event, sign
 
@@ -80,7 +82,11 @@ def test_a_failure_is_sent_to_sentry_with_the_correlation_id(broken_db, receiver
     assert b"simulated bug for sentry" in body and b"req-sentry-1" in body
 
 
-def test_nothing_is_sent_without_a_dsn(broken_db, receiver):
-    with shim(broken_db.app_url, SECRET) as base:
-        assert deliver(base).status_code == 500
-        assert wait_for(receiver.received, 2) == []
+@pytest.mark.parametrize("dsn, active", [("", False), ("http://key@127.0.0.1:9/1", True)])
+def test_sentry_is_set_up_only_with_a_dsn(dsn, active):
+    """init_sentry in a fresh process: an active Sentry client only when SENTRY_DSN is set."""
+    code = ("import sentry_sdk; from pyshim.monitoring import init_sentry; "
+            "init_sentry('pyshim'); print(sentry_sdk.get_client().is_active())")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env_with(SENTRY_DSN=dsn),
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == str(active)
