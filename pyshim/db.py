@@ -29,6 +29,17 @@ QUERIES = {
 }
 
 
+async def fetch_all(pool: AsyncConnectionPool, sql: str, params: list[Any], correlation_id: str | None) -> list[tuple]:
+    """Runs sql in a transaction that first sets app.correlation_id (when there is one);
+    returns its rows. Used by the shim's named calls and by the worker."""
+    async with pool.connection() as conn:
+        async with conn.transaction():
+            if correlation_id:
+                await conn.execute("SELECT pg_catalog.set_config('app.correlation_id', %s, true)", [correlation_id])
+            cur = await conn.execute(sql, params, prepare=True)
+            return await cur.fetchall()
+
+
 class Database:
     def __init__(self, settings: Settings):
         self.pool = AsyncConnectionPool(
@@ -49,13 +60,8 @@ class Database:
         await self.pool.close()
 
     async def call_rows(self, name: str, params: list[Any], correlation_id: str) -> list[tuple]:
-        """Runs a set-returning call (SELECT * FROM ...) in a transaction that first sets
-        app.correlation_id; returns its rows."""
-        async with self.pool.connection() as conn:
-            async with conn.transaction():
-                await conn.execute("SELECT pg_catalog.set_config('app.correlation_id', %s, true)", [correlation_id])
-                cur = await conn.execute(f"SELECT * FROM {QUERIES[name]}", params, prepare=True)
-                return await cur.fetchall()
+        """Runs a set-returning call (SELECT * FROM ...); returns its rows."""
+        return await fetch_all(self.pool, f"SELECT * FROM {QUERIES[name]}", params, correlation_id)
 
     async def call(self, name: str, params: list[Any], correlation_id: str) -> Any:
         """Runs the named function call; returns the first column of its one row."""

@@ -23,13 +23,19 @@ SCOPE = "payment_intent"
 PRINCIPAL = ""  # the booking id is in the request; keys are per shim, not per user
 
 
+def new_stripe_client(api_key: str, api_base: str | None, max_network_retries: int) -> stripe.StripeClient:
+    """The one way the shim and the worker talk to Stripe (or localstripe at api_base)."""
+    options = {"max_network_retries": max_network_retries}
+    if api_base:
+        options["base_addresses"] = {"api": api_base}
+    return stripe.StripeClient(api_key, **options)
+
+
 def stripe_client(settings) -> stripe.StripeClient | None:
+    # No retries inside a request: a failure frees the idempotency key for the caller's retry.
     if settings.stripe_api_key is None:
         return None
-    kwargs = {"max_network_retries": 0}
-    if settings.stripe_api_base:
-        kwargs["base_addresses"] = {"api": settings.stripe_api_base}
-    return stripe.StripeClient(str(settings.stripe_api_key), **kwargs)
+    return new_stripe_client(str(settings.stripe_api_key), settings.stripe_api_base, 0)
 
 
 def parse_request(data) -> dict:

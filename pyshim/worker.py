@@ -24,10 +24,11 @@ import uuid
 from email.message import EmailMessage
 from urllib.parse import urlparse
 
-import stripe
 from psycopg_pool import AsyncConnectionPool
 
+from .db import fetch_all
 from .monitoring import capture, init_sentry
+from .payments import new_stripe_client
 from .settings import ConfigError
 
 log = logging.getLogger("pyshim.worker")
@@ -99,10 +100,7 @@ class Worker:
             self.handlers["alert.notify"] = self.alert_notify
         stripe_key = env.get("STRIPE_API_KEY", "").strip()
         if stripe_key:
-            options = {"max_network_retries": 2}
-            if env.get("STRIPE_API_BASE", "").strip():
-                options["base_addresses"] = {"api": env["STRIPE_API_BASE"].strip()}
-            self.stripe = stripe.StripeClient(stripe_key, **options)
+            self.stripe = new_stripe_client(stripe_key, env.get("STRIPE_API_BASE", "").strip() or None, 2)
             self.handlers["stripe.refund"] = self.stripe_refund
             self.handlers["stripe.reconcile"] = self.stripe_reconcile
         if env.get("WORKER_NOOP") == "1":  # for make bench: jobs that do nothing
@@ -124,12 +122,7 @@ class Worker:
         self.completion_wakeup = asyncio.Event()
 
     async def call(self, sql: str, params: list, correlation_id: str | None = None):
-        async with self.pool.connection() as conn:
-            async with conn.transaction():
-                if correlation_id:
-                    await conn.execute("SELECT pg_catalog.set_config('app.correlation_id', %s, true)", [correlation_id])
-                cur = await conn.execute(sql, params)
-                return await cur.fetchall()
+        return await fetch_all(self.pool, sql, params, correlation_id)
 
     async def stripe_refund(self, payload: dict, correlation_id: str | None, job_id) -> dict:
         """Refunds what the ledger says is still due. Stripe's idempotency key is derived from
