@@ -1934,7 +1934,6 @@ COMMENT ON FUNCTION api.set_capacity(p_inventory_id uuid, p_capacity integer) IS
 
 CREATE FUNCTION booking.add_free(p_inventory_id uuid, p_units integer) RETURNS void
     LANGUAGE plpgsql
-    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 -- Spreads p_units (>= 0) evenly over the inventory's buckets; the caller holds their locks.
 DECLARE
@@ -1956,7 +1955,6 @@ ALTER FUNCTION booking.add_free(p_inventory_id uuid, p_units integer) OWNER TO b
 
 CREATE FUNCTION booking.after_booking_change() RETURNS trigger
     LANGUAGE plpgsql
-    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 -- AFTER INSERT OR UPDATE on booking.bookings: the history row, and what entering a state
 -- implies, in the same transaction (so no path can skip it).
@@ -2009,7 +2007,6 @@ ALTER FUNCTION booking.after_booking_change() OWNER TO booking_owner;
 
 CREATE FUNCTION booking.apply_event(p_booking_id uuid, p_event text, p_stripe_event_id text DEFAULT NULL::text, p_detail text DEFAULT NULL::text, p_if_allowed boolean DEFAULT false) RETURNS text
     LANGUAGE plpgsql
-    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 -- Moves a booking along the transition for p_event from its current status and returns
 -- the new status; RB005 unknown booking. No such transition: RB004, or, with
@@ -2020,25 +2017,40 @@ DECLARE
     v_status text;
     v_to text;
 BEGIN
-    SELECT b.status INTO v_status FROM booking.bookings AS b WHERE b.booking_id = p_booking_id FOR UPDATE;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'booking % not found', p_booking_id USING ERRCODE = 'RB005';
+    IF p_detail IS NOT NULL THEN
+        PERFORM set_config('booking.transition_detail', left(p_detail, 1000), true);
     END IF;
-    SELECT t.to_status INTO v_to
+    -- One statement in the usual case. If another transaction moved the booking on
+    -- meanwhile, the recheck after its commit compares the new status with the transition
+    -- row read before, finds no match and changes nothing: then lock, look again, retry.
+    UPDATE booking.bookings AS b
+    SET status = t.to_status, version = b.version + 1, last_event = p_event, last_stripe_event_id = p_stripe_event_id
     FROM booking.booking_transitions AS t
-    WHERE t.from_status = v_status AND t.event = p_event;
+    WHERE b.booking_id = p_booking_id AND t.from_status = b.status AND t.event = p_event
+    RETURNING b.status INTO v_to;
     IF NOT FOUND THEN
-        IF p_if_allowed THEN
-            RETURN v_status;
+        SELECT b.status INTO v_status FROM booking.bookings AS b WHERE b.booking_id = p_booking_id FOR UPDATE;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'booking % not found', p_booking_id USING ERRCODE = 'RB005';
         END IF;
-        RAISE EXCEPTION 'booking % is %: % is not allowed', p_booking_id, v_status, p_event
-            USING ERRCODE = 'RB004', HINT = 'Allowed transitions: SELECT * FROM ops.booking_transitions.';
+        SELECT t.to_status INTO v_to
+        FROM booking.booking_transitions AS t
+        WHERE t.from_status = v_status AND t.event = p_event;
+        IF NOT FOUND THEN
+            PERFORM set_config('booking.transition_detail', '', true);
+            IF p_if_allowed THEN
+                RETURN v_status;
+            END IF;
+            RAISE EXCEPTION 'booking % is %: % is not allowed', p_booking_id, v_status, p_event
+                USING ERRCODE = 'RB004', HINT = 'Allowed transitions: SELECT * FROM ops.booking_transitions.';
+        END IF;
+        UPDATE booking.bookings
+        SET status = v_to, version = version + 1, last_event = p_event, last_stripe_event_id = p_stripe_event_id
+        WHERE booking_id = p_booking_id;
     END IF;
-    PERFORM set_config('booking.transition_detail', coalesce(left(p_detail, 1000), ''), true);
-    UPDATE booking.bookings
-    SET status = v_to, version = version + 1, last_event = p_event, last_stripe_event_id = p_stripe_event_id
-    WHERE booking_id = p_booking_id;
-    PERFORM set_config('booking.transition_detail', '', true);
+    IF p_detail IS NOT NULL THEN
+        PERFORM set_config('booking.transition_detail', '', true);
+    END IF;
     RETURN v_to;
 END;
 $$;
@@ -2068,7 +2080,6 @@ ALTER FUNCTION booking.bucket_count_for(p_capacity integer) OWNER TO booking_own
 
 CREATE FUNCTION booking.convert_booked_holds(p_booking_id uuid) RETURNS integer
     LANGUAGE plpgsql
-    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 -- The booking is paid: its booked holds become converted and their units sold (the units
 -- left 'free' when the hold was placed; now they move from the hold to 'sold'). 'sold'
@@ -2112,7 +2123,6 @@ ALTER FUNCTION booking.convert_booked_holds(p_booking_id uuid) OWNER TO booking_
 
 CREATE FUNCTION booking.dead_open_holds(p_inventory_id uuid, p_limit integer) RETURNS uuid[]
     LANGUAGE sql
-    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
     -- Open holds past their deadline (all inventories when p_inventory_id is NULL),
     -- oldest deadline first, locked; rows another transaction holds are skipped.
@@ -2138,7 +2148,6 @@ ALTER FUNCTION booking.dead_open_holds(p_inventory_id uuid, p_limit integer) OWN
 
 CREATE FUNCTION booking.end_holds(p_hold_ids uuid[], p_status text) RETURNS booking.bucket_return[]
     LANGUAGE plpgsql
-    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 -- Ends the open holds among p_hold_ids (the caller has locked them) with p_status and
 -- returns the units to give back, per bucket. Buckets are not touched here, so a caller
@@ -2172,7 +2181,6 @@ ALTER FUNCTION booking.end_holds(p_hold_ids uuid[], p_status text) OWNER TO book
 
 CREATE FUNCTION booking.expire_due_bookings(p_limit integer) RETURNS integer
     LANGUAGE plpgsql
-    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 -- Bookings still awaiting payment past their deadline become expired (a later payment can
 -- still confirm them if the units are there).
@@ -2231,7 +2239,6 @@ ALTER TABLE booking.holds OWNER TO booking_owner;
 
 CREATE FUNCTION booking.expire_hold_if_dead(p_hold booking.holds) RETURNS boolean
     LANGUAGE plpgsql
-    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 -- For a locked open hold past its deadline: ends it as expired and gives its units back.
 BEGIN
@@ -2252,7 +2259,6 @@ ALTER FUNCTION booking.expire_hold_if_dead(p_hold booking.holds) OWNER TO bookin
 
 CREATE FUNCTION booking.give_back_units(p_booking_id uuid) RETURNS integer
     LANGUAGE plpgsql
-    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 -- The booking's booked and converted holds are released and their units go back to
 -- 'free' (converted ones leave 'sold'), one bucket at a time in bucket order.
@@ -2299,7 +2305,6 @@ ALTER FUNCTION booking.give_back_units(p_booking_id uuid) OWNER TO booking_owner
 
 CREATE FUNCTION booking.guard_booking_change() RETURNS trigger
     LANGUAGE plpgsql
-    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 -- BEFORE INSERT OR UPDATE on booking.bookings: RB004 unless the change is a transition
 -- listed in booking.booking_transitions, made with version + 1 and its event.
@@ -2342,7 +2347,6 @@ ALTER FUNCTION booking.guard_booking_change() OWNER TO booking_owner;
 
 CREATE FUNCTION booking.idle_bucket(p_inventory_id uuid) RETURNS smallint
     LANGUAGE plpgsql
-    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 -- One of the inventory's buckets that no other transaction holds, now locked by this
 -- one (or one it already held); NULL when every bucket is busy. Only the key is tested,
@@ -2370,7 +2374,6 @@ ALTER FUNCTION booking.idle_bucket(p_inventory_id uuid) OWNER TO booking_owner;
 
 CREATE FUNCTION booking.lock_buckets(p_inventory_id uuid) RETURNS void
     LANGUAGE plpgsql
-    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 -- Locks all of an inventory's buckets, in bucket order (the one order every waiter uses).
 BEGIN
@@ -2417,29 +2420,55 @@ ALTER FUNCTION booking.purge_ended_holds(p_retention interval, p_batch_size inte
 
 CREATE FUNCTION booking.reserve_for_late_payment(p_booking_id uuid) RETURNS boolean
     LANGUAGE plpgsql
-    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 -- A payment arrived for a booking whose deadline may have passed. Holds still 'booked'
--- keep their units (nobody reclaimed them: their rows are locked here); for each hold
--- that was swept or reclaimed, the same quantity is taken again if it is available.
--- True when the booking holds all its units now; false (and nothing taken) otherwise.
+-- keep their units (nobody reclaimed them: their rows are locked here); the units of the
+-- expired ones are taken again if they are there. True when the booking holds all its
+-- units now; false (and nothing taken) otherwise. The usual case, a payment in time,
+-- locks the rows and opens no subtransaction.
+DECLARE
+    v_expired boolean;
+BEGIN
+    -- All the hold rows first, in one statement: taking units takes bucket locks, and
+    -- whoever holds bucket locks must not then wait for a hold row (holds.sql, lock order).
+    SELECT coalesce(bool_or(l.status = 'expired'), false) INTO v_expired
+    FROM (
+        SELECT h.status
+        FROM booking.holds AS h
+        WHERE h.booking_id = p_booking_id AND h.status IN ('booked', 'expired')
+        ORDER BY h.hold_id
+        FOR UPDATE
+    ) AS l;
+    IF NOT v_expired THEN
+        RETURN true;
+    END IF;
+    RETURN booking.retake_expired_holds(p_booking_id);
+END;
+$$;
+
+
+ALTER FUNCTION booking.reserve_for_late_payment(p_booking_id uuid) OWNER TO booking_owner;
+
+--
+-- Name: retake_expired_holds(uuid); Type: FUNCTION; Schema: booking; Owner: booking_owner
+--
+
+CREATE FUNCTION booking.retake_expired_holds(p_booking_id uuid) RETURNS boolean
+    LANGUAGE plpgsql
+    AS $$
+-- For each of the booking's holds that was swept or reclaimed, the same quantity is taken
+-- again if it is available (the caller has locked the hold rows). True when all could be
+-- taken; false, and nothing taken, otherwise (the block is a subtransaction).
 DECLARE
     v_hold record;
     v_bucket smallint;
 BEGIN
-    -- All the hold rows first, in one statement: the loop below takes bucket locks, and
-    -- whoever holds bucket locks must not then wait for a hold row (holds.sql, lock order).
-    PERFORM FROM booking.holds AS h
-    WHERE h.booking_id = p_booking_id AND h.status IN ('booked', 'expired')
-    ORDER BY h.hold_id
-    FOR UPDATE;
     FOR v_hold IN
-        SELECT h.hold_id, h.inventory_id, h.quantity, h.holder, h.status
+        SELECT h.hold_id, h.inventory_id, h.quantity, h.holder
         FROM booking.holds AS h
-        WHERE h.booking_id = p_booking_id AND h.status IN ('booked', 'expired')
+        WHERE h.booking_id = p_booking_id AND h.status = 'expired'
         ORDER BY h.hold_id
     LOOP
-        CONTINUE WHEN v_hold.status = 'booked';
         v_bucket := booking.take_units(
             v_hold.inventory_id, v_hold.quantity,
             (SELECT i.bucket_count FROM booking.inventory AS i WHERE i.inventory_id = v_hold.inventory_id));
@@ -2454,7 +2483,7 @@ END;
 $$;
 
 
-ALTER FUNCTION booking.reserve_for_late_payment(p_booking_id uuid) OWNER TO booking_owner;
+ALTER FUNCTION booking.retake_expired_holds(p_booking_id uuid) OWNER TO booking_owner;
 
 --
 -- Name: return_to_buckets(booking.bucket_return[]); Type: FUNCTION; Schema: booking; Owner: booking_owner
@@ -2462,7 +2491,6 @@ ALTER FUNCTION booking.reserve_for_late_payment(p_booking_id uuid) OWNER TO book
 
 CREATE FUNCTION booking.return_to_buckets(p_returns booking.bucket_return[]) RETURNS integer
     LANGUAGE plpgsql
-    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 -- Gives units back to buckets, one row at a time in (inventory_id, bucket_no) order.
 DECLARE
@@ -2598,7 +2626,6 @@ ALTER PROCEDURE booking.sweep_holds_cron() OWNER TO booking_owner;
 
 CREATE FUNCTION booking.take_more_units(p_inventory_id uuid, p_units integer) RETURNS smallint
     LANGUAGE plpgsql
-    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 -- After a miss on idle buckets: wait for one bucket that has enough (one row, holding no
 -- other bucket, so no deadlock; a stray lock from a failed recheck is released by the
@@ -2646,7 +2673,6 @@ ALTER FUNCTION booking.take_more_units(p_inventory_id uuid, p_units integer) OWN
 
 CREATE FUNCTION booking.take_units(p_inventory_id uuid, p_units integer, p_bucket_count integer) RETURNS smallint
     LANGUAGE plpgsql
-    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 -- Takes p_units from the inventory's buckets; returns the bucket they came from (or the
 -- first of them); RB001 when there are not enough.
@@ -2699,7 +2725,6 @@ ALTER FUNCTION booking.take_units(p_inventory_id uuid, p_units integer, p_bucket
 
 CREATE FUNCTION booking.take_units_slowly(p_inventory_id uuid, p_quantity integer) RETURNS smallint
     LANGUAGE plpgsql
-    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 -- When no single unlocked bucket has p_quantity free: lock every bucket (in order),
 -- reclaim the inventory's expired holds, and take the units from as many buckets as
@@ -2928,7 +2953,6 @@ ALTER FUNCTION core.purge_refresh_tokens(p_batch_size integer) OWNER TO booking_
 
 CREATE FUNCTION core.require(p_value anyelement, p_name text) RETURNS void
     LANGUAGE plpgsql IMMUTABLE
-    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 -- 22004 when a required argument is NULL.
 BEGIN
@@ -2947,7 +2971,6 @@ ALTER FUNCTION core.require(p_value anyelement, p_name text) OWNER TO booking_ow
 
 CREATE FUNCTION core.require_interval(p_value interval, p_name text, p_min interval, p_max interval) RETURNS void
     LANGUAGE plpgsql IMMUTABLE
-    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 -- 22004 NULL, 22023 outside [p_min, p_max].
 BEGIN
@@ -2969,7 +2992,6 @@ ALTER FUNCTION core.require_interval(p_value interval, p_name text, p_min interv
 
 CREATE FUNCTION core.require_range(p_value bigint, p_name text, p_min bigint, p_max bigint) RETURNS void
     LANGUAGE plpgsql IMMUTABLE
-    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 -- 22004 NULL, 22023 outside [p_min, p_max].
 BEGIN
@@ -2991,7 +3013,6 @@ ALTER FUNCTION core.require_range(p_value bigint, p_name text, p_min bigint, p_m
 
 CREATE FUNCTION core.require_text(p_value text, p_name text, p_max_length integer) RETURNS void
     LANGUAGE plpgsql IMMUTABLE
-    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 -- 22004 NULL, 22023 empty, 22001 longer than p_max_length characters.
 BEGIN
@@ -3017,7 +3038,6 @@ ALTER FUNCTION core.require_text(p_value text, p_name text, p_max_length integer
 
 CREATE FUNCTION core.require_token_hash(p_hash bytea, p_name text) RETURNS void
     LANGUAGE plpgsql IMMUTABLE
-    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 BEGIN
     PERFORM core.require(p_hash, p_name);
@@ -3099,7 +3119,6 @@ ALTER TABLE core.idempotency_keys OWNER TO booking_owner;
 
 CREATE FUNCTION core.started_idempotency_key(p_scope text, p_key text, p_principal text) RETURNS core.idempotency_keys
     LANGUAGE plpgsql
-    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 -- The locked, started key row; RB005 unknown, RB002 not in progress.
 DECLARE
@@ -3181,7 +3200,6 @@ ALTER FUNCTION core.sync_cron_jobs(p_jobs jsonb) OWNER TO booking_owner;
 
 CREATE FUNCTION jobs.enqueue(p_kind text, p_payload jsonb, p_dedupe_key text DEFAULT NULL::text, p_run_at timestamp with time zone DEFAULT now()) RETURNS uuid
     LANGUAGE plpgsql
-    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 -- Adds a job in the caller's transaction; with a dedupe key, at most one job ever exists
 -- for it and its id is returned again.
@@ -3224,7 +3242,6 @@ ALTER FUNCTION jobs.retry_delay(p_attempt integer) OWNER TO booking_owner;
 
 CREATE FUNCTION ledger.charge_is_unallocated(p_payment_intent_id text) RETURNS boolean
     LANGUAGE plpgsql STABLE
-    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 -- NULL when no charge was posted for the PaymentIntent.
 BEGIN
@@ -3280,7 +3297,6 @@ ALTER FUNCTION ledger.check_balanced() OWNER TO booking_owner;
 
 CREATE FUNCTION ledger.post(p_kind text, p_stripe_object_id text, p_payment_intent_id text, p_booking_id uuid, p_amount bigint, p_currency text, p_debit text, p_credit text, p_stripe_event_id text DEFAULT NULL::text) RETURNS bigint
     LANGUAGE plpgsql
-    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 -- Posts p_amount from p_credit to p_debit, once per (kind, Stripe object): returns the new
 -- transaction id, or NULL when that object was already posted (a concurrent second post
@@ -3327,7 +3343,6 @@ ALTER FUNCTION ledger.post(p_kind text, p_stripe_object_id text, p_payment_inten
 
 CREATE FUNCTION ledger.post_charge(p_booking_id uuid, p_payment_intent_id text, p_amount bigint, p_currency text, p_unallocated boolean DEFAULT false, p_stripe_event_id text DEFAULT NULL::text) RETURNS bigint
     LANGUAGE plpgsql
-    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
     -- Money received for a booking (or, unallocated, money no booking can keep).
 BEGIN
@@ -3349,7 +3364,6 @@ ALTER FUNCTION ledger.post_charge(p_booking_id uuid, p_payment_intent_id text, p
 
 CREATE FUNCTION ledger.post_dispute(p_booking_id uuid, p_dispute_id text, p_payment_intent_id text, p_amount bigint, p_currency text, p_stripe_event_id text DEFAULT NULL::text) RETURNS bigint
     LANGUAGE plpgsql
-    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
     -- Stripe withdrew the disputed amount.
 BEGIN
@@ -3371,7 +3385,6 @@ ALTER FUNCTION ledger.post_dispute(p_booking_id uuid, p_dispute_id text, p_payme
 
 CREATE FUNCTION ledger.post_dispute_reversal(p_booking_id uuid, p_dispute_id text, p_payment_intent_id text, p_amount bigint, p_currency text, p_stripe_event_id text DEFAULT NULL::text) RETURNS bigint
     LANGUAGE plpgsql
-    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
     -- A won dispute: Stripe gave the amount back.
 BEGIN
@@ -3393,7 +3406,6 @@ ALTER FUNCTION ledger.post_dispute_reversal(p_booking_id uuid, p_dispute_id text
 
 CREATE FUNCTION ledger.post_refund(p_booking_id uuid, p_refund_id text, p_payment_intent_id text, p_amount bigint, p_currency text, p_stripe_event_id text DEFAULT NULL::text) RETURNS bigint
     LANGUAGE plpgsql
-    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
     -- Money sent back, by refund object, from the account its charge went to.
 BEGIN
@@ -3417,7 +3429,6 @@ ALTER FUNCTION ledger.post_refund(p_booking_id uuid, p_refund_id text, p_payment
 
 CREATE FUNCTION ledger.refuse_change() RETURNS trigger
     LANGUAGE plpgsql
-    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 BEGIN
     RAISE EXCEPTION 'the ledger is append-only: % on % is refused', TG_OP, TG_TABLE_NAME
@@ -3578,7 +3589,6 @@ COMMENT ON FUNCTION ops.retry_job(p_job_id uuid) IS 'Makes a dead or failed job 
 
 CREATE FUNCTION stripe.apply_event(p_event_id text) RETURNS text
     LANGUAGE plpgsql
-    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 -- Applies one stored, row-locked event again and records the outcome on its row; a
 -- deferred one is retried with backoff, dead after stripe.attempts_max() attempts.
@@ -3622,49 +3632,11 @@ $$;
 ALTER FUNCTION stripe.attempts_max() OWNER TO booking_owner;
 
 --
--- Name: booking_for(jsonb, text); Type: FUNCTION; Schema: stripe; Owner: booking_owner
---
-
-CREATE FUNCTION stripe.booking_for(p_object jsonb, p_payment_intent_id text) RETURNS uuid
-    LANGUAGE plpgsql STABLE
-    SET search_path TO 'pg_catalog', 'pg_temp'
-    AS $_$
--- The booking an object belongs to: metadata.booking_id, else the booking that recorded
--- the PaymentIntent, else the booking its charge was posted for.
-DECLARE
-    v_text text := p_object #>> '{metadata,booking_id}';
-    v_booking_id uuid;
-BEGIN
-    IF v_text ~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$' THEN
-        SELECT b.booking_id INTO v_booking_id FROM booking.bookings AS b WHERE b.booking_id = v_text::uuid;
-        IF FOUND THEN
-            RETURN v_booking_id;
-        END IF;
-    END IF;
-    IF p_payment_intent_id IS NULL THEN
-        RETURN NULL;
-    END IF;
-    SELECT b.booking_id INTO v_booking_id FROM booking.bookings AS b WHERE b.payment_intent_id = p_payment_intent_id;
-    IF FOUND THEN
-        RETURN v_booking_id;
-    END IF;
-    SELECT t.booking_id INTO v_booking_id
-    FROM ledger.transactions AS t
-    WHERE t.kind = 'charge' AND t.stripe_object_id = p_payment_intent_id;
-    RETURN v_booking_id;
-END;
-$_$;
-
-
-ALTER FUNCTION stripe.booking_for(p_object jsonb, p_payment_intent_id text) OWNER TO booking_owner;
-
---
 -- Name: check_event(jsonb); Type: FUNCTION; Schema: stripe; Owner: booking_owner
 --
 
 CREATE FUNCTION stripe.check_event(p_event jsonb) RETURNS void
     LANGUAGE plpgsql IMMUTABLE
-    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 -- RW001 unless p_event has the shape of a Stripe event (contract: "Stripe").
 BEGIN
@@ -3701,12 +3673,11 @@ ALTER FUNCTION stripe.check_event(p_event jsonb) OWNER TO booking_owner;
 
 CREATE FUNCTION stripe.dispatch(p_event_id text, p_type text, p_object jsonb) RETURNS text
     LANGUAGE plpgsql
-    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 -- What an event means: the outcome 'processed', 'ignored' or 'deferred'.
 DECLARE
     v_pi text;
-    v_booking_id uuid;
+    v_booking booking.bookings;
     v_status text;
 BEGIN
     IF p_type IN ('charge.refunded', 'refund.created', 'refund.updated') THEN
@@ -3741,8 +3712,8 @@ BEGIN
         RETURN 'ignored';
     END IF;
     v_pi := CASE WHEN p_type LIKE 'payment_intent.%' THEN p_object ->> 'id' ELSE p_object ->> 'payment_intent' END;
-    v_booking_id := stripe.booking_for(p_object, v_pi);
-    IF v_booking_id IS NULL THEN
+    v_booking := stripe.lock_booking_for(p_object, v_pi);
+    IF v_booking.booking_id IS NULL THEN
         RETURN 'ignored';  -- not a payment for one of our bookings
     END IF;
     IF p_type IN ('payment_intent.succeeded', 'checkout.session.async_payment_succeeded')
@@ -3751,15 +3722,15 @@ BEGIN
             RETURN 'ignored';
         END IF;
         RETURN stripe.on_payment_succeeded(
-            p_event_id, v_booking_id, v_pi,
+            p_event_id, v_booking, v_pi,
             coalesce(p_object ->> 'amount_received', p_object ->> 'amount_total', p_object ->> 'amount')::bigint,
             p_object ->> 'currency'
         );
     ELSIF p_type IN ('payment_intent.payment_failed', 'checkout.session.async_payment_failed') THEN
-        PERFORM booking.apply_event(v_booking_id, 'payment_failed', p_event_id, NULL, true);
+        PERFORM booking.apply_event(v_booking.booking_id, 'payment_failed', p_event_id, NULL, true);
         RETURN 'processed';
     ELSIF p_type IN ('payment_intent.canceled', 'checkout.session.expired') THEN
-        PERFORM booking.apply_event(v_booking_id, 'payment_canceled', p_event_id, NULL, true);
+        PERFORM booking.apply_event(v_booking.booking_id, 'payment_canceled', p_event_id, NULL, true);
         RETURN 'processed';
     END IF;
     RETURN 'ignored';  -- a checkout session completed but not paid yet (async methods)
@@ -3775,7 +3746,6 @@ ALTER FUNCTION stripe.dispatch(p_event_id text, p_type text, p_object jsonb) OWN
 
 CREATE FUNCTION stripe.enqueue_refund(p_booking_id uuid, p_payment_intent_id text, p_reason text) RETURNS uuid
     LANGUAGE sql
-    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
     -- One stripe.refund job per PaymentIntent, ever: two jobs refunding the same payment at
     -- once could both see it unrefunded and refund it twice.
@@ -3802,12 +3772,79 @@ $$;
 ALTER FUNCTION stripe.livemode(p_event jsonb) OWNER TO booking_owner;
 
 --
+-- Name: bookings; Type: TABLE; Schema: booking; Owner: booking_owner
+--
+
+CREATE TABLE booking.bookings (
+    booking_id uuid DEFAULT gen_random_uuid() NOT NULL,
+    holder core.text_1_200 NOT NULL,
+    idempotency_key core.text_1_255,
+    request_fingerprint text NOT NULL,
+    status booking.booking_status NOT NULL,
+    version booking.row_version DEFAULT 1 NOT NULL,
+    last_event text DEFAULT 'created'::text NOT NULL,
+    last_stripe_event_id text,
+    amount core.minor_units NOT NULL,
+    currency core.currency_code NOT NULL,
+    metadata core.json_object DEFAULT '{}'::jsonb NOT NULL,
+    expires_at timestamp with time zone NOT NULL,
+    payment_intent_id core.text_1_255,
+    payment_intent_status text,
+    response jsonb NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL
+);
+
+
+ALTER TABLE booking.bookings OWNER TO booking_owner;
+
+--
+-- Name: lock_booking_for(jsonb, text); Type: FUNCTION; Schema: stripe; Owner: booking_owner
+--
+
+CREATE FUNCTION stripe.lock_booking_for(p_object jsonb, p_payment_intent_id text) RETURNS booking.bookings
+    LANGUAGE plpgsql
+    AS $_$
+-- The booking an object belongs to, row-locked (every handler changes it or must see it
+-- settled): metadata.booking_id, else the booking that recorded the PaymentIntent, else
+-- the booking its charge was posted for. All fields NULL when there is none.
+DECLARE
+    v_text text := p_object #>> '{metadata,booking_id}';
+    v_booking booking.bookings;
+BEGIN
+    IF v_text ~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$' THEN
+        SELECT * INTO v_booking FROM booking.bookings AS b WHERE b.booking_id = v_text::uuid FOR UPDATE;
+        IF FOUND THEN
+            RETURN v_booking;
+        END IF;
+    END IF;
+    IF p_payment_intent_id IS NULL THEN
+        RETURN v_booking;
+    END IF;
+    SELECT * INTO v_booking FROM booking.bookings AS b WHERE b.payment_intent_id = p_payment_intent_id FOR UPDATE;
+    IF FOUND THEN
+        RETURN v_booking;
+    END IF;
+    SELECT * INTO v_booking
+    FROM booking.bookings AS b
+    WHERE b.booking_id = (
+        SELECT t.booking_id FROM ledger.transactions AS t
+        WHERE t.kind = 'charge' AND t.stripe_object_id = p_payment_intent_id
+    )
+    FOR UPDATE;
+    RETURN v_booking;
+END;
+$_$;
+
+
+ALTER FUNCTION stripe.lock_booking_for(p_object jsonb, p_payment_intent_id text) OWNER TO booking_owner;
+
+--
 -- Name: on_dispute(text, text, jsonb); Type: FUNCTION; Schema: stripe; Owner: booking_owner
 --
 
 CREATE FUNCTION stripe.on_dispute(p_event_id text, p_type text, p_dispute jsonb) RETURNS text
     LANGUAGE plpgsql
-    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 -- Disputes: created withdraws the amount; closed as won gives it back, as lost keeps it
 -- withdrawn. Deferred until the payment (or, for closed, the dispute) has been booked.
@@ -3819,8 +3856,7 @@ BEGIN
     IF ledger.charge_is_unallocated(v_pi) IS NULL THEN
         RETURN 'deferred';
     END IF;
-    v_booking_id := stripe.booking_for(p_dispute, v_pi);
-    PERFORM 1 FROM booking.bookings AS b WHERE b.booking_id = v_booking_id FOR UPDATE;
+    v_booking_id := (stripe.lock_booking_for(p_dispute, v_pi)).booking_id;
     IF p_type = 'charge.dispute.created' THEN
         PERFORM ledger.post_dispute(v_booking_id, v_id, v_pi, (p_dispute ->> 'amount')::bigint,
                                     p_dispute ->> 'currency', p_event_id);
@@ -3847,54 +3883,58 @@ $$;
 ALTER FUNCTION stripe.on_dispute(p_event_id text, p_type text, p_dispute jsonb) OWNER TO booking_owner;
 
 --
--- Name: on_payment_succeeded(text, uuid, text, bigint, text); Type: FUNCTION; Schema: stripe; Owner: booking_owner
+-- Name: on_payment_succeeded(text, booking.bookings, text, bigint, text); Type: FUNCTION; Schema: stripe; Owner: booking_owner
 --
 
-CREATE FUNCTION stripe.on_payment_succeeded(p_event_id text, p_booking_id uuid, p_payment_intent_id text, p_amount bigint, p_currency text) RETURNS text
+CREATE FUNCTION stripe.on_payment_succeeded(p_event_id text, p_booking booking.bookings, p_payment_intent_id text, p_amount bigint, p_currency text) RETURNS text
     LANGUAGE plpgsql
-    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 -- Money arrived. Booked once per PaymentIntent; the booking is confirmed if it is payable
 -- or its units can be taken again; otherwise the money is unallocated and goes back.
 DECLARE
-    v_booking booking.bookings;
+    v_booking_id uuid := p_booking.booking_id;
+    v_booked boolean;
+    v_paid boolean;
 BEGIN
-    SELECT * INTO v_booking FROM booking.bookings AS b WHERE b.booking_id = p_booking_id FOR UPDATE;
-    IF EXISTS (SELECT FROM ledger.transactions AS t WHERE t.kind = 'charge' AND t.stripe_object_id = p_payment_intent_id) THEN
+    SELECT
+        EXISTS (SELECT FROM ledger.transactions AS t WHERE t.kind = 'charge' AND t.stripe_object_id = p_payment_intent_id),
+        EXISTS (
+            SELECT FROM ledger.transactions AS t
+            JOIN ledger.lines AS l ON l.txn_id = t.txn_id
+            WHERE t.kind = 'charge' AND t.booking_id = v_booking_id AND l.account = 'booking_revenue'
+        )
+    INTO v_booked, v_paid;
+    IF v_booked THEN
         RETURN 'processed';  -- another announcement of a payment already booked
     END IF;
-    IF (p_amount, p_currency) IS DISTINCT FROM (v_booking.amount, v_booking.currency) THEN
+    IF (p_amount, p_currency) IS DISTINCT FROM (p_booking.amount, p_booking.currency) THEN
         RAISE EXCEPTION 'PaymentIntent % paid % %, booking % costs % %', p_payment_intent_id, p_amount, p_currency,
-            p_booking_id, v_booking.amount, v_booking.currency
+            v_booking_id, p_booking.amount, p_booking.currency
             USING ERRCODE = 'RX001';
     END IF;
-    IF EXISTS (
-        SELECT FROM ledger.transactions AS t
-        JOIN ledger.lines AS l ON l.txn_id = t.txn_id
-        WHERE t.kind = 'charge' AND t.booking_id = p_booking_id AND l.account = 'booking_revenue'
-    ) THEN
+    IF v_paid THEN
         -- Paid twice (two PaymentIntents): the second payment goes back.
-        PERFORM ledger.post_charge(p_booking_id, p_payment_intent_id, p_amount, p_currency, true, p_event_id);
-        PERFORM stripe.enqueue_refund(p_booking_id, p_payment_intent_id, 'duplicate_payment');
+        PERFORM ledger.post_charge(v_booking_id, p_payment_intent_id, p_amount, p_currency, true, p_event_id);
+        PERFORM stripe.enqueue_refund(v_booking_id, p_payment_intent_id, 'duplicate_payment');
         RETURN 'processed';
     END IF;
-    IF v_booking.status IN ('pending_payment', 'payment_failed', 'expired')
-        AND booking.reserve_for_late_payment(p_booking_id) THEN
-        PERFORM ledger.post_charge(p_booking_id, p_payment_intent_id, p_amount, p_currency, false, p_event_id);
-        PERFORM booking.apply_event(p_booking_id, 'payment_succeeded', p_event_id);
+    IF p_booking.status IN ('pending_payment', 'payment_failed', 'expired')
+        AND booking.reserve_for_late_payment(v_booking_id) THEN
+        PERFORM ledger.post_charge(v_booking_id, p_payment_intent_id, p_amount, p_currency, false, p_event_id);
+        PERFORM booking.apply_event(v_booking_id, 'payment_succeeded', p_event_id);
         RETURN 'processed';
     END IF;
     -- No units for it (or the booking was cancelled): keep the money apart, send it back.
-    PERFORM ledger.post_charge(p_booking_id, p_payment_intent_id, p_amount, p_currency, true, p_event_id);
+    PERFORM ledger.post_charge(v_booking_id, p_payment_intent_id, p_amount, p_currency, true, p_event_id);
     -- Entering refund_pending enqueues the refunds itself; in any other case this one goes back.
-    PERFORM booking.apply_event(p_booking_id, 'payment_succeeded_without_capacity', p_event_id, NULL, true);
-    PERFORM stripe.enqueue_refund(p_booking_id, p_payment_intent_id, 'unallocated_payment');
+    PERFORM booking.apply_event(v_booking_id, 'payment_succeeded_without_capacity', p_event_id, NULL, true);
+    PERFORM stripe.enqueue_refund(v_booking_id, p_payment_intent_id, 'unallocated_payment');
     RETURN 'processed';
 END;
 $$;
 
 
-ALTER FUNCTION stripe.on_payment_succeeded(p_event_id text, p_booking_id uuid, p_payment_intent_id text, p_amount bigint, p_currency text) OWNER TO booking_owner;
+ALTER FUNCTION stripe.on_payment_succeeded(p_event_id text, p_booking booking.bookings, p_payment_intent_id text, p_amount bigint, p_currency text) OWNER TO booking_owner;
 
 --
 -- Name: on_refund(text, jsonb); Type: FUNCTION; Schema: stripe; Owner: booking_owner
@@ -3902,7 +3942,6 @@ ALTER FUNCTION stripe.on_payment_succeeded(p_event_id text, p_booking_id uuid, p
 
 CREATE FUNCTION stripe.on_refund(p_event_id text, p_refund jsonb) RETURNS text
     LANGUAGE plpgsql
-    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 -- A succeeded refund, booked once by refund id against the account its charge went to;
 -- deferred until the payment it refunds has been booked.
@@ -3920,8 +3959,7 @@ BEGIN
     IF v_unallocated IS NULL THEN
         RETURN 'deferred';
     END IF;
-    v_booking_id := stripe.booking_for(p_refund, v_pi);
-    PERFORM 1 FROM booking.bookings AS b WHERE b.booking_id = v_booking_id FOR UPDATE;
+    v_booking_id := (stripe.lock_booking_for(p_refund, v_pi)).booking_id;
     PERFORM ledger.post_refund(v_booking_id, p_refund ->> 'id', v_pi, (p_refund ->> 'amount')::bigint,
                                p_refund ->> 'currency', p_event_id);
     -- Compare what went back with what came in on the same side (allocated or not).
@@ -3955,7 +3993,6 @@ ALTER FUNCTION stripe.on_refund(p_event_id text, p_refund jsonb) OWNER TO bookin
 
 CREATE FUNCTION stripe.outcome_of(p_event jsonb) RETURNS text
     LANGUAGE plpgsql
-    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 -- Applies an event (stored or about to be): processed, ignored (not applicable, or another
 -- mode or account than stripe.config), or deferred (it depends on something not booked yet).
@@ -4090,33 +4127,6 @@ CREATE TABLE booking.booking_transitions (
 
 
 ALTER TABLE booking.booking_transitions OWNER TO booking_owner;
-
---
--- Name: bookings; Type: TABLE; Schema: booking; Owner: booking_owner
---
-
-CREATE TABLE booking.bookings (
-    booking_id uuid DEFAULT gen_random_uuid() NOT NULL,
-    holder core.text_1_200 NOT NULL,
-    idempotency_key core.text_1_255,
-    request_fingerprint text NOT NULL,
-    status booking.booking_status NOT NULL,
-    version booking.row_version DEFAULT 1 NOT NULL,
-    last_event text DEFAULT 'created'::text NOT NULL,
-    last_stripe_event_id text,
-    amount core.minor_units NOT NULL,
-    currency core.currency_code NOT NULL,
-    metadata core.json_object DEFAULT '{}'::jsonb NOT NULL,
-    expires_at timestamp with time zone NOT NULL,
-    payment_intent_id core.text_1_255,
-    payment_intent_status text,
-    response jsonb NOT NULL,
-    created_at timestamp with time zone DEFAULT now() NOT NULL,
-    updated_at timestamp with time zone DEFAULT now() NOT NULL
-);
-
-
-ALTER TABLE booking.bookings OWNER TO booking_owner;
 
 --
 -- Name: inventory; Type: TABLE; Schema: booking; Owner: booking_owner
@@ -5823,6 +5833,13 @@ REVOKE ALL ON FUNCTION booking.reserve_for_late_payment(p_booking_id uuid) FROM 
 
 
 --
+-- Name: FUNCTION retake_expired_holds(p_booking_id uuid); Type: ACL; Schema: booking; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION booking.retake_expired_holds(p_booking_id uuid) FROM PUBLIC;
+
+
+--
 -- Name: FUNCTION return_to_buckets(p_returns booking.bucket_return[]); Type: ACL; Schema: booking; Owner: booking_owner
 --
 
@@ -6106,13 +6123,6 @@ REVOKE ALL ON FUNCTION stripe.attempts_max() FROM PUBLIC;
 
 
 --
--- Name: FUNCTION booking_for(p_object jsonb, p_payment_intent_id text); Type: ACL; Schema: stripe; Owner: booking_owner
---
-
-REVOKE ALL ON FUNCTION stripe.booking_for(p_object jsonb, p_payment_intent_id text) FROM PUBLIC;
-
-
---
 -- Name: FUNCTION check_event(p_event jsonb); Type: ACL; Schema: stripe; Owner: booking_owner
 --
 
@@ -6141,6 +6151,13 @@ REVOKE ALL ON FUNCTION stripe.livemode(p_event jsonb) FROM PUBLIC;
 
 
 --
+-- Name: FUNCTION lock_booking_for(p_object jsonb, p_payment_intent_id text); Type: ACL; Schema: stripe; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION stripe.lock_booking_for(p_object jsonb, p_payment_intent_id text) FROM PUBLIC;
+
+
+--
 -- Name: FUNCTION on_dispute(p_event_id text, p_type text, p_dispute jsonb); Type: ACL; Schema: stripe; Owner: booking_owner
 --
 
@@ -6148,10 +6165,10 @@ REVOKE ALL ON FUNCTION stripe.on_dispute(p_event_id text, p_type text, p_dispute
 
 
 --
--- Name: FUNCTION on_payment_succeeded(p_event_id text, p_booking_id uuid, p_payment_intent_id text, p_amount bigint, p_currency text); Type: ACL; Schema: stripe; Owner: booking_owner
+-- Name: FUNCTION on_payment_succeeded(p_event_id text, p_booking booking.bookings, p_payment_intent_id text, p_amount bigint, p_currency text); Type: ACL; Schema: stripe; Owner: booking_owner
 --
 
-REVOKE ALL ON FUNCTION stripe.on_payment_succeeded(p_event_id text, p_booking_id uuid, p_payment_intent_id text, p_amount bigint, p_currency text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION stripe.on_payment_succeeded(p_event_id text, p_booking booking.bookings, p_payment_intent_id text, p_amount bigint, p_currency text) FROM PUBLIC;
 
 
 --

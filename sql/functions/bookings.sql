@@ -5,7 +5,6 @@
 CREATE OR REPLACE FUNCTION booking.guard_booking_change()
 RETURNS trigger
 LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
 AS $$
 -- BEFORE INSERT OR UPDATE on booking.bookings: RB004 unless the change is a transition
 -- listed in booking.booking_transitions, made with version + 1 and its event.
@@ -42,7 +41,6 @@ $$;
 CREATE OR REPLACE FUNCTION booking.after_booking_change()
 RETURNS trigger
 LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
 AS $$
 -- AFTER INSERT OR UPDATE on booking.bookings: the history row, and what entering a state
 -- implies, in the same transaction (so no path can skip it).
@@ -96,7 +94,6 @@ FOR EACH ROW EXECUTE FUNCTION booking.after_booking_change();
 CREATE OR REPLACE FUNCTION booking.convert_booked_holds(p_booking_id uuid)
 RETURNS int
 LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
 AS $$
 -- The booking is paid: its booked holds become converted and their units sold (the units
 -- left 'free' when the hold was placed; now they move from the hold to 'sold'). 'sold'
@@ -134,7 +131,6 @@ $$;
 CREATE OR REPLACE FUNCTION booking.give_back_units(p_booking_id uuid)
 RETURNS int
 LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
 AS $$
 -- The booking's booked and converted holds are released and their units go back to
 -- 'free' (converted ones leave 'sold'), one bucket at a time in bucket order.
@@ -182,7 +178,6 @@ CREATE OR REPLACE FUNCTION booking.apply_event(
 )
 RETURNS text
 LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
 AS $$
 -- Moves a booking along the transition for p_event from its current status and returns
 -- the new status; RB005 unknown booking. No such transition: RB004, or, with
@@ -193,25 +188,40 @@ DECLARE
     v_status text;
     v_to text;
 BEGIN
-    SELECT b.status INTO v_status FROM booking.bookings AS b WHERE b.booking_id = p_booking_id FOR UPDATE;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'booking % not found', p_booking_id USING ERRCODE = 'RB005';
+    IF p_detail IS NOT NULL THEN
+        PERFORM set_config('booking.transition_detail', left(p_detail, 1000), true);
     END IF;
-    SELECT t.to_status INTO v_to
+    -- One statement in the usual case. If another transaction moved the booking on
+    -- meanwhile, the recheck after its commit compares the new status with the transition
+    -- row read before, finds no match and changes nothing: then lock, look again, retry.
+    UPDATE booking.bookings AS b
+    SET status = t.to_status, version = b.version + 1, last_event = p_event, last_stripe_event_id = p_stripe_event_id
     FROM booking.booking_transitions AS t
-    WHERE t.from_status = v_status AND t.event = p_event;
+    WHERE b.booking_id = p_booking_id AND t.from_status = b.status AND t.event = p_event
+    RETURNING b.status INTO v_to;
     IF NOT FOUND THEN
-        IF p_if_allowed THEN
-            RETURN v_status;
+        SELECT b.status INTO v_status FROM booking.bookings AS b WHERE b.booking_id = p_booking_id FOR UPDATE;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'booking % not found', p_booking_id USING ERRCODE = 'RB005';
         END IF;
-        RAISE EXCEPTION 'booking % is %: % is not allowed', p_booking_id, v_status, p_event
-            USING ERRCODE = 'RB004', HINT = 'Allowed transitions: SELECT * FROM ops.booking_transitions.';
+        SELECT t.to_status INTO v_to
+        FROM booking.booking_transitions AS t
+        WHERE t.from_status = v_status AND t.event = p_event;
+        IF NOT FOUND THEN
+            PERFORM set_config('booking.transition_detail', '', true);
+            IF p_if_allowed THEN
+                RETURN v_status;
+            END IF;
+            RAISE EXCEPTION 'booking % is %: % is not allowed', p_booking_id, v_status, p_event
+                USING ERRCODE = 'RB004', HINT = 'Allowed transitions: SELECT * FROM ops.booking_transitions.';
+        END IF;
+        UPDATE booking.bookings
+        SET status = v_to, version = version + 1, last_event = p_event, last_stripe_event_id = p_stripe_event_id
+        WHERE booking_id = p_booking_id;
     END IF;
-    PERFORM set_config('booking.transition_detail', coalesce(left(p_detail, 1000), ''), true);
-    UPDATE booking.bookings
-    SET status = v_to, version = version + 1, last_event = p_event, last_stripe_event_id = p_stripe_event_id
-    WHERE booking_id = p_booking_id;
-    PERFORM set_config('booking.transition_detail', '', true);
+    IF p_detail IS NOT NULL THEN
+        PERFORM set_config('booking.transition_detail', '', true);
+    END IF;
     RETURN v_to;
 END;
 $$;
@@ -219,7 +229,6 @@ $$;
 CREATE OR REPLACE FUNCTION booking.expire_due_bookings(p_limit int)
 RETURNS int
 LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
 AS $$
 -- Bookings still awaiting payment past their deadline become expired (a later payment can
 -- still confirm them if the units are there).

@@ -4,7 +4,6 @@ CREATE OR REPLACE FUNCTION core.require(p_value anyelement, p_name text)
 RETURNS void
 LANGUAGE plpgsql
 IMMUTABLE
-SET search_path = pg_catalog, pg_temp
 AS $$
 -- 22004 when a required argument is NULL.
 BEGIN
@@ -18,7 +17,6 @@ CREATE OR REPLACE FUNCTION core.require_text(p_value text, p_name text, p_max_le
 RETURNS void
 LANGUAGE plpgsql
 IMMUTABLE
-SET search_path = pg_catalog, pg_temp
 AS $$
 -- 22004 NULL, 22023 empty, 22001 longer than p_max_length characters.
 BEGIN
@@ -39,7 +37,6 @@ CREATE OR REPLACE FUNCTION core.require_range(p_value bigint, p_name text, p_min
 RETURNS void
 LANGUAGE plpgsql
 IMMUTABLE
-SET search_path = pg_catalog, pg_temp
 AS $$
 -- 22004 NULL, 22023 outside [p_min, p_max].
 BEGIN
@@ -56,7 +53,6 @@ CREATE OR REPLACE FUNCTION core.require_interval(p_value interval, p_name text, 
 RETURNS void
 LANGUAGE plpgsql
 IMMUTABLE
-SET search_path = pg_catalog, pg_temp
 AS $$
 -- 22004 NULL, 22023 outside [p_min, p_max].
 BEGIN

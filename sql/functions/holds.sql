@@ -19,7 +19,6 @@ $$;
 CREATE OR REPLACE FUNCTION booking.idle_bucket(p_inventory_id uuid)
 RETURNS smallint
 LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
 AS $$
 -- One of the inventory's buckets that no other transaction holds, now locked by this
 -- one (or one it already held); NULL when every bucket is busy. Only the key is tested,
@@ -41,7 +40,6 @@ $$;
 CREATE OR REPLACE FUNCTION booking.add_free(p_inventory_id uuid, p_units int)
 RETURNS void
 LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
 AS $$
 -- Spreads p_units (>= 0) evenly over the inventory's buckets; the caller holds their locks.
 DECLARE
@@ -57,7 +55,6 @@ $$;
 CREATE OR REPLACE FUNCTION booking.lock_buckets(p_inventory_id uuid)
 RETURNS void
 LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
 AS $$
 -- Locks all of an inventory's buckets, in bucket order (the one order every waiter uses).
 BEGIN
@@ -71,7 +68,6 @@ $$;
 CREATE OR REPLACE FUNCTION booking.end_holds(p_hold_ids uuid[], p_status text)
 RETURNS booking.bucket_return[]
 LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
 AS $$
 -- Ends the open holds among p_hold_ids (the caller has locked them) with p_status and
 -- returns the units to give back, per bucket. Buckets are not touched here, so a caller
@@ -99,7 +95,6 @@ $$;
 CREATE OR REPLACE FUNCTION booking.return_to_buckets(p_returns booking.bucket_return[])
 RETURNS int
 LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
 AS $$
 -- Gives units back to buckets, one row at a time in (inventory_id, bucket_no) order.
 DECLARE
@@ -124,7 +119,6 @@ $$;
 CREATE OR REPLACE FUNCTION booking.dead_open_holds(p_inventory_id uuid, p_limit int)
 RETURNS uuid[]
 LANGUAGE sql
-SET search_path = pg_catalog, pg_temp
 AS $$
     -- Open holds past their deadline (all inventories when p_inventory_id is NULL),
     -- oldest deadline first, locked; rows another transaction holds are skipped.
@@ -144,7 +138,6 @@ $$;
 CREATE OR REPLACE FUNCTION booking.take_units_slowly(p_inventory_id uuid, p_quantity int)
 RETURNS smallint
 LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
 AS $$
 -- When no single unlocked bucket has p_quantity free: lock every bucket (in order),
 -- reclaim the inventory's expired holds, and take the units from as many buckets as
@@ -185,7 +178,6 @@ $$;
 CREATE OR REPLACE FUNCTION booking.expire_hold_if_dead(p_hold booking.holds)
 RETURNS boolean
 LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
 AS $$
 -- For a locked open hold past its deadline: ends it as expired and gives its units back.
 BEGIN
@@ -200,7 +192,6 @@ $$;
 CREATE OR REPLACE FUNCTION booking.take_more_units(p_inventory_id uuid, p_units int)
 RETURNS smallint
 LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
 AS $$
 -- After a miss on idle buckets: wait for one bucket that has enough (one row, holding no
 -- other bucket, so no deadlock; a stray lock from a failed recheck is released by the
@@ -243,7 +234,6 @@ DROP FUNCTION IF EXISTS booking.take_units(uuid, int);
 CREATE OR REPLACE FUNCTION booking.take_units(p_inventory_id uuid, p_units int, p_bucket_count int)
 RETURNS smallint
 LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
 AS $$
 -- Takes p_units from the inventory's buckets; returns the bucket they came from (or the
 -- first of them); RB001 when there are not enough.

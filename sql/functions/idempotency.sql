@@ -75,7 +75,6 @@ COMMENT ON FUNCTION api.idempotency_begin(text, text, text, jsonb, interval, int
 CREATE OR REPLACE FUNCTION core.started_idempotency_key(p_scope text, p_key text, p_principal text)
 RETURNS core.idempotency_keys
 LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
 AS $$
 -- The locked, started key row; RB005 unknown, RB002 not in progress.
 DECLARE

@@ -5,7 +5,6 @@ CREATE OR REPLACE FUNCTION jobs.enqueue(
 )
 RETURNS uuid
 LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
 AS $$
 -- Adds a job in the caller's transaction; with a dedupe key, at most one job ever exists
 -- for it and its id is returned again.

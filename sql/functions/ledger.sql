@@ -6,7 +6,6 @@
 CREATE OR REPLACE FUNCTION ledger.refuse_change()
 RETURNS trigger
 LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     RAISE EXCEPTION 'the ledger is append-only: % on % is refused', TG_OP, TG_TABLE_NAME
@@ -70,7 +69,6 @@ CREATE OR REPLACE FUNCTION ledger.post(
 )
 RETURNS bigint
 LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
 AS $$
 -- Posts p_amount from p_credit to p_debit, once per (kind, Stripe object): returns the new
 -- transaction id, or NULL when that object was already posted (a concurrent second post
@@ -114,7 +112,6 @@ CREATE OR REPLACE FUNCTION ledger.post_charge(
 )
 RETURNS bigint
 LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
 AS $$
     -- Money received for a booking (or, unallocated, money no booking can keep).
 BEGIN
@@ -131,7 +128,6 @@ CREATE OR REPLACE FUNCTION ledger.charge_is_unallocated(p_payment_intent_id text
 RETURNS boolean
 LANGUAGE plpgsql
 STABLE
-SET search_path = pg_catalog, pg_temp
 AS $$
 -- NULL when no charge was posted for the PaymentIntent.
 BEGIN
@@ -150,7 +146,6 @@ CREATE OR REPLACE FUNCTION ledger.post_refund(
 )
 RETURNS bigint
 LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
 AS $$
     -- Money sent back, by refund object, from the account its charge went to.
 BEGIN
@@ -171,7 +166,6 @@ CREATE OR REPLACE FUNCTION ledger.post_dispute(
 )
 RETURNS bigint
 LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
 AS $$
     -- Stripe withdrew the disputed amount.
 BEGIN
@@ -190,7 +184,6 @@ CREATE OR REPLACE FUNCTION ledger.post_dispute_reversal(
 )
 RETURNS bigint
 LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
 AS $$
     -- A won dispute: Stripe gave the amount back.
 BEGIN

@@ -3,64 +3,62 @@
 -- safe to run again: the ledger takes each Stripe object once, and a status only moves
 -- along booking.booking_transitions.
 
-CREATE OR REPLACE FUNCTION stripe.booking_for(p_object jsonb, p_payment_intent_id text)
-RETURNS uuid
+-- Signatures replaced by a later version of this file (CREATE OR REPLACE would add an overload).
+DROP FUNCTION IF EXISTS stripe.booking_for(jsonb, text);
+DROP FUNCTION IF EXISTS stripe.on_payment_succeeded(text, uuid, text, bigint, text);
+
+CREATE OR REPLACE FUNCTION stripe.lock_booking_for(p_object jsonb, p_payment_intent_id text)
+RETURNS booking.bookings
 LANGUAGE plpgsql
-STABLE
-SET search_path = pg_catalog, pg_temp
 AS $$
--- The booking an object belongs to: metadata.booking_id, else the booking that recorded
--- the PaymentIntent, else the booking its charge was posted for.
+-- The booking an object belongs to, row-locked (every handler changes it or must see it
+-- settled): metadata.booking_id, else the booking that recorded the PaymentIntent, else
+-- the booking its charge was posted for. All fields NULL when there is none.
 DECLARE
     v_text text := p_object #>> '{metadata,booking_id}';
-    v_booking_id uuid;
+    v_booking booking.bookings;
 BEGIN
     IF v_text ~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$' THEN
-        SELECT b.booking_id INTO v_booking_id FROM booking.bookings AS b WHERE b.booking_id = v_text::uuid;
+        SELECT * INTO v_booking FROM booking.bookings AS b WHERE b.booking_id = v_text::uuid FOR UPDATE;
         IF FOUND THEN
-            RETURN v_booking_id;
+            RETURN v_booking;
         END IF;
     END IF;
     IF p_payment_intent_id IS NULL THEN
-        RETURN NULL;
+        RETURN v_booking;
     END IF;
-    SELECT b.booking_id INTO v_booking_id FROM booking.bookings AS b WHERE b.payment_intent_id = p_payment_intent_id;
+    SELECT * INTO v_booking FROM booking.bookings AS b WHERE b.payment_intent_id = p_payment_intent_id FOR UPDATE;
     IF FOUND THEN
-        RETURN v_booking_id;
+        RETURN v_booking;
     END IF;
-    SELECT t.booking_id INTO v_booking_id
-    FROM ledger.transactions AS t
-    WHERE t.kind = 'charge' AND t.stripe_object_id = p_payment_intent_id;
-    RETURN v_booking_id;
+    SELECT * INTO v_booking
+    FROM booking.bookings AS b
+    WHERE b.booking_id = (
+        SELECT t.booking_id FROM ledger.transactions AS t
+        WHERE t.kind = 'charge' AND t.stripe_object_id = p_payment_intent_id
+    )
+    FOR UPDATE;
+    RETURN v_booking;
 END;
 $$;
 
-CREATE OR REPLACE FUNCTION booking.reserve_for_late_payment(p_booking_id uuid)
+CREATE OR REPLACE FUNCTION booking.retake_expired_holds(p_booking_id uuid)
 RETURNS boolean
 LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
 AS $$
--- A payment arrived for a booking whose deadline may have passed. Holds still 'booked'
--- keep their units (nobody reclaimed them: their rows are locked here); for each hold
--- that was swept or reclaimed, the same quantity is taken again if it is available.
--- True when the booking holds all its units now; false (and nothing taken) otherwise.
+-- For each of the booking's holds that was swept or reclaimed, the same quantity is taken
+-- again if it is available (the caller has locked the hold rows). True when all could be
+-- taken; false, and nothing taken, otherwise (the block is a subtransaction).
 DECLARE
     v_hold record;
     v_bucket smallint;
 BEGIN
-    -- All the hold rows first, in one statement: the loop below takes bucket locks, and
-    -- whoever holds bucket locks must not then wait for a hold row (holds.sql, lock order).
-    PERFORM FROM booking.holds AS h
-    WHERE h.booking_id = p_booking_id AND h.status IN ('booked', 'expired')
-    ORDER BY h.hold_id
-    FOR UPDATE;
     FOR v_hold IN
-        SELECT h.hold_id, h.inventory_id, h.quantity, h.holder, h.status
+        SELECT h.hold_id, h.inventory_id, h.quantity, h.holder
         FROM booking.holds AS h
-        WHERE h.booking_id = p_booking_id AND h.status IN ('booked', 'expired')
+        WHERE h.booking_id = p_booking_id AND h.status = 'expired'
         ORDER BY h.hold_id
     LOOP
-        CONTINUE WHEN v_hold.status = 'booked';
         v_bucket := booking.take_units(
             v_hold.inventory_id, v_hold.quantity,
             (SELECT i.bucket_count FROM booking.inventory AS i WHERE i.inventory_id = v_hold.inventory_id));
@@ -74,10 +72,38 @@ EXCEPTION WHEN SQLSTATE 'RB001' THEN
 END;
 $$;
 
+CREATE OR REPLACE FUNCTION booking.reserve_for_late_payment(p_booking_id uuid)
+RETURNS boolean
+LANGUAGE plpgsql
+AS $$
+-- A payment arrived for a booking whose deadline may have passed. Holds still 'booked'
+-- keep their units (nobody reclaimed them: their rows are locked here); the units of the
+-- expired ones are taken again if they are there. True when the booking holds all its
+-- units now; false (and nothing taken) otherwise. The usual case, a payment in time,
+-- locks the rows and opens no subtransaction.
+DECLARE
+    v_expired boolean;
+BEGIN
+    -- All the hold rows first, in one statement: taking units takes bucket locks, and
+    -- whoever holds bucket locks must not then wait for a hold row (holds.sql, lock order).
+    SELECT coalesce(bool_or(l.status = 'expired'), false) INTO v_expired
+    FROM (
+        SELECT h.status
+        FROM booking.holds AS h
+        WHERE h.booking_id = p_booking_id AND h.status IN ('booked', 'expired')
+        ORDER BY h.hold_id
+        FOR UPDATE
+    ) AS l;
+    IF NOT v_expired THEN
+        RETURN true;
+    END IF;
+    RETURN booking.retake_expired_holds(p_booking_id);
+END;
+$$;
+
 CREATE OR REPLACE FUNCTION stripe.enqueue_refund(p_booking_id uuid, p_payment_intent_id text, p_reason text)
 RETURNS uuid
 LANGUAGE sql
-SET search_path = pg_catalog, pg_temp
 AS $$
     -- One stripe.refund job per PaymentIntent, ever: two jobs refunding the same payment at
     -- once could both see it unrefunded and refund it twice.
@@ -87,47 +113,51 @@ AS $$
 $$;
 
 CREATE OR REPLACE FUNCTION stripe.on_payment_succeeded(
-    p_event_id text, p_booking_id uuid, p_payment_intent_id text, p_amount bigint, p_currency text
+    p_event_id text, p_booking booking.bookings, p_payment_intent_id text, p_amount bigint, p_currency text
 )
 RETURNS text
 LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
 AS $$
 -- Money arrived. Booked once per PaymentIntent; the booking is confirmed if it is payable
 -- or its units can be taken again; otherwise the money is unallocated and goes back.
 DECLARE
-    v_booking booking.bookings;
+    v_booking_id uuid := p_booking.booking_id;
+    v_booked boolean;
+    v_paid boolean;
 BEGIN
-    SELECT * INTO v_booking FROM booking.bookings AS b WHERE b.booking_id = p_booking_id FOR UPDATE;
-    IF EXISTS (SELECT FROM ledger.transactions AS t WHERE t.kind = 'charge' AND t.stripe_object_id = p_payment_intent_id) THEN
+    SELECT
+        EXISTS (SELECT FROM ledger.transactions AS t WHERE t.kind = 'charge' AND t.stripe_object_id = p_payment_intent_id),
+        EXISTS (
+            SELECT FROM ledger.transactions AS t
+            JOIN ledger.lines AS l ON l.txn_id = t.txn_id
+            WHERE t.kind = 'charge' AND t.booking_id = v_booking_id AND l.account = 'booking_revenue'
+        )
+    INTO v_booked, v_paid;
+    IF v_booked THEN
         RETURN 'processed';  -- another announcement of a payment already booked
     END IF;
-    IF (p_amount, p_currency) IS DISTINCT FROM (v_booking.amount, v_booking.currency) THEN
+    IF (p_amount, p_currency) IS DISTINCT FROM (p_booking.amount, p_booking.currency) THEN
         RAISE EXCEPTION 'PaymentIntent % paid % %, booking % costs % %', p_payment_intent_id, p_amount, p_currency,
-            p_booking_id, v_booking.amount, v_booking.currency
+            v_booking_id, p_booking.amount, p_booking.currency
             USING ERRCODE = 'RX001';
     END IF;
-    IF EXISTS (
-        SELECT FROM ledger.transactions AS t
-        JOIN ledger.lines AS l ON l.txn_id = t.txn_id
-        WHERE t.kind = 'charge' AND t.booking_id = p_booking_id AND l.account = 'booking_revenue'
-    ) THEN
+    IF v_paid THEN
         -- Paid twice (two PaymentIntents): the second payment goes back.
-        PERFORM ledger.post_charge(p_booking_id, p_payment_intent_id, p_amount, p_currency, true, p_event_id);
-        PERFORM stripe.enqueue_refund(p_booking_id, p_payment_intent_id, 'duplicate_payment');
+        PERFORM ledger.post_charge(v_booking_id, p_payment_intent_id, p_amount, p_currency, true, p_event_id);
+        PERFORM stripe.enqueue_refund(v_booking_id, p_payment_intent_id, 'duplicate_payment');
         RETURN 'processed';
     END IF;
-    IF v_booking.status IN ('pending_payment', 'payment_failed', 'expired')
-        AND booking.reserve_for_late_payment(p_booking_id) THEN
-        PERFORM ledger.post_charge(p_booking_id, p_payment_intent_id, p_amount, p_currency, false, p_event_id);
-        PERFORM booking.apply_event(p_booking_id, 'payment_succeeded', p_event_id);
+    IF p_booking.status IN ('pending_payment', 'payment_failed', 'expired')
+        AND booking.reserve_for_late_payment(v_booking_id) THEN
+        PERFORM ledger.post_charge(v_booking_id, p_payment_intent_id, p_amount, p_currency, false, p_event_id);
+        PERFORM booking.apply_event(v_booking_id, 'payment_succeeded', p_event_id);
         RETURN 'processed';
     END IF;
     -- No units for it (or the booking was cancelled): keep the money apart, send it back.
-    PERFORM ledger.post_charge(p_booking_id, p_payment_intent_id, p_amount, p_currency, true, p_event_id);
+    PERFORM ledger.post_charge(v_booking_id, p_payment_intent_id, p_amount, p_currency, true, p_event_id);
     -- Entering refund_pending enqueues the refunds itself; in any other case this one goes back.
-    PERFORM booking.apply_event(p_booking_id, 'payment_succeeded_without_capacity', p_event_id, NULL, true);
-    PERFORM stripe.enqueue_refund(p_booking_id, p_payment_intent_id, 'unallocated_payment');
+    PERFORM booking.apply_event(v_booking_id, 'payment_succeeded_without_capacity', p_event_id, NULL, true);
+    PERFORM stripe.enqueue_refund(v_booking_id, p_payment_intent_id, 'unallocated_payment');
     RETURN 'processed';
 END;
 $$;
@@ -135,7 +165,6 @@ $$;
 CREATE OR REPLACE FUNCTION stripe.on_refund(p_event_id text, p_refund jsonb)
 RETURNS text
 LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
 AS $$
 -- A succeeded refund, booked once by refund id against the account its charge went to;
 -- deferred until the payment it refunds has been booked.
@@ -153,8 +182,7 @@ BEGIN
     IF v_unallocated IS NULL THEN
         RETURN 'deferred';
     END IF;
-    v_booking_id := stripe.booking_for(p_refund, v_pi);
-    PERFORM 1 FROM booking.bookings AS b WHERE b.booking_id = v_booking_id FOR UPDATE;
+    v_booking_id := (stripe.lock_booking_for(p_refund, v_pi)).booking_id;
     PERFORM ledger.post_refund(v_booking_id, p_refund ->> 'id', v_pi, (p_refund ->> 'amount')::bigint,
                                p_refund ->> 'currency', p_event_id);
     -- Compare what went back with what came in on the same side (allocated or not).
@@ -182,7 +210,6 @@ $$;
 CREATE OR REPLACE FUNCTION stripe.on_dispute(p_event_id text, p_type text, p_dispute jsonb)
 RETURNS text
 LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
 AS $$
 -- Disputes: created withdraws the amount; closed as won gives it back, as lost keeps it
 -- withdrawn. Deferred until the payment (or, for closed, the dispute) has been booked.
@@ -194,8 +221,7 @@ BEGIN
     IF ledger.charge_is_unallocated(v_pi) IS NULL THEN
         RETURN 'deferred';
     END IF;
-    v_booking_id := stripe.booking_for(p_dispute, v_pi);
-    PERFORM 1 FROM booking.bookings AS b WHERE b.booking_id = v_booking_id FOR UPDATE;
+    v_booking_id := (stripe.lock_booking_for(p_dispute, v_pi)).booking_id;
     IF p_type = 'charge.dispute.created' THEN
         PERFORM ledger.post_dispute(v_booking_id, v_id, v_pi, (p_dispute ->> 'amount')::bigint,
                                     p_dispute ->> 'currency', p_event_id);
@@ -221,12 +247,11 @@ $$;
 CREATE OR REPLACE FUNCTION stripe.dispatch(p_event_id text, p_type text, p_object jsonb)
 RETURNS text
 LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
 AS $$
 -- What an event means: the outcome 'processed', 'ignored' or 'deferred'.
 DECLARE
     v_pi text;
-    v_booking_id uuid;
+    v_booking booking.bookings;
     v_status text;
 BEGIN
     IF p_type IN ('charge.refunded', 'refund.created', 'refund.updated') THEN
@@ -261,8 +286,8 @@ BEGIN
         RETURN 'ignored';
     END IF;
     v_pi := CASE WHEN p_type LIKE 'payment_intent.%' THEN p_object ->> 'id' ELSE p_object ->> 'payment_intent' END;
-    v_booking_id := stripe.booking_for(p_object, v_pi);
-    IF v_booking_id IS NULL THEN
+    v_booking := stripe.lock_booking_for(p_object, v_pi);
+    IF v_booking.booking_id IS NULL THEN
         RETURN 'ignored';  -- not a payment for one of our bookings
     END IF;
     IF p_type IN ('payment_intent.succeeded', 'checkout.session.async_payment_succeeded')
@@ -271,15 +296,15 @@ BEGIN
             RETURN 'ignored';
         END IF;
         RETURN stripe.on_payment_succeeded(
-            p_event_id, v_booking_id, v_pi,
+            p_event_id, v_booking, v_pi,
             coalesce(p_object ->> 'amount_received', p_object ->> 'amount_total', p_object ->> 'amount')::bigint,
             p_object ->> 'currency'
         );
     ELSIF p_type IN ('payment_intent.payment_failed', 'checkout.session.async_payment_failed') THEN
-        PERFORM booking.apply_event(v_booking_id, 'payment_failed', p_event_id, NULL, true);
+        PERFORM booking.apply_event(v_booking.booking_id, 'payment_failed', p_event_id, NULL, true);
         RETURN 'processed';
     ELSIF p_type IN ('payment_intent.canceled', 'checkout.session.expired') THEN
-        PERFORM booking.apply_event(v_booking_id, 'payment_canceled', p_event_id, NULL, true);
+        PERFORM booking.apply_event(v_booking.booking_id, 'payment_canceled', p_event_id, NULL, true);
         RETURN 'processed';
     END IF;
     RETURN 'ignored';  -- a checkout session completed but not paid yet (async methods)

@@ -4,7 +4,6 @@ CREATE OR REPLACE FUNCTION stripe.check_event(p_event jsonb)
 RETURNS void
 LANGUAGE plpgsql
 IMMUTABLE
-SET search_path = pg_catalog, pg_temp
 AS $$
 -- RW001 unless p_event has the shape of a Stripe event (contract: "Stripe").
 BEGIN
@@ -62,7 +61,6 @@ $$;
 CREATE OR REPLACE FUNCTION stripe.outcome_of(p_event jsonb)
 RETURNS text
 LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
 AS $$
 -- Applies an event (stored or about to be): processed, ignored (not applicable, or another
 -- mode or account than stripe.config), or deferred (it depends on something not booked yet).
@@ -82,7 +80,6 @@ $$;
 CREATE OR REPLACE FUNCTION stripe.apply_event(p_event_id text)
 RETURNS text
 LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
 AS $$
 -- Applies one stored, row-locked event again and records the outcome on its row; a
 -- deferred one is retried with backoff, dead after stripe.attempts_max() attempts.

@@ -5,7 +5,6 @@ CREATE OR REPLACE FUNCTION core.require_token_hash(p_hash bytea, p_name text)
 RETURNS void
 LANGUAGE plpgsql
 IMMUTABLE
-SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     PERFORM core.require(p_hash, p_name);

@@ -62,6 +62,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--pool", type=int, default=16, help="the shim's database pool size")
     parser.add_argument("--bookings", type=int, default=0,
                         help="events to have ready (default: 6,000 per second measured, more than can be sent)")
     args = parser.parse_args()
@@ -93,7 +94,7 @@ def main() -> None:
         app_url = admin_url.replace("postgres@", "bench_shim@")
         bodies = [encode(event("payment_intent.succeeded", payment_intent(f"pi_bench_{i}", b, 2500)))
                   for i, (b,) in enumerate(bookings)]
-        with shim(app_url, SECRET, extra_env={"PYSHIM_BENCH_ENDPOINT": "1", "DB_POOL_MAX_SIZE": "16"}) as base:
+        with shim(app_url, SECRET, extra_env={"PYSHIM_BENCH_ENDPOINT": "1", "DB_POOL_MAX_SIZE": str(args.pool)}) as base:
             # Steady state, as in production after autovacuum's first pass: the event and
             # ledger tables hold rows and have statistics. Measured on a fresh install the
             # generic plans would be made on empty tables and scan them whole until then.
