@@ -20,7 +20,7 @@ from .monitoring import init_sentry
 from .payments import create_payment_intent, stripe_client
 from .request_id import RequestIdMiddleware, request_id_of
 from .settings import ConfigError, Settings
-from .stripe_webhook import stripe_webhook
+from .stripe_webhook import event_batcher, stripe_webhook
 
 log = logging.getLogger("pyshim")
 
@@ -78,6 +78,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             raise
         init_sentry("pyshim")
         app.state.db = Database(app.state.settings)
+        app.state.webhooks = event_batcher(app.state.db, app.state.settings)
         app.state.stripe = stripe_client(app.state.settings)
         if app.state.stripe is None:
             log.warning("POST /payment-intents answers 503: STRIPE_API_KEY is not set")

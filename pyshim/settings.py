@@ -20,6 +20,13 @@ def _required(env: Mapping[str, str], name: str, why: str) -> str:
     return value
 
 
+def _positive_int(env: Mapping[str, str], name: str, default: int, most: int) -> int:
+    value = env.get(name, "").strip() or str(default)
+    if not value.isdigit() or not 1 <= int(value) <= most:
+        raise ConfigError(f"{name} must be a whole number from 1 to {most}, not {value!r}")
+    return int(value)
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: Secret
@@ -39,6 +46,10 @@ class Settings:
     jwt_secret: Secret | None = None
     refresh_token_pepper: Secret | None = None
     access_token_ttl_s: int = 900
+    # Group commit of webhooks (pyshim/batching.py): at most this many transactions of
+    # events in flight, each with at most webhook_batch_max events.
+    webhook_batch_concurrency: int = 4
+    webhook_batch_max: int = 32
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -70,4 +81,6 @@ class Settings:
             stripe_livemode=livemode == "true",
             pool_min_size=int(env.get("DB_POOL_MIN_SIZE", "2")),
             pool_max_size=int(env.get("DB_POOL_MAX_SIZE", "10")),
+            webhook_batch_concurrency=_positive_int(env, "WEBHOOK_BATCH_CONCURRENCY", 4, 1000),
+            webhook_batch_max=_positive_int(env, "WEBHOOK_BATCH_MAX", 32, 100),
         )

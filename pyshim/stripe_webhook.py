@@ -11,6 +11,7 @@ import stripe
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from .batching import GroupCommit
 from .errors import ApiError, is_unavailable
 from .monitoring import capture
 from .request_id import request_id_of
@@ -69,15 +70,10 @@ def verify(body: bytes, header: str | None, secrets, tolerance_s: int) -> None:
     raise ApiError(400, "signature_invalid", "no signature matches the body with a configured secret")
 
 
-async def stripe_webhook(request: Request) -> JSONResponse:
-    settings = request.app.state.settings
-    db = request.app.state.db
-    body = await read_body(request, settings.webhook_body_max_bytes)
-    verify(body, request.headers.get("stripe-signature"), settings.webhook_secrets, settings.webhook_tolerance_s)
-    rid = request_id_of(request.scope)
-    text = body.decode("utf-8")
+async def ingest_one(db, text: str, rid: str) -> str:
+    """One event in its own transaction; a failure to apply is recorded for the retry job."""
     try:
-        outcome = await db.call("ingest_stripe_event", [text], rid)
+        return await db.call("ingest_stripe_event", [text], rid)
     except psycopg.Error as exc:
         sqlstate = getattr(exc, "sqlstate", None)
         if is_unavailable(exc) or sqlstate == "RW001":
@@ -93,4 +89,25 @@ async def stripe_webhook(request: Request) -> JSONResponse:
         await db.call("log_error", ["error", "webhook", f"applying a Stripe event failed: {exc.diag.message_primary}"[:2000],
                                     str(exc)[:10000], json.dumps({"sqlstate": sqlstate}), sqlstate], rid)
         raise ApiError(500, sqlstate or "internal", "the event was stored but could not be applied; it will be retried") from None
+
+
+def event_batcher(db, settings) -> GroupCommit[tuple[str, str]]:
+    """Deliveries that arrive together are stored and applied in one transaction
+    (api.ingest_stripe_events); a batch that fails is applied one event at a time."""
+    async def run_batch(items):
+        texts, rids = [text for text, _ in items], [rid for _, rid in items]
+        return await db.call("ingest_stripe_events", [texts, rids], rids[0])
+
+    async def run_one(item):
+        return await ingest_one(db, *item)
+
+    return GroupCommit(run_batch, run_one, max_size=settings.webhook_batch_max,
+                       concurrency=settings.webhook_batch_concurrency)
+
+
+async def stripe_webhook(request: Request) -> JSONResponse:
+    settings = request.app.state.settings
+    body = await read_body(request, settings.webhook_body_max_bytes)
+    verify(body, request.headers.get("stripe-signature"), settings.webhook_secrets, settings.webhook_tolerance_s)
+    outcome = await request.app.state.webhooks.submit((body.decode("utf-8"), request_id_of(request.scope)))
     return JSONResponse({"outcome": outcome})

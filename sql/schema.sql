@@ -1250,36 +1250,8 @@ CREATE FUNCTION api.ingest_stripe_event(p_event jsonb) RETURNS text
     SET search_path TO 'pg_catalog', 'pg_temp'
     SET plan_cache_mode TO 'force_generic_plan'
     AS $$
-DECLARE
-    v_event_id text := p_event ->> 'id';
-    v_status text;
-    v_outcome text;
 BEGIN
-    PERFORM stripe.check_event(p_event);
-    -- Deliveries of one event id take turns; a later one finds the row the first wrote.
-    PERFORM pg_advisory_xact_lock(hashtextextended(v_event_id, 7263));
-    SELECT e.status INTO v_status FROM stripe.events AS e WHERE e.event_id = v_event_id FOR UPDATE;
-    IF FOUND THEN
-        -- A redelivery of an event that failed or waits is a retry: apply it now.
-        IF v_status IN ('failed', 'deferred', 'dead') THEN
-            RETURN stripe.apply_event(v_event_id);
-        END IF;
-        RETURN 'duplicate';
-    END IF;
-    -- New: apply first, then store it once with its outcome (one write of the row).
-    v_outcome := stripe.outcome_of(p_event);
-    INSERT INTO stripe.events (
-        event_id, type, livemode, payload, status, attempts, processed_at, next_attempt_at, last_error,
-        correlation_id
-    )
-    VALUES (
-        v_event_id, p_event ->> 'type', stripe.livemode(p_event), p_event, v_outcome, 1,
-        CASE WHEN v_outcome <> 'deferred' THEN clock_timestamp() END,
-        CASE WHEN v_outcome = 'deferred' THEN now() + stripe.retry_delay(1) END,
-        CASE WHEN v_outcome = 'deferred' THEN 'waiting for the payment it depends on' END,
-        left(current_setting('app.correlation_id', true), 200)
-    );
-    RETURN v_outcome;
+    RETURN stripe.ingest(p_event);
 END;
 $$;
 
@@ -1291,6 +1263,58 @@ ALTER FUNCTION api.ingest_stripe_event(p_event jsonb) OWNER TO booking_owner;
 --
 
 COMMENT ON FUNCTION api.ingest_stripe_event(p_event jsonb) IS 'Stores a verified Stripe event once by id and applies it in the same transaction. Returns processed, duplicate, ignored or deferred; RW001 if the payload is not a Stripe event.';
+
+
+--
+-- Name: ingest_stripe_events(jsonb[], text[]); Type: FUNCTION; Schema: api; Owner: booking_owner
+--
+
+CREATE FUNCTION api.ingest_stripe_events(p_events jsonb[], p_correlation_ids text[] DEFAULT NULL::text[]) RETURNS text[]
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    SET plan_cache_mode TO 'force_generic_plan'
+    AS $$
+-- Group commit: several verified events stored and applied in one transaction, each as
+-- api.ingest_stripe_event would alone, with its own correlation id. Any error rolls all
+-- of them back (the caller then sends them one at a time, so each answers for itself).
+DECLARE
+    v_outcomes text[];
+    v_i int;
+    v_caller_correlation_id text := current_setting('app.correlation_id', true);
+BEGIN
+    IF p_events IS NULL OR cardinality(p_events) NOT BETWEEN 1 AND 100 THEN
+        RAISE EXCEPTION 'p_events must hold 1 to 100 events, got %', coalesce(cardinality(p_events)::text, 'NULL')
+            USING ERRCODE = '22023';
+    END IF;
+    IF p_correlation_ids IS NOT NULL AND cardinality(p_correlation_ids) <> cardinality(p_events) THEN
+        RAISE EXCEPTION 'p_correlation_ids must be NULL or hold one id per event'
+            USING ERRCODE = '22023';
+    END IF;
+    v_outcomes := array_fill(NULL::text, ARRAY[cardinality(p_events)]);
+    FOR v_i IN
+        SELECT u.ord FROM unnest(p_events) WITH ORDINALITY AS u (e, ord)
+        ORDER BY stripe.lock_order_key(u.e), u.e ->> 'id', u.ord
+    LOOP
+        IF p_correlation_ids IS NOT NULL THEN
+            PERFORM set_config('app.correlation_id', coalesce(p_correlation_ids[v_i], ''), true);
+        END IF;
+        v_outcomes[v_i] := stripe.ingest(p_events[v_i]);
+    END LOOP;
+    IF p_correlation_ids IS NOT NULL THEN
+        PERFORM set_config('app.correlation_id', coalesce(v_caller_correlation_id, ''), true);
+    END IF;
+    RETURN v_outcomes;
+END;
+$$;
+
+
+ALTER FUNCTION api.ingest_stripe_events(p_events jsonb[], p_correlation_ids text[]) OWNER TO booking_owner;
+
+--
+-- Name: FUNCTION ingest_stripe_events(p_events jsonb[], p_correlation_ids text[]); Type: COMMENT; Schema: api; Owner: booking_owner
+--
+
+COMMENT ON FUNCTION api.ingest_stripe_events(p_events jsonb[], p_correlation_ids text[]) IS 'Group commit of verified Stripe events: each stored once by id and applied as by api.ingest_stripe_event, all in one transaction, outcomes in the order given; any error rolls back all of them. 22023 unless 1 to 100 events (and NULL or one correlation id each).';
 
 
 --
@@ -3758,6 +3782,50 @@ $$;
 ALTER FUNCTION stripe.enqueue_refund(p_booking_id uuid, p_payment_intent_id text, p_reason text) OWNER TO booking_owner;
 
 --
+-- Name: ingest(jsonb); Type: FUNCTION; Schema: stripe; Owner: booking_owner
+--
+
+CREATE FUNCTION stripe.ingest(p_event jsonb) RETURNS text
+    LANGUAGE plpgsql
+    AS $$
+-- Stores a Stripe event once by id and applies it, in the caller's transaction.
+DECLARE
+    v_event_id text := p_event ->> 'id';
+    v_status text;
+    v_outcome text;
+BEGIN
+    PERFORM stripe.check_event(p_event);
+    -- Deliveries of one event id take turns; a later one finds the row the first wrote.
+    PERFORM pg_advisory_xact_lock(hashtextextended(v_event_id, 7263));
+    SELECT e.status INTO v_status FROM stripe.events AS e WHERE e.event_id = v_event_id FOR UPDATE;
+    IF FOUND THEN
+        -- A redelivery of an event that failed or waits is a retry: apply it now.
+        IF v_status IN ('failed', 'deferred', 'dead') THEN
+            RETURN stripe.apply_event(v_event_id);
+        END IF;
+        RETURN 'duplicate';
+    END IF;
+    -- New: apply first, then store it once with its outcome (one write of the row).
+    v_outcome := stripe.outcome_of(p_event);
+    INSERT INTO stripe.events (
+        event_id, type, livemode, payload, status, attempts, processed_at, next_attempt_at, last_error,
+        correlation_id
+    )
+    VALUES (
+        v_event_id, p_event ->> 'type', stripe.livemode(p_event), p_event, v_outcome, 1,
+        CASE WHEN v_outcome <> 'deferred' THEN clock_timestamp() END,
+        CASE WHEN v_outcome = 'deferred' THEN now() + stripe.retry_delay(1) END,
+        CASE WHEN v_outcome = 'deferred' THEN 'waiting for the payment it depends on' END,
+        left(current_setting('app.correlation_id', true), 200)
+    );
+    RETURN v_outcome;
+END;
+$$;
+
+
+ALTER FUNCTION stripe.ingest(p_event jsonb) OWNER TO booking_owner;
+
+--
 -- Name: livemode(jsonb); Type: FUNCTION; Schema: stripe; Owner: booking_owner
 --
 
@@ -3838,6 +3906,27 @@ $_$;
 
 
 ALTER FUNCTION stripe.lock_booking_for(p_object jsonb, p_payment_intent_id text) OWNER TO booking_owner;
+
+--
+-- Name: lock_order_key(jsonb); Type: FUNCTION; Schema: stripe; Owner: booking_owner
+--
+
+CREATE FUNCTION stripe.lock_order_key(p_event jsonb) RETURNS text
+    LANGUAGE sql IMMUTABLE
+    AS $$
+    -- What an event locks first: its payment (the PaymentIntent, else the booking named in
+    -- its metadata), else only itself. A batch applies its events in this order, so two
+    -- batches with events of the same payments lock them in the same order.
+    SELECT coalesce(
+        CASE WHEN p_event #>> '{data,object,object}' = 'payment_intent' THEN p_event #>> '{data,object,id}' END,
+        p_event #>> '{data,object,payment_intent}',
+        p_event #>> '{data,object,metadata,booking_id}',
+        ''
+    );
+$$;
+
+
+ALTER FUNCTION stripe.lock_order_key(p_event jsonb) OWNER TO booking_owner;
 
 --
 -- Name: on_dispute(text, text, jsonb); Type: FUNCTION; Schema: stripe; Owner: booking_owner
@@ -5624,6 +5713,14 @@ GRANT ALL ON FUNCTION api.ingest_stripe_event(p_event jsonb) TO booking_app;
 
 
 --
+-- Name: FUNCTION ingest_stripe_events(p_events jsonb[], p_correlation_ids text[]); Type: ACL; Schema: api; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION api.ingest_stripe_events(p_events jsonb[], p_correlation_ids text[]) FROM PUBLIC;
+GRANT ALL ON FUNCTION api.ingest_stripe_events(p_events jsonb[], p_correlation_ids text[]) TO booking_app;
+
+
+--
 -- Name: FUNCTION issue_refresh_token(p_user_id text, p_token_hash bytea, p_ttl interval); Type: ACL; Schema: api; Owner: booking_owner
 --
 
@@ -6144,6 +6241,13 @@ REVOKE ALL ON FUNCTION stripe.enqueue_refund(p_booking_id uuid, p_payment_intent
 
 
 --
+-- Name: FUNCTION ingest(p_event jsonb); Type: ACL; Schema: stripe; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION stripe.ingest(p_event jsonb) FROM PUBLIC;
+
+
+--
 -- Name: FUNCTION livemode(p_event jsonb); Type: ACL; Schema: stripe; Owner: booking_owner
 --
 
@@ -6155,6 +6259,13 @@ REVOKE ALL ON FUNCTION stripe.livemode(p_event jsonb) FROM PUBLIC;
 --
 
 REVOKE ALL ON FUNCTION stripe.lock_booking_for(p_object jsonb, p_payment_intent_id text) FROM PUBLIC;
+
+
+--
+-- Name: FUNCTION lock_order_key(p_event jsonb); Type: ACL; Schema: stripe; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION stripe.lock_order_key(p_event jsonb) FROM PUBLIC;
 
 
 --

@@ -160,14 +160,11 @@ $$;
 COMMENT ON FUNCTION ops.replay_stripe_event(text) IS
 'Re-applies a stored Stripe event now (dead, failed, deferred or any other) and returns the outcome; safe to repeat: the ledger takes each Stripe object once.';
 
-CREATE OR REPLACE FUNCTION api.ingest_stripe_event(p_event jsonb)
+CREATE OR REPLACE FUNCTION stripe.ingest(p_event jsonb)
 RETURNS text
 LANGUAGE plpgsql
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
--- Generic plans for every statement below it: custom plans were re-planned at each call.
-SET plan_cache_mode = force_generic_plan
 AS $$
+-- Stores a Stripe event once by id and applies it, in the caller's transaction.
 DECLARE
     v_event_id text := p_event ->> 'id';
     v_status text;
@@ -200,8 +197,79 @@ BEGIN
     RETURN v_outcome;
 END;
 $$;
+
+CREATE OR REPLACE FUNCTION stripe.lock_order_key(p_event jsonb)
+RETURNS text
+LANGUAGE sql
+IMMUTABLE
+AS $$
+    -- What an event locks first: its payment (the PaymentIntent, else the booking named in
+    -- its metadata), else only itself. A batch applies its events in this order, so two
+    -- batches with events of the same payments lock them in the same order.
+    SELECT coalesce(
+        CASE WHEN p_event #>> '{data,object,object}' = 'payment_intent' THEN p_event #>> '{data,object,id}' END,
+        p_event #>> '{data,object,payment_intent}',
+        p_event #>> '{data,object,metadata,booking_id}',
+        ''
+    );
+$$;
+
+CREATE OR REPLACE FUNCTION api.ingest_stripe_event(p_event jsonb)
+RETURNS text
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+-- Generic plans for every statement below it: custom plans were re-planned at each call.
+SET plan_cache_mode = force_generic_plan
+AS $$
+BEGIN
+    RETURN stripe.ingest(p_event);
+END;
+$$;
 COMMENT ON FUNCTION api.ingest_stripe_event(jsonb) IS
 'Stores a verified Stripe event once by id and applies it in the same transaction. Returns processed, duplicate, ignored or deferred; RW001 if the payload is not a Stripe event.';
+
+CREATE OR REPLACE FUNCTION api.ingest_stripe_events(p_events jsonb[], p_correlation_ids text[] DEFAULT NULL)
+RETURNS text[]
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
+AS $$
+-- Group commit: several verified events stored and applied in one transaction, each as
+-- api.ingest_stripe_event would alone, with its own correlation id. Any error rolls all
+-- of them back (the caller then sends them one at a time, so each answers for itself).
+DECLARE
+    v_outcomes text[];
+    v_i int;
+    v_caller_correlation_id text := current_setting('app.correlation_id', true);
+BEGIN
+    IF p_events IS NULL OR cardinality(p_events) NOT BETWEEN 1 AND 100 THEN
+        RAISE EXCEPTION 'p_events must hold 1 to 100 events, got %', coalesce(cardinality(p_events)::text, 'NULL')
+            USING ERRCODE = '22023';
+    END IF;
+    IF p_correlation_ids IS NOT NULL AND cardinality(p_correlation_ids) <> cardinality(p_events) THEN
+        RAISE EXCEPTION 'p_correlation_ids must be NULL or hold one id per event'
+            USING ERRCODE = '22023';
+    END IF;
+    v_outcomes := array_fill(NULL::text, ARRAY[cardinality(p_events)]);
+    FOR v_i IN
+        SELECT u.ord FROM unnest(p_events) WITH ORDINALITY AS u (e, ord)
+        ORDER BY stripe.lock_order_key(u.e), u.e ->> 'id', u.ord
+    LOOP
+        IF p_correlation_ids IS NOT NULL THEN
+            PERFORM set_config('app.correlation_id', coalesce(p_correlation_ids[v_i], ''), true);
+        END IF;
+        v_outcomes[v_i] := stripe.ingest(p_events[v_i]);
+    END LOOP;
+    IF p_correlation_ids IS NOT NULL THEN
+        PERFORM set_config('app.correlation_id', coalesce(v_caller_correlation_id, ''), true);
+    END IF;
+    RETURN v_outcomes;
+END;
+$$;
+COMMENT ON FUNCTION api.ingest_stripe_events(jsonb[], text[]) IS
+'Group commit of verified Stripe events: each stored once by id and applied as by api.ingest_stripe_event, all in one transaction, outcomes in the order given; any error rolls back all of them. 22023 unless 1 to 100 events (and NULL or one correlation id each).';
 
 CREATE OR REPLACE FUNCTION api.record_stripe_event_failure(p_event jsonb, p_sqlstate text, p_message text)
 RETURNS void

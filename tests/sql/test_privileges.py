@@ -31,6 +31,33 @@ def test_every_api_function_is_hardened(db):
         assert comment, f"{name} has no COMMENT"
 
 
+def test_only_internal_helpers_run_without_a_pinned_search_path(db):
+    # Entry points pin search_path: api, ops, SECURITY DEFINER, and what pg_cron runs. The
+    # helpers they call inherit it (a SET per call cost 5% of a webhook); no role but the
+    # owner can reach a helper: neither its schema nor the function is granted.
+    rows = db.rows(
+        """
+        SELECT p.oid::regprocedure::text, n.nspname, p.prosecdef, p.prokind,
+               coalesce('search_path=pg_catalog, pg_temp' = ANY(p.proconfig), false) AS pinned,
+               has_function_privilege('booking_app', p.oid, 'EXECUTE') OR has_schema_privilege('booking_app', n.oid, 'USAGE')
+                   OR has_function_privilege('booking_ops', p.oid, 'EXECUTE') OR has_schema_privilege('booking_ops', n.oid, 'USAGE')
+                   AS reachable,
+               EXISTS (SELECT FROM core.cron_jobs AS j WHERE to_regproc(j.job_function) = p.oid) AS cron_job
+        FROM pg_proc AS p
+        JOIN pg_namespace AS n ON n.oid = p.pronamespace
+        WHERE n.nspname = ANY(%(s)s)
+        """,
+        {"s": list(OUR_SCHEMAS)},
+    )
+    unpinned = [r for r in rows if not r[4]]
+    assert len(unpinned) >= 20, "the helpers on the webhook path are expected to run unpinned"
+    for name, schema, secdef, kind, pinned, reachable, cron_job in unpinned:
+        assert schema not in ("api", "ops"), f"{name} is an entry point without a pinned search_path"
+        assert not secdef, f"{name} is SECURITY DEFINER without a pinned search_path"
+        assert not reachable, f"{name} runs unpinned but the app or ops role can reach it"
+        assert not cron_job or kind == "p", f"pg_cron runs {name}: it must pin search_path"
+
+
 def test_booking_app_and_ops_have_no_privilege_on_any_table(db):
     rows = db.rows(
         """
