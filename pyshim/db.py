@@ -17,7 +17,7 @@ _WITH_CORRELATION = (
 
 QUERIES = {
     "ingest_stripe_event": "api.ingest_stripe_event(%s::jsonb)",
-    "ingest_stripe_events": "api.ingest_stripe_events(%s::jsonb[], %s::text[])",
+    "ingest_stripe_events": "api.ingest_stripe_events(%s::jsonb, %s::text[])",
     "record_stripe_event_failure": "api.record_stripe_event_failure(%s::jsonb, %s, %s)",
     "health": "api.health()",
     "idempotency_begin": "api.idempotency_begin(%s, %s, %s, %s::jsonb)",

@@ -95,8 +95,10 @@ def event_batcher(db, settings) -> GroupCommit[tuple[str, str]]:
     """Deliveries that arrive together are stored and applied in one transaction
     (api.ingest_stripe_events); a batch that fails is applied one event at a time."""
     async def run_batch(items):
-        texts, rids = [text for text, _ in items], [rid for _, rid in items]
-        return await db.call("ingest_stripe_events", [texts, rids], rids[0])
+        # One JSON array of the signed bodies as received (no array literal to escape);
+        # the database refuses it unless it holds exactly one event per body.
+        rids = [rid for _, rid in items]
+        return await db.call("ingest_stripe_events", ["[" + ",".join(text for text, _ in items) + "]", rids], rids[0])
 
     async def run_one(item):
         return await ingest_one(db, *item)

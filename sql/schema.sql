@@ -1266,39 +1266,40 @@ COMMENT ON FUNCTION api.ingest_stripe_event(p_event jsonb) IS 'Stores a verified
 
 
 --
--- Name: ingest_stripe_events(jsonb[], text[]); Type: FUNCTION; Schema: api; Owner: booking_owner
+-- Name: ingest_stripe_events(jsonb, text[]); Type: FUNCTION; Schema: api; Owner: booking_owner
 --
 
-CREATE FUNCTION api.ingest_stripe_events(p_events jsonb[], p_correlation_ids text[] DEFAULT NULL::text[]) RETURNS text[]
+CREATE FUNCTION api.ingest_stripe_events(p_events jsonb, p_correlation_ids text[] DEFAULT NULL::text[]) RETURNS text[]
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
     SET plan_cache_mode TO 'force_generic_plan'
     AS $$
--- Group commit: several verified events stored and applied in one transaction, each as
--- api.ingest_stripe_event would alone, with its own correlation id. Any error rolls all
--- of them back (the caller then sends them one at a time, so each answers for itself).
+-- Group commit: several verified events (a JSON array) stored and applied in one
+-- transaction, each as api.ingest_stripe_event would alone, with its own correlation id.
+-- Any error rolls all of them back (the caller then sends them one at a time, so each
+-- answers for itself).
 DECLARE
+    v_events jsonb[];
     v_outcomes text[];
     v_i int;
     v_caller_correlation_id text := current_setting('app.correlation_id', true);
 BEGIN
-    IF p_events IS NULL OR cardinality(p_events) NOT BETWEEN 1 AND 100 THEN
-        RAISE EXCEPTION 'p_events must hold 1 to 100 events, got %', coalesce(cardinality(p_events)::text, 'NULL')
-            USING ERRCODE = '22023';
+    IF jsonb_typeof(p_events) IS DISTINCT FROM 'array' OR jsonb_array_length(p_events) NOT BETWEEN 1 AND 100 THEN
+        RAISE EXCEPTION 'p_events must be a JSON array of 1 to 100 events' USING ERRCODE = '22023';
     END IF;
-    IF p_correlation_ids IS NOT NULL AND cardinality(p_correlation_ids) <> cardinality(p_events) THEN
-        RAISE EXCEPTION 'p_correlation_ids must be NULL or hold one id per event'
-            USING ERRCODE = '22023';
+    IF p_correlation_ids IS NOT NULL AND cardinality(p_correlation_ids) <> jsonb_array_length(p_events) THEN
+        RAISE EXCEPTION 'p_correlation_ids must be NULL or hold one id per event' USING ERRCODE = '22023';
     END IF;
-    v_outcomes := array_fill(NULL::text, ARRAY[cardinality(p_events)]);
+    v_events := ARRAY(SELECT e FROM jsonb_array_elements(p_events) AS e);
+    v_outcomes := array_fill(NULL::text, ARRAY[cardinality(v_events)]);
     FOR v_i IN
-        SELECT u.ord FROM unnest(p_events) WITH ORDINALITY AS u (e, ord)
+        SELECT u.ord FROM unnest(v_events) WITH ORDINALITY AS u (e, ord)
         ORDER BY stripe.lock_order_key(u.e), u.e ->> 'id', u.ord
     LOOP
         IF p_correlation_ids IS NOT NULL THEN
             PERFORM set_config('app.correlation_id', coalesce(p_correlation_ids[v_i], ''), true);
         END IF;
-        v_outcomes[v_i] := stripe.ingest(p_events[v_i]);
+        v_outcomes[v_i] := stripe.ingest(v_events[v_i]);
     END LOOP;
     IF p_correlation_ids IS NOT NULL THEN
         PERFORM set_config('app.correlation_id', coalesce(v_caller_correlation_id, ''), true);
@@ -1308,13 +1309,13 @@ END;
 $$;
 
 
-ALTER FUNCTION api.ingest_stripe_events(p_events jsonb[], p_correlation_ids text[]) OWNER TO booking_owner;
+ALTER FUNCTION api.ingest_stripe_events(p_events jsonb, p_correlation_ids text[]) OWNER TO booking_owner;
 
 --
--- Name: FUNCTION ingest_stripe_events(p_events jsonb[], p_correlation_ids text[]); Type: COMMENT; Schema: api; Owner: booking_owner
+-- Name: FUNCTION ingest_stripe_events(p_events jsonb, p_correlation_ids text[]); Type: COMMENT; Schema: api; Owner: booking_owner
 --
 
-COMMENT ON FUNCTION api.ingest_stripe_events(p_events jsonb[], p_correlation_ids text[]) IS 'Group commit of verified Stripe events: each stored once by id and applied as by api.ingest_stripe_event, all in one transaction, outcomes in the order given; any error rolls back all of them. 22023 unless 1 to 100 events (and NULL or one correlation id each).';
+COMMENT ON FUNCTION api.ingest_stripe_events(p_events jsonb, p_correlation_ids text[]) IS 'Group commit of verified Stripe events (a JSON array): each stored once by id and applied as by api.ingest_stripe_event, all in one transaction, outcomes in the order given; any error rolls back all of them. 22023 unless an array of 1 to 100 events (and NULL or one correlation id each).';
 
 
 --
@@ -5713,11 +5714,11 @@ GRANT ALL ON FUNCTION api.ingest_stripe_event(p_event jsonb) TO booking_app;
 
 
 --
--- Name: FUNCTION ingest_stripe_events(p_events jsonb[], p_correlation_ids text[]); Type: ACL; Schema: api; Owner: booking_owner
+-- Name: FUNCTION ingest_stripe_events(p_events jsonb, p_correlation_ids text[]); Type: ACL; Schema: api; Owner: booking_owner
 --
 
-REVOKE ALL ON FUNCTION api.ingest_stripe_events(p_events jsonb[], p_correlation_ids text[]) FROM PUBLIC;
-GRANT ALL ON FUNCTION api.ingest_stripe_events(p_events jsonb[], p_correlation_ids text[]) TO booking_app;
+REVOKE ALL ON FUNCTION api.ingest_stripe_events(p_events jsonb, p_correlation_ids text[]) FROM PUBLIC;
+GRANT ALL ON FUNCTION api.ingest_stripe_events(p_events jsonb, p_correlation_ids text[]) TO booking_app;
 
 
 --
