@@ -17,7 +17,7 @@ PGBENCH = "/usr/lib/postgresql/15/bin/pgbench"
 @contextmanager
 def bench_cluster():
     """fsync on, default durability: the numbers mean what they would in production."""
-    pg = start_cluster(fsync=True, extra=("-c shared_buffers=512MB", "-c max_wal_size=4GB", *[x for x in os.environ.get("BENCH_PG_EXTRA", "").split(";") if x]))
+    pg = start_cluster(fsync=True, extra=("-c shared_buffers=512MB", "-c max_wal_size=4GB"))
     try:
         # Not the pg_cron database: a scheduled sweep must not run in the middle of a measurement.
         with connect(url_for(pg.url(), "postgres")) as conn:

@@ -1,6 +1,8 @@
 """make bench (webhooks): signed Stripe webhooks per second and p99 latency through the
 shim (verify, store, apply: each one confirms a booking), beside a bare endpoint on the
-same server and pool doing SELECT 1, measured in the same run.
+same server and pool doing SELECT 1, measured in the same run. Deliveries that arrive
+while others are in the database are stored and applied together, in one transaction
+(group commit, pyshim/batching.py); the run prints how many went together on average.
 
 The load comes from wrk (a C client, one thread): on two cores a Python client took a
 third of the CPU from the server it measured. Every webhook carries a new event that
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import tempfile
 import time
@@ -110,7 +113,11 @@ def main() -> None:
         with connect(admin_url) as conn:
             confirmed = conn.execute("SELECT count(*) FROM booking.bookings WHERE status = 'confirmed'").fetchone()[0]
             imbalances = conn.execute("SELECT count(*) FROM ops.ledger_imbalances").fetchone()[0]
-    table(f"one uvicorn worker, wrk with {args.concurrency} connections, {args.seconds} s per run "
+            # Rows written by one transaction share its xmin: how many events went together.
+            events, transactions = conn.execute(
+                "SELECT count(*), count(DISTINCT xmin::text) FROM stripe.events").fetchone()
+    table(f"one uvicorn worker, wrk with {args.concurrency} connections, {args.seconds} s per run, pool of {args.pool}, "
+          f"group commit: {os.environ.get('WEBHOOK_BATCH_CONCURRENCY', '4')} transactions of events at a time "
           "(target: webhooks at least 50% of the bare endpoint)",
           ["endpoint", "requests/s", "p99 ms", "non-2xx", "socket errors"],
           [[name, f"{r['rps']:,.0f}", f"{r['p99_ms']:.1f}", r["non_2xx"], r["errors"]]
@@ -118,6 +125,7 @@ def main() -> None:
                            ("POST /webhooks/stripe (verify, store, apply)", hooks))])
     print(f"webhooks / bare endpoint: {hooks['rps'] / bare['rps']:.0%}; bookings confirmed: {confirmed:,} "
           f"({WARM_UP:,} of them in the warm-up); answers 'duplicate': {warm_up['repeats'] + hooks['repeats']}; ledger imbalances: {imbalances}")
+    print(f"events per transaction (group commit): {events / transactions:.1f} ({events:,} events, {transactions:,} transactions)")
 
 
 if __name__ == "__main__":

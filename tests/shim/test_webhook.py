@@ -220,3 +220,50 @@ def test_readyz_is_degraded_when_the_shim_and_the_database_disagree_on_livemode(
         health = httpx.get(base + "/readyz").json()
     assert health["status"] == "degraded"
     assert "stripe.config" in health["checks"]["stripe_mode"]["message"]
+
+
+def burst(base: str, bodies: list[bytes]) -> list[httpx.Response]:
+    """Posts every body at the same moment, each on its own connection; answers in order."""
+    barrier = threading.Barrier(len(bodies))
+    answers: list[httpx.Response | None] = [None] * len(bodies)
+
+    def deliver(i: int):
+        with httpx.Client(timeout=30) as client:
+            barrier.wait()
+            answers[i] = client.post(base + "/webhooks/stripe", content=bodies[i],
+                                     headers={"Stripe-Signature": sign(bodies[i], SECRET), "X-Request-ID": f"burst-{i}"})
+
+    threads = [threading.Thread(target=deliver, args=(i,)) for i in range(len(bodies))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return answers
+
+
+def test_a_burst_is_applied_in_batches_and_a_bad_event_answers_for_itself_only(webhook_db, tmp_path):
+    # One batch in flight at a time: deliveries that arrive meanwhile wait and go together.
+    log = tmp_path / "shim.log"
+    with shim(webhook_db.app_url, SECRET, extra_env={"WEBHOOK_BATCH_CONCURRENCY": "1"}, log=log) as base:
+        events = [event() for _ in range(40)]
+        answers = burst(base, [encode(e) for e in events])
+        assert [(a.status_code, a.json()) for a in answers] == [(200, {"outcome": "ignored"})] * 40
+        ids = [e["id"] for e in events]
+        rows = webhook_db.rows("SELECT xmin::text, correlation_id FROM stripe.events WHERE event_id = ANY(%s)", (ids,))
+        assert len(rows) == 40
+        transactions = len({xmin for xmin, _ in rows})
+        assert transactions < 20, f"40 simultaneous deliveries took {transactions} transactions"
+        assert sorted(c for _, c in rows) == sorted(f"burst-{i}" for i in range(40))
+
+        # A batch that fails is applied one event at a time: the bad ones answer for
+        # themselves, the good ones are applied once.
+        good = [event() for _ in range(20)]
+        bad = [b'{"id": "evt_truncated", "object": "event"', encode({"id": "evt_not_an_event", "object": "charge"})]
+        answers = burst(base, [encode(e) for e in good] + bad)
+        assert [(a.status_code, a.json()) for a in answers[:20]] == [(200, {"outcome": "ignored"})] * 20
+        for answer in answers[20:]:
+            assert_error(answer, 400, "RW001")
+        assert webhook_db.one("SELECT count(*) FROM stripe.events WHERE event_id = ANY(%s)",
+                              ([e["id"] for e in good] + ["evt_truncated", "evt_not_an_event"],)) == 20
+    # The first delivery went alone; the bad ones were in a batch with others, which failed.
+    assert "running its items one at a time" in log.read_text()

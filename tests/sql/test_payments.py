@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import uuid
 
+import pytest
 from psycopg.types.json import Jsonb
 
 from tests.pg import connect
-from tests.sql.helpers import new_inventory, place, sqlstate_of, wait_past
+from tests.sql.helpers import new_inventory, on_connections, place, sqlstate_of, wait_past
 from tests.stripe_events import dispute, event, payment_intent, refund
 
 
@@ -185,3 +186,77 @@ def test_payment_intent_params_and_record(db, app):
 def test_replay_of_an_unknown_event_is_rb005(db):
     with connect(db.ops_url) as conn:
         assert sqlstate_of(conn, "SELECT ops.replay_stripe_event('evt_nope')") == "RB005"
+
+
+# --- api.ingest_stripe_events: group commit --------------------------------------------
+
+def ingest_batch(conn, events, correlation_ids=None):
+    return conn.execute("SELECT api.ingest_stripe_events(%s, %s)", (Jsonb(events), correlation_ids)).fetchone()[0]
+
+
+def test_a_batch_applies_each_event_as_alone_and_answers_in_the_order_given(db, app):
+    _, paid, amount, _ = booking(app)
+    _, failed, amount2, _ = booking(app)
+    pay = event("payment_intent.succeeded", payment_intent("pi_batch_1", paid, amount))
+    fail = event("payment_intent.payment_failed",
+                 payment_intent("pi_batch_2", failed, amount2, status="requires_payment_method"))
+    ping = event()
+    outcomes = ingest_batch(app, [ping, pay, fail, pay], ["req-a", "req-b", "req-c", "req-d"])
+    assert outcomes == ["ignored", "processed", "processed", "duplicate"]
+    assert (state(db, paid), state(db, failed)) == ("confirmed", "payment_failed")
+    assert ledger(db, paid) == (amount, 0, 0, amount)
+    assert db.one("SELECT count(*) FROM jobs.jobs WHERE kind = 'email.booking_confirmed'") == 1
+    # Each event keeps its own request's correlation id, in stripe.events and in the history.
+    assert dict(db.rows("SELECT event_id, correlation_id FROM stripe.events")) == {
+        ping["id"]: "req-a", pay["id"]: "req-b", fail["id"]: "req-c"}
+    assert db.one("SELECT correlation_id FROM booking.booking_history WHERE booking_id = %s AND event = 'payment_failed'",
+                  (failed,)) == "req-c"
+    # One transaction for all of them.
+    assert db.one("SELECT count(DISTINCT xmin::text) FROM stripe.events") == 1
+
+
+def test_a_batch_with_one_bad_event_writes_nothing(db, app):
+    _, booking_id, amount, _ = booking(app)
+    pay = event("payment_intent.succeeded", payment_intent("pi_batch_bad", booking_id, amount))
+    not_an_event = {"id": "evt_x", "object": "charge"}
+    wrong_amount = event("payment_intent.succeeded", payment_intent("pi_batch_bad_2", booking_id, amount + 1))
+    for bad, sqlstate in ((not_an_event, "RW001"), (wrong_amount, "RX001")):
+        assert sqlstate_of(app, "SELECT api.ingest_stripe_events(%s)", (Jsonb([pay, bad]),)) == sqlstate
+    assert db.one("SELECT count(*) FROM stripe.events") == 0
+    assert state(db, booking_id) == "pending_payment"
+    assert db.one("SELECT count(*) FROM ledger.transactions") == 0
+
+
+BAD_BATCHES = {
+    "not an array": ("{}", None),
+    "empty": ("[]", None),
+    "101 events": (Jsonb([event() for _ in range(101)]), None),
+    "fewer correlation ids": (Jsonb([event(), event()]), ["req-1"]),
+    "NULL": (None, None),
+}
+
+
+@pytest.mark.parametrize("events, correlation_ids", BAD_BATCHES.values(), ids=BAD_BATCHES.keys())
+def test_a_malformed_batch_is_22023_and_writes_nothing(db, app, events, correlation_ids):
+    assert sqlstate_of(app, "SELECT api.ingest_stripe_events(%s::jsonb, %s)", (events, correlation_ids)) == "22023"
+    assert db.one("SELECT count(*) FROM stripe.events") == 0
+
+
+def test_two_batches_of_the_same_payments_in_opposite_orders_do_not_deadlock(db, app):
+    """Each batch applies its events in one order (the payment, then the event id), so two
+    batches that share bookings lock them in the same order: the second waits, never
+    deadlocks. Without that order, batch A holding its first bookings would wait for B's
+    and B for A's."""
+    for round_ in range(3):
+        events = []
+        for i in range(12):
+            _, booking_id, amount, _ = booking(app)
+            events.append(event("payment_intent.succeeded", payment_intent(f"pi_order_{round_}_{i}", booking_id, amount)))
+        batches = [events, list(reversed(events))] * 2
+        outcomes, errors = on_connections(db.app_url, len(batches), lambda c: ingest_batch(c, batches.pop()))
+        assert errors == [], errors
+        # Each event applied once, by whichever batch came first; the others found it stored.
+        applied = sorted(o for batch in outcomes for o in batch)
+        assert applied == ["duplicate"] * (3 * len(events)) + ["processed"] * len(events)
+    assert db.one("SELECT count(*) FROM ledger.transactions") == 36
+    assert db.one("SELECT count(*) FROM booking.bookings WHERE status = 'confirmed'") == 36
