@@ -38,7 +38,6 @@ class GroupCommit(Generic[Item]):
         self._queue: list[tuple[Item, asyncio.Future]] = []
         self._running = 0
         self._tasks: set[asyncio.Task] = set()
-        self.batches = 0  # calls made with more than one item (for tests and logs)
 
     async def submit(self, item: Item) -> Any:
         """The item's result, or the exception its run raised."""
@@ -64,7 +63,6 @@ class GroupCommit(Generic[Item]):
         if len(taken) == 1:
             await self._settle_one(*taken[0])
             return
-        self.batches += 1
         try:
             results = await self._run_batch([item for item, _ in taken])
         except BaseException as exc:  # noqa: BLE001 - every waiter must be answered

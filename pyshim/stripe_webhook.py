@@ -95,8 +95,9 @@ def event_batcher(db, settings) -> GroupCommit[tuple[str, str]]:
     """Deliveries that arrive together are stored and applied in one transaction
     (api.ingest_stripe_events); a batch that fails is applied one event at a time."""
     async def run_batch(items):
-        # One JSON array of the signed bodies as received (no array literal to escape);
-        # the database refuses it unless it holds exactly one event per body.
+        # One JSON array of the signed bodies as received (no array literal to escape). A
+        # body that is not one JSON value breaks the array or changes its length, which the
+        # database refuses (22023): the batch fails and each body goes alone.
         rids = [rid for _, rid in items]
         return await db.call("ingest_stripe_events", ["[" + ",".join(text for text, _ in items) + "]", rids], rids[0])
 
