@@ -58,6 +58,7 @@ bench: deps
 	$(VENV)/bin/pip install -q --disable-pip-version-check -e '.[test,bench]'
 	$(VENV)/bin/python -m tests.bench.holds_bench
 	$(VENV)/bin/python -m tests.bench.bookings_bench
+	$(VENV)/bin/python -m tests.bench.ingest_bench
 	$(VENV)/bin/python -m tests.bench.webhook_bench
 	$(VENV)/bin/python -m tests.bench.queue_bench
 

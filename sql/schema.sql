@@ -2041,40 +2041,38 @@ CREATE FUNCTION booking.apply_event(p_booking_id uuid, p_event text, p_stripe_ev
 DECLARE
     v_status text;
     v_to text;
+    v_locked boolean := false;
 BEGIN
     IF p_detail IS NOT NULL THEN
         PERFORM set_config('booking.transition_detail', left(p_detail, 1000), true);
     END IF;
     -- One statement in the usual case. If another transaction moved the booking on
     -- meanwhile, the recheck after its commit compares the new status with the transition
-    -- row read before, finds no match and changes nothing: then lock, look again, retry.
-    UPDATE booking.bookings AS b
-    SET status = t.to_status, version = b.version + 1, last_event = p_event, last_stripe_event_id = p_stripe_event_id
-    FROM booking.booking_transitions AS t
-    WHERE b.booking_id = p_booking_id AND t.from_status = b.status AND t.event = p_event
-    RETURNING b.status INTO v_to;
-    IF NOT FOUND THEN
+    -- row read before, finds no match and changes nothing: then lock the row and try once
+    -- more, now against its settled status.
+    LOOP
+        UPDATE booking.bookings AS b
+        SET status = t.to_status, version = b.version + 1, last_event = p_event,
+            last_stripe_event_id = p_stripe_event_id
+        FROM booking.booking_transitions AS t
+        WHERE b.booking_id = p_booking_id AND t.from_status = b.status AND t.event = p_event
+        RETURNING b.status INTO v_to;
+        EXIT WHEN FOUND OR v_locked;
         SELECT b.status INTO v_status FROM booking.bookings AS b WHERE b.booking_id = p_booking_id FOR UPDATE;
         IF NOT FOUND THEN
             RAISE EXCEPTION 'booking % not found', p_booking_id USING ERRCODE = 'RB005';
         END IF;
-        SELECT t.to_status INTO v_to
-        FROM booking.booking_transitions AS t
-        WHERE t.from_status = v_status AND t.event = p_event;
-        IF NOT FOUND THEN
-            PERFORM set_config('booking.transition_detail', '', true);
-            IF p_if_allowed THEN
-                RETURN v_status;
-            END IF;
-            RAISE EXCEPTION 'booking % is %: % is not allowed', p_booking_id, v_status, p_event
-                USING ERRCODE = 'RB004', HINT = 'Allowed transitions: SELECT * FROM ops.booking_transitions.';
-        END IF;
-        UPDATE booking.bookings
-        SET status = v_to, version = version + 1, last_event = p_event, last_stripe_event_id = p_stripe_event_id
-        WHERE booking_id = p_booking_id;
-    END IF;
+        v_locked := true;
+    END LOOP;
     IF p_detail IS NOT NULL THEN
         PERFORM set_config('booking.transition_detail', '', true);
+    END IF;
+    IF v_to IS NULL THEN
+        IF p_if_allowed THEN
+            RETURN v_status;
+        END IF;
+        RAISE EXCEPTION 'booking % is %: % is not allowed', p_booking_id, v_status, p_event
+            USING ERRCODE = 'RB004', HINT = 'Allowed transitions: SELECT * FROM ops.booking_transitions.';
     END IF;
     RETURN v_to;
 END;
@@ -4037,6 +4035,7 @@ CREATE FUNCTION stripe.on_refund(p_event_id text, p_refund jsonb) RETURNS text
 -- deferred until the payment it refunds has been booked.
 DECLARE
     v_pi text := p_refund ->> 'payment_intent';
+    v_booking booking.bookings;
     v_booking_id uuid;
     v_unallocated boolean;
     v_charged bigint;
@@ -4049,7 +4048,8 @@ BEGIN
     IF v_unallocated IS NULL THEN
         RETURN 'deferred';
     END IF;
-    v_booking_id := (stripe.lock_booking_for(p_refund, v_pi)).booking_id;
+    v_booking := stripe.lock_booking_for(p_refund, v_pi);
+    v_booking_id := v_booking.booking_id;
     PERFORM ledger.post_refund(v_booking_id, p_refund ->> 'id', v_pi, (p_refund ->> 'amount')::bigint,
                                p_refund ->> 'currency', p_event_id);
     -- Compare what went back with what came in on the same side (allocated or not).
@@ -4062,8 +4062,7 @@ BEGIN
       AND coalesce(ledger.charge_is_unallocated(t.payment_intent_id), false) = v_unallocated;
     IF v_unallocated THEN
         -- Money no booking kept: it only decides the state of a booking waiting for it to go back.
-        IF v_refunded >= v_charged
-            AND (SELECT b.status FROM booking.bookings AS b WHERE b.booking_id = v_booking_id) = 'refund_pending' THEN
+        IF v_refunded >= v_charged AND v_booking.status = 'refund_pending' THEN
             PERFORM booking.apply_event(v_booking_id, 'full_refund', p_event_id, NULL, true);
         END IF;
     ELSE

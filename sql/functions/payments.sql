@@ -170,6 +170,7 @@ AS $$
 -- deferred until the payment it refunds has been booked.
 DECLARE
     v_pi text := p_refund ->> 'payment_intent';
+    v_booking booking.bookings;
     v_booking_id uuid;
     v_unallocated boolean;
     v_charged bigint;
@@ -182,7 +183,8 @@ BEGIN
     IF v_unallocated IS NULL THEN
         RETURN 'deferred';
     END IF;
-    v_booking_id := (stripe.lock_booking_for(p_refund, v_pi)).booking_id;
+    v_booking := stripe.lock_booking_for(p_refund, v_pi);
+    v_booking_id := v_booking.booking_id;
     PERFORM ledger.post_refund(v_booking_id, p_refund ->> 'id', v_pi, (p_refund ->> 'amount')::bigint,
                                p_refund ->> 'currency', p_event_id);
     -- Compare what went back with what came in on the same side (allocated or not).
@@ -195,8 +197,7 @@ BEGIN
       AND coalesce(ledger.charge_is_unallocated(t.payment_intent_id), false) = v_unallocated;
     IF v_unallocated THEN
         -- Money no booking kept: it only decides the state of a booking waiting for it to go back.
-        IF v_refunded >= v_charged
-            AND (SELECT b.status FROM booking.bookings AS b WHERE b.booking_id = v_booking_id) = 'refund_pending' THEN
+        IF v_refunded >= v_charged AND v_booking.status = 'refund_pending' THEN
             PERFORM booking.apply_event(v_booking_id, 'full_refund', p_event_id, NULL, true);
         END IF;
     ELSE

@@ -229,10 +229,6 @@ $$;
 COMMENT ON FUNCTION api.ingest_stripe_event(jsonb) IS
 'Stores a verified Stripe event once by id and applies it in the same transaction. Returns processed, duplicate, ignored or deferred; RW001 if the payload is not a Stripe event.';
 
--- Replaced by the jsonb-array signature below (an array literal of JSON texts cost the
--- shim more to build than the database to apply).
-DROP FUNCTION IF EXISTS api.ingest_stripe_events(jsonb[], text[]);
-
 CREATE OR REPLACE FUNCTION api.ingest_stripe_events(p_events jsonb, p_correlation_ids text[] DEFAULT NULL)
 RETURNS text[]
 LANGUAGE plpgsql

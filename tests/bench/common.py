@@ -6,12 +6,15 @@ import os
 import re
 import subprocess
 import tempfile
+import uuid
 from contextlib import contextmanager
 from urllib.parse import urlparse
 
 from tests.pg import connect, migrate, start_cluster, url_for
+from tests.stripe_events import event, payment_intent
 
 PGBENCH = "/usr/lib/postgresql/15/bin/pgbench"
+BOOKING_AMOUNT = 2500
 
 
 @contextmanager
@@ -27,6 +30,37 @@ def bench_cluster():
         yield url
     finally:
         pg.stop()
+
+
+def make_bookings(conn, count: int, amount: int = BOOKING_AMOUNT) -> list[str]:
+    """count bookings of one unit each, awaiting payment, on one large inventory; their ids."""
+    inventory = conn.execute("SELECT api.create_inventory(%s, 10000000, %s, 'usd')",
+                             (f"bench-{uuid.uuid4().hex[:8]}", amount)).fetchone()[0]
+    conn.execute("CREATE TEMP TABLE IF NOT EXISTS bench_bookings (booking_id text)")
+    made = 0
+    while made < count:
+        chunk = min(2000, count - made)
+        # ANALYZE between chunks, as autovacuum would: a plan cached while the tables were
+        # empty scans them whole at every call.
+        conn.execute("ANALYZE")
+        conn.execute(
+            f"""
+            DO $$
+            BEGIN
+                FOR i IN 1..{chunk} LOOP
+                    INSERT INTO bench_bookings
+                    SELECT api.create_booking(NULL, 'bench', ARRAY[h.hold_id]) ->> 'booking_id'
+                    FROM api.place_hold('{inventory}', 1, 'bench') AS h;
+                END LOOP;
+            END $$
+            """)
+        made += chunk
+    return [b for (b,) in conn.execute("DELETE FROM bench_bookings RETURNING booking_id").fetchall()]
+
+
+def payment_event(i: int, booking_id: str, amount: int = BOOKING_AMOUNT) -> dict:
+    """The payment_intent.succeeded event that confirms booking_id (PaymentIntent pi_bench_<i>)."""
+    return event("payment_intent.succeeded", payment_intent(f"pi_bench_{i}", booking_id, amount))
 
 
 def pgbench(url: str, script: str, clients: int, seconds: int, *, defines: dict[str, str] | None = None) -> float:

@@ -22,10 +22,11 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from tests.bench.common import bench_cluster, table
+from pyshim.settings import Settings
+from tests.bench.common import bench_cluster, make_bookings, payment_event, table
 from tests.pg import connect
 from tests.shim.server import shim
-from tests.stripe_events import encode, event, payment_intent, sign
+from tests.stripe_events import encode, sign
 
 SECRET = "whsec_bench_0123456789abcdef"
 WARM_UP = 2000  # webhooks sent and then ANALYZEd before measuring
@@ -42,12 +43,6 @@ def wrk(url: str, seconds: int, concurrency: int, requests_file: str | None = No
     summary = json.loads(out.stdout.strip().splitlines()[-1])
     summary["rps"] = summary["requests"] / summary["seconds"]
     return summary
-
-
-def chunks(total: int, size: int):
-    while total > 0:
-        yield min(size, total)
-        total -= size
 
 
 @contextmanager
@@ -75,28 +70,10 @@ def main() -> None:
         with connect(admin_url) as conn:
             conn.execute("CREATE ROLE bench_shim LOGIN")
             conn.execute("GRANT booking_app TO bench_shim")
-            inventory = conn.execute("SELECT api.create_inventory('bench-webhooks', 10000000, 2500, 'usd')").fetchone()[0]
-            conn.execute("CREATE TEMP TABLE bench_bookings (booking_id text)")
-            for chunk in chunks(int(args.bookings) + WARM_UP, 2000):
-                # ANALYZE between chunks, as autovacuum would: a plan cached while the
-                # tables were empty scans them whole at every call.
-                conn.execute("ANALYZE")
-                conn.execute(
-                    f"""
-                    DO $$
-                    BEGIN
-                        FOR i IN 1..{chunk} LOOP
-                            INSERT INTO bench_bookings
-                            SELECT api.create_booking(NULL, 'bench', ARRAY[h.hold_id]) ->> 'booking_id'
-                            FROM api.place_hold('{inventory}', 1, 'bench') AS h;
-                        END LOOP;
-                    END $$
-                    """)
-            bookings = conn.execute("SELECT booking_id FROM bench_bookings").fetchall()
+            bookings = make_bookings(conn, int(args.bookings) + WARM_UP)
         print(f"{len(bookings):,} bookings made in {time.perf_counter() - started:.0f} s", flush=True)
         app_url = admin_url.replace("postgres@", "bench_shim@")
-        bodies = [encode(event("payment_intent.succeeded", payment_intent(f"pi_bench_{i}", b, 2500)))
-                  for i, (b,) in enumerate(bookings)]
+        bodies = [encode(payment_event(i, b)) for i, b in enumerate(bookings)]
         with shim(app_url, SECRET, extra_env={"PYSHIM_BENCH_ENDPOINT": "1", "DB_POOL_MAX_SIZE": str(args.pool)}) as base:
             # Steady state, as in production after autovacuum's first pass: the event and
             # ledger tables hold rows and have statistics. Measured on a fresh install the
@@ -117,7 +94,7 @@ def main() -> None:
             events, transactions = conn.execute(
                 "SELECT count(*), count(DISTINCT xmin::text) FROM stripe.events").fetchone()
     table(f"one uvicorn worker, wrk with {args.concurrency} connections, {args.seconds} s per run, pool of {args.pool}, "
-          f"group commit: {os.environ.get('WEBHOOK_BATCH_CONCURRENCY', '4')} transactions of events at a time "
+          f"group commit: {os.environ.get('WEBHOOK_BATCH_CONCURRENCY', Settings.webhook_batch_concurrency)} transactions of events at a time "
           "(target: webhooks at least 50% of the bare endpoint)",
           ["endpoint", "requests/s", "p99 ms", "non-2xx", "socket errors"],
           [[name, f"{r['rps']:,.0f}", f"{r['p99_ms']:.1f}", r["non_2xx"], r["errors"]]
