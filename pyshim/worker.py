@@ -49,6 +49,8 @@ class JsonFormatter(logging.Formatter):
 
 
 def send_confirmation(smtp_url: str, sender: str, booking: dict, timeout_s: float) -> dict:
+    """`booking`: the job's payload, the message as of the confirmation (booking_id, holder,
+    amount, currency, items); the worker's role does not read bookings."""
     to = booking.get("holder", "")
     if "@" not in to:
         return {"skipped": "the holder is not an e-mail address"}
@@ -61,7 +63,7 @@ def send_confirmation(smtp_url: str, sender: str, booking: dict, timeout_s: floa
     msg["Message-ID"] = f"<booking-{booking['booking_id']}-confirmed@booking-core>"
     lines = [f"Booking {booking['booking_id']} is confirmed.",
              f"Amount: {booking['amount']} {booking['currency'].upper()} (minor units)"]
-    lines += [f"- {h['quantity']} x {h['sku']}" for h in booking.get("holds", []) if h.get("status") == "converted"]
+    lines += [f"- {item['quantity']} x {item['sku']}" for item in booking.get("items", [])]
     msg.set_content("\n".join(lines) + "\n")
     with smtplib.SMTP(u.hostname or "127.0.0.1", u.port or 25, timeout=timeout_s) as smtp:
         smtp.send_message(msg)
@@ -176,8 +178,7 @@ class Worker:
         return summary
 
     async def email_booking_confirmed(self, payload: dict, correlation_id: str | None, job_id=None) -> dict:
-        (booking,), = await self.call("SELECT api.get_booking(%s::uuid)", [payload["booking_id"]], correlation_id)
-        return await asyncio.to_thread(send_confirmation, self.smtp_url, self.sender, booking, 30.0)
+        return await asyncio.to_thread(send_confirmation, self.smtp_url, self.sender, payload, 30.0)
 
     async def noop(self, payload: dict, correlation_id: str | None, job_id=None) -> dict:
         return {}

@@ -37,11 +37,14 @@ def main() -> None:
     admin = subprocess.run([str(ROOT / "scripts/cluster.sh"), "url"], capture_output=True, text=True,
                            check=True).stdout.strip()
     subprocess.run([str(ROOT / "sql/migrate.sh"), admin], check=True)
+    # The logins of `make run`: one per duty, each holding only its role.
     with psycopg.connect(admin, autocommit=True) as conn:
-        if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = 'booking_shim'").fetchone():
-            conn.execute("CREATE ROLE booking_shim LOGIN")
-        conn.execute("GRANT booking_app TO booking_shim")
-    app_url = admin.replace("postgres@", "booking_shim@")
+        for login, role in (("shim_login", "booking_shim"), ("app_login", "booking_app")):
+            if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (login,)).fetchone():
+                conn.execute(f"CREATE ROLE {login} LOGIN")
+            conn.execute(f"GRANT {role} TO {login}")
+    shim_url = admin.replace("postgres@", "shim_login@")
+    app_url = admin.replace("postgres@", "app_login@")
 
     port = free_port()
     fake = subprocess.Popen([sys.executable, "-m", "tests.localstripe_server", str(port)], cwd=ROOT,
@@ -54,7 +57,7 @@ def main() -> None:
                 break
             except httpx.TransportError:
                 time.sleep(0.1)
-        with shim(app_url, SECRET, extra_env={"STRIPE_API_KEY": API_KEY, "STRIPE_API_BASE": stripe_base}) as base:
+        with shim(shim_url, SECRET, extra_env={"STRIPE_API_KEY": API_KEY, "STRIPE_API_BASE": stripe_base}) as base:
             step("localstripe (a fake Stripe) and the shim are up", f"Stripe API {stripe_base}, shim {base}")
             httpx.post(f"{stripe_base}/_config/webhooks/demo", data={
                 "url": base + "/webhooks/stripe", "secret": SECRET,

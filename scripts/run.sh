@@ -12,10 +12,15 @@ scripts/cluster.sh start
 admin_url=$(scripts/cluster.sh url)
 sql/migrate.sh "$admin_url"
 
-# The shim logs in as a role that holds booking_app and nothing else.
+# One login per duty, each holding only its role (CONTRACT.md, Roles): the shim runs as
+# shim_login; app_login and worker_login are there to try an application server and the
+# worker (`.venv/bin/python -m pyshim worker`) against this cluster.
 psql "$admin_url" -X -q -v ON_ERROR_STOP=1 <<'SQL'
-SELECT 'CREATE ROLE booking_shim LOGIN' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'booking_shim') \gexec
-GRANT booking_app TO booking_shim;
+SELECT format('CREATE ROLE %I LOGIN', login) FROM (VALUES ('shim_login'), ('app_login'), ('worker_login')) AS l (login)
+WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = login) \gexec
+GRANT booking_shim TO shim_login;
+GRANT booking_app TO app_login;
+GRANT booking_worker TO worker_login;
 SQL
 secret_file=$state/webhook-secret
 if [[ ! -s $secret_file ]]; then
@@ -23,13 +28,14 @@ if [[ ! -s $secret_file ]]; then
 fi
 export STRIPE_WEBHOOK_SECRET
 STRIPE_WEBHOOK_SECRET=$(cat "$secret_file")
-export DATABASE_URL=${admin_url/postgres@/booking_shim@}
+export DATABASE_URL=${admin_url/postgres@/shim_login@}
 
 cat <<MSG
 
 booking-core is running.
   shim:      http://$HOST:$PORT   (GET /healthz, GET /readyz, POST /webhooks/stripe)
   database:  psql "$admin_url"   (or: make psql)
+  logins:    shim_login (the shim), app_login (an application server), worker_login (the worker)
   webhook secret: in $secret_file (never printed)
 
 Try it, in another terminal:

@@ -11,12 +11,30 @@ BEGIN
     IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'booking_ops') THEN
         CREATE ROLE booking_ops NOLOGIN;
     END IF;
+    -- Roles by duty (CONTRACT.md, Roles): the shim and the worker each get only their own
+    -- functions, so an application server cannot record a payment or settle a job.
+    -- `make run` of an earlier release created booking_shim as its LOGIN holding
+    -- booking_app; that login becomes the duty role (the embedded cluster's new login is
+    -- shim_login).
+    IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'booking_shim' AND rolcanlogin) THEN
+        RAISE NOTICE 'booking_shim was a login (make run of an earlier release): it becomes the NOLOGIN duty role';
+        ALTER ROLE booking_shim NOLOGIN;
+        IF pg_catalog.pg_has_role('booking_shim', 'booking_app', 'MEMBER') THEN
+            REVOKE booking_app FROM booking_shim;
+        END IF;
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'booking_shim') THEN
+        CREATE ROLE booking_shim NOLOGIN;
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'booking_worker') THEN
+        CREATE ROLE booking_worker NOLOGIN;
+    END IF;
     -- The migrator runs every file as booking_owner (SET LOCAL ROLE).
     IF NOT pg_catalog.pg_has_role(session_user, 'booking_owner', 'MEMBER') THEN
         EXECUTE pg_catalog.format('GRANT booking_owner TO %I', session_user);
     END IF;
     EXECUTE pg_catalog.format('GRANT CONNECT, CREATE ON DATABASE %I TO booking_owner', pg_catalog.current_database());
-    EXECUTE pg_catalog.format('GRANT CONNECT ON DATABASE %I TO booking_app, booking_ops', pg_catalog.current_database());
+    EXECUTE pg_catalog.format('GRANT CONNECT ON DATABASE %I TO booking_app, booking_shim, booking_worker, booking_ops', pg_catalog.current_database());
     -- pg_cron can only be created in the database it is configured for.
     IF pg_catalog.current_database() = pg_catalog.current_setting('cron.database_name', true)
         AND EXISTS (SELECT FROM pg_catalog.pg_available_extensions WHERE name = 'pg_cron') THEN

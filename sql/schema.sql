@@ -2003,8 +2003,10 @@ BEGIN
     );
     IF NEW.status = 'confirmed' AND OLD.status <> 'disputed' THEN
         PERFORM booking.convert_booked_holds(NEW.booking_id);
+        -- The job carries the message as of the confirmation: the worker's role may
+        -- not read bookings (CONTRACT.md, Roles), and the mail says what was confirmed.
         PERFORM jobs.enqueue(
-            'email.booking_confirmed', jsonb_build_object('booking_id', NEW.booking_id),
+            'email.booking_confirmed', booking.confirmation_message(NEW.booking_id, NEW.holder, NEW.amount, NEW.currency),
             'email.booking_confirmed:' || NEW.booking_id
         );
     ELSIF NEW.status IN ('cancelled', 'refunded') THEN
@@ -2096,6 +2098,28 @@ $$;
 
 
 ALTER FUNCTION booking.bucket_count_for(p_capacity integer) OWNER TO booking_owner;
+
+--
+-- Name: confirmation_message(uuid, text, bigint, text); Type: FUNCTION; Schema: booking; Owner: booking_owner
+--
+
+CREATE FUNCTION booking.confirmation_message(p_booking_id uuid, p_holder text, p_amount bigint, p_currency text) RETURNS jsonb
+    LANGUAGE sql STABLE
+    AS $$
+    -- What the confirmation e-mail says: who, how much, and the converted holds' items.
+    SELECT jsonb_build_object(
+        'booking_id', p_booking_id, 'holder', p_holder, 'amount', p_amount, 'currency', p_currency,
+        'items', coalesce((
+            SELECT jsonb_agg(jsonb_build_object('sku', i.sku, 'quantity', h.quantity) ORDER BY h.created_at, h.hold_id)
+            FROM booking.holds AS h
+            JOIN booking.inventory AS i ON i.inventory_id = h.inventory_id
+            WHERE h.booking_id = p_booking_id AND h.status = 'converted'
+        ), '[]'::jsonb)
+    );
+$$;
+
+
+ALTER FUNCTION booking.confirmation_message(p_booking_id uuid, p_holder text, p_amount bigint, p_currency text) OWNER TO booking_owner;
 
 --
 -- Name: convert_booked_holds(uuid); Type: FUNCTION; Schema: booking; Owner: booking_owner
@@ -5575,6 +5599,8 @@ ALTER TABLE ONLY ledger.lines
 --
 
 GRANT USAGE ON SCHEMA api TO booking_app;
+GRANT USAGE ON SCHEMA api TO booking_shim;
+GRANT USAGE ON SCHEMA api TO booking_worker;
 
 
 --
@@ -5605,7 +5631,7 @@ GRANT ALL ON FUNCTION api.cancel_booking(p_booking_id uuid, p_reason text) TO bo
 --
 
 REVOKE ALL ON FUNCTION api.claim_jobs(p_worker text, p_kinds text[], p_limit integer, p_lease interval) FROM PUBLIC;
-GRANT ALL ON FUNCTION api.claim_jobs(p_worker text, p_kinds text[], p_limit integer, p_lease interval) TO booking_app;
+GRANT ALL ON FUNCTION api.claim_jobs(p_worker text, p_kinds text[], p_limit integer, p_lease interval) TO booking_worker;
 
 
 --
@@ -5613,7 +5639,7 @@ GRANT ALL ON FUNCTION api.claim_jobs(p_worker text, p_kinds text[], p_limit inte
 --
 
 REVOKE ALL ON FUNCTION api.complete_job(p_job_id uuid, p_lease_token uuid, p_result jsonb) FROM PUBLIC;
-GRANT ALL ON FUNCTION api.complete_job(p_job_id uuid, p_lease_token uuid, p_result jsonb) TO booking_app;
+GRANT ALL ON FUNCTION api.complete_job(p_job_id uuid, p_lease_token uuid, p_result jsonb) TO booking_worker;
 
 
 --
@@ -5621,7 +5647,7 @@ GRANT ALL ON FUNCTION api.complete_job(p_job_id uuid, p_lease_token uuid, p_resu
 --
 
 REVOKE ALL ON FUNCTION api.complete_jobs(p_job_ids uuid[], p_lease_tokens uuid[], p_results jsonb[]) FROM PUBLIC;
-GRANT ALL ON FUNCTION api.complete_jobs(p_job_ids uuid[], p_lease_tokens uuid[], p_results jsonb[]) TO booking_app;
+GRANT ALL ON FUNCTION api.complete_jobs(p_job_ids uuid[], p_lease_tokens uuid[], p_results jsonb[]) TO booking_worker;
 
 
 --
@@ -5653,7 +5679,7 @@ GRANT ALL ON FUNCTION api.extend_hold(p_hold_id uuid) TO booking_app;
 --
 
 REVOKE ALL ON FUNCTION api.fail_job(p_job_id uuid, p_lease_token uuid, p_error text, p_retryable boolean) FROM PUBLIC;
-GRANT ALL ON FUNCTION api.fail_job(p_job_id uuid, p_lease_token uuid, p_error text, p_retryable boolean) TO booking_app;
+GRANT ALL ON FUNCTION api.fail_job(p_job_id uuid, p_lease_token uuid, p_error text, p_retryable boolean) TO booking_worker;
 
 
 --
@@ -5670,6 +5696,8 @@ GRANT ALL ON FUNCTION api.get_booking(p_booking_id uuid) TO booking_app;
 
 REVOKE ALL ON FUNCTION api.health() FROM PUBLIC;
 GRANT ALL ON FUNCTION api.health() TO booking_app;
+GRANT ALL ON FUNCTION api.health() TO booking_shim;
+GRANT ALL ON FUNCTION api.health() TO booking_worker;
 
 
 --
@@ -5686,6 +5714,7 @@ GRANT ALL ON FUNCTION api.hold_status(p_hold_id uuid) TO booking_app;
 
 REVOKE ALL ON FUNCTION api.idempotency_begin(p_scope text, p_key text, p_principal text, p_request jsonb, p_lock_timeout interval, p_ttl interval) FROM PUBLIC;
 GRANT ALL ON FUNCTION api.idempotency_begin(p_scope text, p_key text, p_principal text, p_request jsonb, p_lock_timeout interval, p_ttl interval) TO booking_app;
+GRANT ALL ON FUNCTION api.idempotency_begin(p_scope text, p_key text, p_principal text, p_request jsonb, p_lock_timeout interval, p_ttl interval) TO booking_shim;
 
 
 --
@@ -5694,6 +5723,7 @@ GRANT ALL ON FUNCTION api.idempotency_begin(p_scope text, p_key text, p_principa
 
 REVOKE ALL ON FUNCTION api.idempotency_complete(p_scope text, p_key text, p_principal text, p_response jsonb, p_response_status integer) FROM PUBLIC;
 GRANT ALL ON FUNCTION api.idempotency_complete(p_scope text, p_key text, p_principal text, p_response jsonb, p_response_status integer) TO booking_app;
+GRANT ALL ON FUNCTION api.idempotency_complete(p_scope text, p_key text, p_principal text, p_response jsonb, p_response_status integer) TO booking_shim;
 
 
 --
@@ -5702,6 +5732,7 @@ GRANT ALL ON FUNCTION api.idempotency_complete(p_scope text, p_key text, p_princ
 
 REVOKE ALL ON FUNCTION api.idempotency_fail(p_scope text, p_key text, p_principal text, p_error text, p_retryable boolean) FROM PUBLIC;
 GRANT ALL ON FUNCTION api.idempotency_fail(p_scope text, p_key text, p_principal text, p_error text, p_retryable boolean) TO booking_app;
+GRANT ALL ON FUNCTION api.idempotency_fail(p_scope text, p_key text, p_principal text, p_error text, p_retryable boolean) TO booking_shim;
 
 
 --
@@ -5709,7 +5740,7 @@ GRANT ALL ON FUNCTION api.idempotency_fail(p_scope text, p_key text, p_principal
 --
 
 REVOKE ALL ON FUNCTION api.ingest_stripe_event(p_event jsonb) FROM PUBLIC;
-GRANT ALL ON FUNCTION api.ingest_stripe_event(p_event jsonb) TO booking_app;
+GRANT ALL ON FUNCTION api.ingest_stripe_event(p_event jsonb) TO booking_shim;
 
 
 --
@@ -5717,7 +5748,7 @@ GRANT ALL ON FUNCTION api.ingest_stripe_event(p_event jsonb) TO booking_app;
 --
 
 REVOKE ALL ON FUNCTION api.ingest_stripe_events(p_events jsonb, p_correlation_ids text[]) FROM PUBLIC;
-GRANT ALL ON FUNCTION api.ingest_stripe_events(p_events jsonb, p_correlation_ids text[]) TO booking_app;
+GRANT ALL ON FUNCTION api.ingest_stripe_events(p_events jsonb, p_correlation_ids text[]) TO booking_shim;
 
 
 --
@@ -5734,6 +5765,8 @@ GRANT ALL ON FUNCTION api.issue_refresh_token(p_user_id text, p_token_hash bytea
 
 REVOKE ALL ON FUNCTION api.log_error(p_severity text, p_source text, p_message text, p_detail text, p_context jsonb, p_sqlstate text) FROM PUBLIC;
 GRANT ALL ON FUNCTION api.log_error(p_severity text, p_source text, p_message text, p_detail text, p_context jsonb, p_sqlstate text) TO booking_app;
+GRANT ALL ON FUNCTION api.log_error(p_severity text, p_source text, p_message text, p_detail text, p_context jsonb, p_sqlstate text) TO booking_shim;
+GRANT ALL ON FUNCTION api.log_error(p_severity text, p_source text, p_message text, p_detail text, p_context jsonb, p_sqlstate text) TO booking_worker;
 
 
 --
@@ -5741,7 +5774,7 @@ GRANT ALL ON FUNCTION api.log_error(p_severity text, p_source text, p_message te
 --
 
 REVOKE ALL ON FUNCTION api.payment_intent_params(p_booking_id uuid) FROM PUBLIC;
-GRANT ALL ON FUNCTION api.payment_intent_params(p_booking_id uuid) TO booking_app;
+GRANT ALL ON FUNCTION api.payment_intent_params(p_booking_id uuid) TO booking_shim;
 
 
 --
@@ -5757,7 +5790,7 @@ GRANT ALL ON FUNCTION api.place_hold(p_inventory_id uuid, p_quantity integer, p_
 --
 
 REVOKE ALL ON FUNCTION api.reconcile(p_window_start timestamp with time zone, p_window_end timestamp with time zone, p_stripe jsonb) FROM PUBLIC;
-GRANT ALL ON FUNCTION api.reconcile(p_window_start timestamp with time zone, p_window_end timestamp with time zone, p_stripe jsonb) TO booking_app;
+GRANT ALL ON FUNCTION api.reconcile(p_window_start timestamp with time zone, p_window_end timestamp with time zone, p_stripe jsonb) TO booking_worker;
 
 
 --
@@ -5765,7 +5798,7 @@ GRANT ALL ON FUNCTION api.reconcile(p_window_start timestamp with time zone, p_w
 --
 
 REVOKE ALL ON FUNCTION api.record_payment_intent(p_booking_id uuid, p_payment_intent_id text, p_client_secret text, p_status text) FROM PUBLIC;
-GRANT ALL ON FUNCTION api.record_payment_intent(p_booking_id uuid, p_payment_intent_id text, p_client_secret text, p_status text) TO booking_app;
+GRANT ALL ON FUNCTION api.record_payment_intent(p_booking_id uuid, p_payment_intent_id text, p_client_secret text, p_status text) TO booking_shim;
 
 
 --
@@ -5773,7 +5806,7 @@ GRANT ALL ON FUNCTION api.record_payment_intent(p_booking_id uuid, p_payment_int
 --
 
 REVOKE ALL ON FUNCTION api.record_stripe_event_failure(p_event jsonb, p_sqlstate text, p_message text) FROM PUBLIC;
-GRANT ALL ON FUNCTION api.record_stripe_event_failure(p_event jsonb, p_sqlstate text, p_message text) TO booking_app;
+GRANT ALL ON FUNCTION api.record_stripe_event_failure(p_event jsonb, p_sqlstate text, p_message text) TO booking_shim;
 
 
 --
@@ -5781,7 +5814,7 @@ GRANT ALL ON FUNCTION api.record_stripe_event_failure(p_event jsonb, p_sqlstate 
 --
 
 REVOKE ALL ON FUNCTION api.record_stripe_refund(p_refund jsonb) FROM PUBLIC;
-GRANT ALL ON FUNCTION api.record_stripe_refund(p_refund jsonb) TO booking_app;
+GRANT ALL ON FUNCTION api.record_stripe_refund(p_refund jsonb) TO booking_worker;
 
 
 --
@@ -5789,7 +5822,7 @@ GRANT ALL ON FUNCTION api.record_stripe_refund(p_refund jsonb) TO booking_app;
 --
 
 REVOKE ALL ON FUNCTION api.refunds_due(p_booking_id uuid, p_payment_intent_id text) FROM PUBLIC;
-GRANT ALL ON FUNCTION api.refunds_due(p_booking_id uuid, p_payment_intent_id text) TO booking_app;
+GRANT ALL ON FUNCTION api.refunds_due(p_booking_id uuid, p_payment_intent_id text) TO booking_worker;
 
 
 --
@@ -5813,7 +5846,7 @@ GRANT ALL ON FUNCTION api.revoke_refresh_tokens(p_user_id text) TO booking_app;
 --
 
 REVOKE ALL ON FUNCTION api.rotate_refresh_token(p_old_hash bytea, p_new_hash bytea) FROM PUBLIC;
-GRANT ALL ON FUNCTION api.rotate_refresh_token(p_old_hash bytea, p_new_hash bytea) TO booking_app;
+GRANT ALL ON FUNCTION api.rotate_refresh_token(p_old_hash bytea, p_new_hash bytea) TO booking_shim;
 
 
 --
@@ -5850,6 +5883,13 @@ REVOKE ALL ON FUNCTION booking.apply_event(p_booking_id uuid, p_event text, p_st
 --
 
 REVOKE ALL ON FUNCTION booking.bucket_count_for(p_capacity integer) FROM PUBLIC;
+
+
+--
+-- Name: FUNCTION confirmation_message(p_booking_id uuid, p_holder text, p_amount bigint, p_currency text); Type: ACL; Schema: booking; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION booking.confirmation_message(p_booking_id uuid, p_holder text, p_amount bigint, p_currency text) FROM PUBLIC;
 
 
 --

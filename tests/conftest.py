@@ -11,7 +11,7 @@ import pytest
 
 from tests.shim.server import free_port
 from tests.pg import (
-    APP_LOGIN, OPS_LOGIN, TEMPLATE_DB, Database, CRON_DB, connect, database_from_template, empty_database,
+    LOGINS, TEMPLATE_DB, Database, CRON_DB, connect, database_from_template, empty_database,
     ROOT, migrate, start_cluster, url_for,
 )
 
@@ -35,7 +35,7 @@ def migrated(cluster):
     admin = url_for(cluster, "postgres")
     with connect(admin) as conn:
         conn.execute(f'CREATE DATABASE "{TEMPLATE_DB}"')
-        for login, role in ((APP_LOGIN, "booking_app"), (OPS_LOGIN, "booking_ops")):
+        for login, role in LOGINS.items():
             conn.execute(f"CREATE ROLE {login} LOGIN")
             conn.execute(f"GRANT {role} TO {login}")
     migrate(url_for(cluster, TEMPLATE_DB))

@@ -16,8 +16,13 @@ ROOT = Path(__file__).resolve().parents[1]
 SQL = ROOT / "sql"
 CRON_DB = "test"  # testing.postgresql's database; pg_cron lives here (cron.database_name)
 TEMPLATE_DB = "booking_template"
-APP_LOGIN = "shim_login"  # holds booking_app only
-OPS_LOGIN = "ops_login"  # holds booking_ops only
+# One login per duty (CONTRACT.md, Roles), each holding only its role.
+LOGINS = {
+    "app_login": "booking_app",  # an application server
+    "shim_login": "booking_shim",  # the webhook shim
+    "worker_login": "booking_worker",  # the job worker
+    "ops_login": "booking_ops",  # on-call, psql
+}
 
 
 def start_cluster(fsync: bool = False, extra: tuple[str, ...] = ()) -> testing.postgresql.Postgresql:
@@ -72,13 +77,16 @@ def one(url_or_conn, sql: str, params=None):
 
 
 class Database:
-    """A database of the test cluster: `url` as superuser, `app_url` as a booking_app login."""
+    """A database of the test cluster: `url` as superuser; `app_url`, `shim_url`,
+    `worker_url`, `ops_url` as a login holding only that duty's role."""
 
     def __init__(self, base_url: str, name: str):
         self.name = name
         self.url = url_for(base_url, name)
-        self.app_url = url_for(base_url, name, APP_LOGIN)
-        self.ops_url = url_for(base_url, name, OPS_LOGIN)
+        self.app_url = url_for(base_url, name, "app_login")
+        self.shim_url = url_for(base_url, name, "shim_login")
+        self.worker_url = url_for(base_url, name, "worker_login")
+        self.ops_url = url_for(base_url, name, "ops_login")
 
     def one(self, sql: str, params=None):
         return one(self.url, sql, params)

@@ -64,8 +64,10 @@ BEGIN
     );
     IF NEW.status = 'confirmed' AND OLD.status <> 'disputed' THEN
         PERFORM booking.convert_booked_holds(NEW.booking_id);
+        -- The job carries the message as of the confirmation: the worker's role may
+        -- not read bookings (CONTRACT.md, Roles), and the mail says what was confirmed.
         PERFORM jobs.enqueue(
-            'email.booking_confirmed', jsonb_build_object('booking_id', NEW.booking_id),
+            'email.booking_confirmed', booking.confirmation_message(NEW.booking_id, NEW.holder, NEW.amount, NEW.currency),
             'email.booking_confirmed:' || NEW.booking_id
         );
     ELSIF NEW.status IN ('cancelled', 'refunded') THEN
@@ -82,6 +84,25 @@ BEGIN
     -- the hold sweeper (or a buyer short of units) gives their units back.
     RETURN NULL;
 END;
+$$;
+
+CREATE OR REPLACE FUNCTION booking.confirmation_message(
+    p_booking_id uuid, p_holder text, p_amount bigint, p_currency text
+)
+RETURNS jsonb
+LANGUAGE sql
+STABLE
+AS $$
+    -- What the confirmation e-mail says: who, how much, and the converted holds' items.
+    SELECT jsonb_build_object(
+        'booking_id', p_booking_id, 'holder', p_holder, 'amount', p_amount, 'currency', p_currency,
+        'items', coalesce((
+            SELECT jsonb_agg(jsonb_build_object('sku', i.sku, 'quantity', h.quantity) ORDER BY h.created_at, h.hold_id)
+            FROM booking.holds AS h
+            JOIN booking.inventory AS i ON i.inventory_id = h.inventory_id
+            WHERE h.booking_id = p_booking_id AND h.status = 'converted'
+        ), '[]'::jsonb)
+    );
 $$;
 
 DROP TRIGGER IF EXISTS bookings_guard ON booking.bookings;

@@ -22,7 +22,7 @@ from tests.pg import ROOT, connect, env_with
 def ours(url: str, jobs: int, concurrency: int) -> float:
     with connect(url) as conn:
         conn.execute("CREATE ROLE bench_worker LOGIN")
-        conn.execute("GRANT booking_app TO bench_worker")
+        conn.execute("GRANT booking_worker TO bench_worker")
     proc = subprocess.Popen(
         [sys.executable, "-m", "pyshim", "worker"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
         env=env_with(DATABASE_URL=url.replace("postgres@", "bench_worker@"), WORKER_NOOP="1",

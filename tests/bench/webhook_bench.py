@@ -69,7 +69,7 @@ def main() -> None:
     with bench_cluster() as admin_url:
         with connect(admin_url) as conn:
             conn.execute("CREATE ROLE bench_shim LOGIN")
-            conn.execute("GRANT booking_app TO bench_shim")
+            conn.execute("GRANT booking_shim TO bench_shim")
             bookings = make_bookings(conn, int(args.bookings) + WARM_UP)
         print(f"{len(bookings):,} bookings made in {time.perf_counter() - started:.0f} s", flush=True)
         app_url = admin_url.replace("postgres@", "bench_shim@")

@@ -124,7 +124,7 @@ def test_chaos_deliveries_end_in_the_state_stripe_says(chaos_db, tmp_path):
     lock = threading.Lock()
     # Two transactions of events at a time: deliveries that arrive while both are busy go
     # together (group commit), and the copies still race in separate transactions.
-    with shim(chaos_db.app_url, SECRET, extra_env={"WEBHOOK_BATCH_CONCURRENCY": "2"}, log=tmp_path / "shim.log") as base:
+    with shim(chaos_db.shim_url, SECRET, extra_env={"WEBHOOK_BATCH_CONCURRENCY": "2"}, log=tmp_path / "shim.log") as base:
         def deliver(evt):
             body = encode(evt)
             with httpx.Client(timeout=60) as client:

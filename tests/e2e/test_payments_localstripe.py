@@ -27,7 +27,7 @@ def pay_db(migrated):
 @pytest.fixture(scope="module")
 def server(pay_db, localstripe, tmp_path_factory):
     log = tmp_path_factory.mktemp("shim") / "shim.log"
-    with shim(pay_db.app_url, SECRET, log=log,
+    with shim(pay_db.shim_url, SECRET, log=log,
               extra_env={"STRIPE_API_KEY": API_KEY, "STRIPE_API_BASE": localstripe}) as base:
         httpx.post(f"{localstripe}/_config/webhooks/shim", data={
             "url": base + "/webhooks/stripe", "secret": SECRET,

@@ -31,11 +31,12 @@ def paid_then_cancelled(db, client) -> tuple[str, str, int]:
         "amount": booking["amount"], "currency": "usd", "metadata": {"booking_id": booking["booking_id"]},
         "payment_method": method.id, "confirm": True})
     assert intent.status == "succeeded"
-    with connect(db.app_url) as conn:
-        obj = intent.to_dict()
-        obj["amount_received"] = booking["amount"]
+    obj = intent.to_dict()
+    obj["amount_received"] = booking["amount"]
+    with connect(db.shim_url) as conn:
         assert conn.execute("SELECT api.ingest_stripe_event(%s)",
                             (Jsonb(event("payment_intent.succeeded", obj)),)).fetchone()[0] == "processed"
+    with connect(db.app_url) as conn:
         assert conn.execute("SELECT api.cancel_booking(%s, 'customer asked')",
                             (booking["booking_id"],)).fetchone()[0] == "refund_pending"
     return booking["booking_id"], intent.id, booking["amount"]
@@ -44,7 +45,7 @@ def paid_then_cancelled(db, client) -> tuple[str, str, int]:
 def worker(db, localstripe, **env):
     return subprocess.Popen(
         [sys.executable, "-m", "pyshim", "worker"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True, env=env_with(DATABASE_URL=db.app_url, STRIPE_API_KEY=LOCALSTRIPE_API_KEY,
+        text=True, env=env_with(DATABASE_URL=db.worker_url, STRIPE_API_KEY=LOCALSTRIPE_API_KEY,
                                 STRIPE_API_BASE=localstripe, WORKER_POLL_S="0.2", **env))
 
 

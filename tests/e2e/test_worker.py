@@ -70,7 +70,7 @@ def confirmed_booking(db) -> str:
 def start_worker(db, inbox, **env):
     return subprocess.Popen(
         [sys.executable, "-m", "pyshim", "worker"], cwd=ROOT,
-        env=env_with(DATABASE_URL=db.app_url, SMTP_URL=inbox.url, WORKER_POLL_S="0.2", **env),
+        env=env_with(DATABASE_URL=db.worker_url, SMTP_URL=inbox.url, WORKER_POLL_S="0.2", **env),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
 
@@ -141,7 +141,7 @@ def test_a_critical_error_reaches_the_alert_webhook_within_a_minute(db):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     proc = subprocess.Popen(
         [sys.executable, "-m", "pyshim", "worker"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        env=env_with(DATABASE_URL=db.app_url, WORKER_POLL_S="1",
+        env=env_with(DATABASE_URL=db.worker_url, WORKER_POLL_S="1",
                      ALERT_WEBHOOK_URL=f"http://127.0.0.1:{server.server_port}/hooks/alert"))
     try:
         with connect(db.app_url) as conn:

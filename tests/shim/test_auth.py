@@ -31,7 +31,7 @@ def auth_db(migrated):
 
 @pytest.fixture(scope="module")
 def server(auth_db):
-    with shim(auth_db.app_url, WEBHOOK, extra_env={"JWT_SECRET": JWT_SECRET, "REFRESH_TOKEN_PEPPER": PEPPER}) as base:
+    with shim(auth_db.shim_url, WEBHOOK, extra_env={"JWT_SECRET": JWT_SECRET, "REFRESH_TOKEN_PEPPER": PEPPER}) as base:
         yield base
 
 
@@ -86,7 +86,7 @@ def test_unknown_expired_and_revoked_are_ra001(server, auth_db):
 
 def test_a_shim_with_another_pepper_knows_no_token(auth_db):
     login(auth_db, "user-5", "t5")
-    with shim(auth_db.app_url, WEBHOOK, extra_env={"JWT_SECRET": JWT_SECRET, "REFRESH_TOKEN_PEPPER": "q" * 40}) as base:
+    with shim(auth_db.shim_url, WEBHOOK, extra_env={"JWT_SECRET": JWT_SECRET, "REFRESH_TOKEN_PEPPER": "q" * 40}) as base:
         resp = refresh(base, "t5")
     assert (resp.status_code, resp.json()["error"]["code"]) == (401, "RA001")
 

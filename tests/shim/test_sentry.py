@@ -73,7 +73,7 @@ def wait_for(received, seconds=10):
 
 def test_a_failure_is_sent_to_sentry_with_the_correlation_id(broken_db, receiver):
     dsn = f"http://publickey@127.0.0.1:{receiver.server_port}/1"
-    with shim(broken_db.app_url, SECRET, extra_env={"SENTRY_DSN": dsn}) as base:
+    with shim(broken_db.shim_url, SECRET, extra_env={"SENTRY_DSN": dsn}) as base:
         assert deliver(base).status_code == 500
         got = wait_for(receiver.received)
     assert got, "nothing reached the Sentry receiver"

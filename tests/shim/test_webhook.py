@@ -27,7 +27,7 @@ def webhook_db(migrated):
 def server(webhook_db, tmp_path_factory):
     log = tmp_path_factory.mktemp("shim") / "shim.log"
     # Two secrets configured, as while rotating: the new one first.
-    with shim(webhook_db.app_url, f"{SECRET},{OLD_SECRET}", log=log) as base:
+    with shim(webhook_db.shim_url, f"{SECRET},{OLD_SECRET}", log=log) as base:
         yield base
 
 
@@ -216,7 +216,7 @@ def test_readyz_reports_health(server):
 
 
 def test_readyz_is_degraded_when_the_shim_and_the_database_disagree_on_livemode(webhook_db):
-    with shim(webhook_db.app_url, SECRET, extra_env={"STRIPE_LIVEMODE": "true"}) as base:
+    with shim(webhook_db.shim_url, SECRET, extra_env={"STRIPE_LIVEMODE": "true"}) as base:
         health = httpx.get(base + "/readyz").json()
     assert health["status"] == "degraded"
     assert "stripe.config" in health["checks"]["stripe_mode"]["message"]
@@ -244,7 +244,7 @@ def burst(base: str, bodies: list[bytes]) -> list[httpx.Response]:
 def test_a_burst_is_applied_in_batches_and_a_bad_event_answers_for_itself_only(webhook_db, tmp_path):
     # One batch in flight at a time: deliveries that arrive meanwhile wait and go together.
     log = tmp_path / "shim.log"
-    with shim(webhook_db.app_url, SECRET, extra_env={"WEBHOOK_BATCH_CONCURRENCY": "1"}, log=log) as base:
+    with shim(webhook_db.shim_url, SECRET, extra_env={"WEBHOOK_BATCH_CONCURRENCY": "1"}, log=log) as base:
         events = [event() for _ in range(40)]
         answers = burst(base, [encode(e) for e in events])
         assert [(a.status_code, a.json()) for a in answers] == [(200, {"outcome": "ignored"})] * 40

@@ -231,7 +231,11 @@ def test_confirmation_converts_holds_sells_units_and_enqueues_one_email(db, app)
             conn.execute("SELECT booking.apply_event(%s, 'payment_succeeded', 'evt_ok')", (booking_id,))
     assert app.execute("SELECT * FROM api.availability(%s)", (inventory,)).fetchone() == (10, 3, 0, 7)
     jobs = db.rows("SELECT kind, payload, correlation_id FROM jobs.jobs")
-    assert jobs == [("email.booking_confirmed", {"booking_id": str(booking_id)}, "req-77")]
+    sku = db.one("SELECT sku FROM booking.inventory WHERE inventory_id = %s", (inventory,))
+    # The job carries the message as of the confirmation (the worker's role reads no booking).
+    message = {"booking_id": str(booking_id), "holder": "alice", "amount": 3 * 2500, "currency": "usd",
+               "items": [{"sku": sku, "quantity": 3}]}
+    assert jobs == [("email.booking_confirmed", message, "req-77")]
     history = app.execute("SELECT api.get_booking(%s)", (booking_id,)).fetchone()[0]["history"]
     assert history[-1]["stripe_event_id"] == "evt_ok" and history[-1]["correlation_id"] == "req-77"
     assert db.rows("SELECT count(*) FROM ops.oversold_inventory") == [(0,)]

@@ -88,7 +88,7 @@ def test_a_lease_lost_on_the_last_attempt_makes_the_job_dead(db, app):
 
 def test_eight_workers_claiming_at_once_take_each_job_once(db):
     enqueue(db, n=200)
-    batches, errors = on_connections(db.app_url, 8, lambda c: claim(c, f"w{id(c)}", limit=40))
+    batches, errors = on_connections(db.worker_url, 8, lambda c: claim(c, f"w{id(c)}", limit=40))
     assert errors == []
     claimed = [row[0] for batch in batches for row in batch]
     assert len(claimed) == len(set(claimed)) == 200

@@ -253,7 +253,7 @@ def test_two_batches_of_the_same_payments_in_opposite_orders_do_not_deadlock(db,
             _, booking_id, amount, _ = booking(app)
             events.append(event("payment_intent.succeeded", payment_intent(f"pi_order_{round_}_{i}", booking_id, amount)))
         batches = [events, list(reversed(events))] * 2
-        outcomes, errors = on_connections(db.app_url, len(batches), lambda c: ingest_batch(c, batches.pop()))
+        outcomes, errors = on_connections(db.shim_url, len(batches), lambda c: ingest_batch(c, batches.pop()))
         assert errors == [], errors
         # Each event applied once, by whichever batch came first; the others found it stored.
         applied = sorted(o for batch in outcomes for o in batch)
