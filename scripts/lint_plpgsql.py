@@ -8,8 +8,8 @@ checked, never by the project's migrations: production needs nothing of it. The 
 pragmas (`PERFORM 'PRAGMA:disable:...'`) are plain constants to PL/pgSQL, so the functions
 run the same without the extension.
 
-Every function is checked with fatal errors, other, extra, performance and security
-warnings on; a trigger function once for each table a trigger attaches it to (its NEW and
+Every function is checked with fatal errors, other, extra, performance, security and
+compatibility warnings on; a trigger function once for each table a trigger attaches it to (its NEW and
 OLD are that table's rows). Prints one line per finding,
 `schema.function: level message (line N)`, and exits 1 when there is any, 0 otherwise."""
 
@@ -54,7 +54,7 @@ SELECT level, message, lineno, detail, hint
 FROM public.plpgsql_check_function_tb(
     %(fn)s::oid::regprocedure, %(relid)s::oid::regclass,
     fatal_errors => false, other_warnings => true, extra_warnings => true,
-    performance_warnings => true, security_warnings => true)
+    performance_warnings => true, security_warnings => true, compatibility_warnings => true)
 """
 
 
