@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the project needs when they are missing:
-# PostgreSQL 15 with pg_cron, and the small tools the scripts use.
+# PostgreSQL 15 with pg_cron and plpgsql_check, and the small tools the scripts use.
 set -euo pipefail
 PGBIN=/usr/lib/postgresql/15/bin
 missing=()
 [[ -x $PGBIN/postgres ]] || missing+=(postgresql-15)
 [[ -f /usr/lib/postgresql/15/lib/pg_cron.so ]] || missing+=(postgresql-15-cron)
+# `make lint` checks every PL/pgSQL body with it (in a throwaway cluster; never in the migrations).
+[[ -f /usr/lib/postgresql/15/lib/plpgsql_check.so ]] || missing+=(postgresql-15-plpgsql-check)
 command -v psql >/dev/null || missing+=(postgresql-client-15)
 command -v setpriv >/dev/null || missing+=(util-linux)
 command -v openssl >/dev/null || missing+=(openssl)

@@ -1293,7 +1293,7 @@ BEGIN
     v_events := ARRAY(SELECT e FROM jsonb_array_elements(p_events) AS e);
     v_outcomes := array_fill(NULL::text, ARRAY[cardinality(v_events)]);
     FOR v_i IN
-        SELECT u.ord FROM unnest(v_events) WITH ORDINALITY AS u (e, ord)
+        SELECT u.ord::int FROM unnest(v_events) WITH ORDINALITY AS u (e, ord)
         ORDER BY stripe.lock_order_key(u.e), u.e ->> 'id', u.ord
     LOOP
         IF p_correlation_ids IS NOT NULL THEN
@@ -1560,8 +1560,11 @@ BEGIN
     CREATE TEMP TABLE IF NOT EXISTS reconcile_stripe (
         kind text, id text, amount bigint, currency text
     ) ON COMMIT DROP;
-    TRUNCATE reconcile_stripe;
-    INSERT INTO reconcile_stripe
+    -- plpgsql_check reads the body before any call has created this table: the pragma
+    -- (a constant to PL/pgSQL, so nothing at run time) gives it the table's shape.
+    PERFORM 'PRAGMA:TABLE: reconcile_stripe (kind text, id text, amount bigint, currency text)';
+    TRUNCATE pg_temp.reconcile_stripe;
+    INSERT INTO pg_temp.reconcile_stripe
     SELECT s.kind, s.id, s.amount, s.currency
     FROM jsonb_to_recordset(p_stripe) AS s(kind text, id text, amount bigint, currency text)
     WHERE s.kind IN ('charge', 'refund');
@@ -1577,7 +1580,7 @@ BEGIN
     SELECT v_run_id,
            CASE WHEN t.txn_id IS NULL THEN 'missing_in_ledger' ELSE 'amount_differs' END,
            s.kind, s.id, s.amount, t.amount, s.currency, t.booking_id
-    FROM reconcile_stripe AS s
+    FROM pg_temp.reconcile_stripe AS s
     LEFT JOIN ledger.transactions AS t ON t.kind = s.kind AND t.stripe_object_id = s.id
     WHERE t.txn_id IS NULL OR (t.amount, t.currency) IS DISTINCT FROM (s.amount, s.currency)
     UNION ALL
@@ -1585,7 +1588,7 @@ BEGIN
     FROM ledger.transactions AS t
     WHERE t.kind IN ('charge', 'refund')
       AND t.posted_at >= p_window_start AND t.posted_at < p_window_end
-      AND NOT EXISTS (SELECT FROM reconcile_stripe AS s WHERE s.kind = t.kind AND s.id = t.stripe_object_id);
+      AND NOT EXISTS (SELECT FROM pg_temp.reconcile_stripe AS s WHERE s.kind = t.kind AND s.id = t.stripe_object_id);
     GET DIAGNOSTICS v_count = ROW_COUNT;
     UPDATE core.reconciliation_runs SET mismatches = v_count WHERE run_id = v_run_id;
 
@@ -1964,7 +1967,7 @@ CREATE FUNCTION booking.add_free(p_inventory_id uuid, p_units integer) RETURNS v
 DECLARE
     v_count int;
 BEGIN
-    SELECT count(*) INTO v_count FROM booking.inventory_buckets WHERE inventory_id = p_inventory_id;
+    SELECT count(*)::int INTO v_count FROM booking.inventory_buckets WHERE inventory_id = p_inventory_id;
     UPDATE booking.inventory_buckets AS b
     SET free = b.free + p_units / v_count + CASE WHEN b.bucket_no < p_units % v_count THEN 1 ELSE 0 END
     WHERE b.inventory_id = p_inventory_id;
@@ -2058,9 +2061,9 @@ BEGIN
             last_stripe_event_id = p_stripe_event_id
         FROM booking.booking_transitions AS t
         WHERE b.booking_id = p_booking_id AND t.from_status = b.status AND t.event = p_event
-        RETURNING b.status INTO v_to;
+        RETURNING b.status::text INTO v_to;
         EXIT WHEN FOUND OR v_locked;
-        SELECT b.status INTO v_status FROM booking.bookings AS b WHERE b.booking_id = p_booking_id FOR UPDATE;
+        SELECT b.status::text INTO v_status FROM booking.bookings AS b WHERE b.booking_id = p_booking_id FOR UPDATE;
         IF NOT FOUND THEN
             RAISE EXCEPTION 'booking % not found', p_booking_id USING ERRCODE = 'RB005';
         END IF;
@@ -2681,7 +2684,7 @@ CREATE FUNCTION booking.take_more_units(p_inventory_id uuid, p_units integer) RE
 DECLARE
     v_pick smallint;
     v_bucket smallint;
-    v_available bigint;
+    v_available int;
 BEGIN
     BEGIN
         SELECT c.bucket_no INTO v_pick
@@ -2730,7 +2733,7 @@ CREATE FUNCTION booking.take_units(p_inventory_id uuid, p_units integer, p_bucke
 -- taken out of order, would deadlock against the slow path's ordered locking, so the
 -- attempt runs in a subtransaction and a miss is rolled back, which releases it.
 DECLARE
-    v_start int := floor(random() * p_bucket_count);
+    v_start int := floor(random() * p_bucket_count)::int;
     v_bucket smallint;
 BEGIN
     BEGIN
@@ -3491,7 +3494,7 @@ ALTER FUNCTION ledger.refuse_change() OWNER TO booking_owner;
 --
 
 CREATE FUNCTION migrate.plan(p_kind text, p_name text, p_checksum text) RETURNS boolean
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql STABLE
     SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 -- Whether the file must be applied; refuses an applied versioned file that was edited.
@@ -3605,7 +3608,7 @@ DECLARE
     v_status text;
 BEGIN
     PERFORM core.require(p_job_id, 'p_job_id');
-    SELECT j.status INTO v_status FROM jobs.jobs AS j WHERE j.job_id = p_job_id FOR UPDATE;
+    SELECT j.status::text INTO v_status FROM jobs.jobs AS j WHERE j.job_id = p_job_id FOR UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'job % not found', p_job_id USING ERRCODE = 'RB005';
     END IF;
@@ -3820,7 +3823,7 @@ BEGIN
     PERFORM stripe.check_event(p_event);
     -- Deliveries of one event id take turns; a later one finds the row the first wrote.
     PERFORM pg_advisory_xact_lock(hashtextextended(v_event_id, 7263));
-    SELECT e.status INTO v_status FROM stripe.events AS e WHERE e.event_id = v_event_id FOR UPDATE;
+    SELECT e.status::text INTO v_status FROM stripe.events AS e WHERE e.event_id = v_event_id FOR UPDATE;
     IF FOUND THEN
         -- A redelivery of an event that failed or waits is a retry: apply it now.
         IF v_status IN ('failed', 'deferred', 'dead') THEN
@@ -4078,8 +4081,8 @@ BEGIN
                                p_refund ->> 'currency', p_event_id);
     -- Compare what went back with what came in on the same side (allocated or not).
     SELECT
-        coalesce(sum(t.amount) FILTER (WHERE t.kind = 'charge'), 0),
-        coalesce(sum(t.amount) FILTER (WHERE t.kind = 'refund'), 0)
+        coalesce(sum(t.amount) FILTER (WHERE t.kind = 'charge'), 0)::bigint,
+        coalesce(sum(t.amount) FILTER (WHERE t.kind = 'refund'), 0)::bigint
     INTO v_charged, v_refunded
     FROM ledger.transactions AS t
     WHERE t.booking_id = v_booking_id AND t.kind IN ('charge', 'refund')
@@ -4154,10 +4157,10 @@ DECLARE
     v_outcome text;
     v_sqlstate text;
     v_message text;
-    v_counts jsonb := '{}';
+    v_counts jsonb := '{}'::jsonb;
 BEGIN
     FOR v_id IN
-        SELECT e.event_id FROM stripe.events AS e
+        SELECT e.event_id::text FROM stripe.events AS e
         WHERE e.status IN ('deferred', 'failed') AND e.next_attempt_at <= (SELECT now())
         ORDER BY e.next_attempt_at
         LIMIT p_batch_size

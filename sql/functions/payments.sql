@@ -189,8 +189,8 @@ BEGIN
                                p_refund ->> 'currency', p_event_id);
     -- Compare what went back with what came in on the same side (allocated or not).
     SELECT
-        coalesce(sum(t.amount) FILTER (WHERE t.kind = 'charge'), 0),
-        coalesce(sum(t.amount) FILTER (WHERE t.kind = 'refund'), 0)
+        coalesce(sum(t.amount) FILTER (WHERE t.kind = 'charge'), 0)::bigint,
+        coalesce(sum(t.amount) FILTER (WHERE t.kind = 'refund'), 0)::bigint
     INTO v_charged, v_refunded
     FROM ledger.transactions AS t
     WHERE t.booking_id = v_booking_id AND t.kind IN ('charge', 'refund')
