@@ -186,6 +186,8 @@ LOCKS_ON_EXISTING_TABLES = {
         # The catalogs whose foreign keys were dropped (dropping a key locks both of its tables).
         **{t: "AccessExclusiveLock" for t in ("booking.booking_states", "core.currencies", "ledger.accounts")},
     },
+    # An UPDATE of queued jobs' payloads: row locks only.
+    "V0008__confirmation_jobs_carry_their_message.sql": {},
 }
 
 STRONGEST_LOCK = """
