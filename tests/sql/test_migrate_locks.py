@@ -1,5 +1,5 @@
 """The migrator and table locks: lock_timeout with retries (real concurrent sessions), and the
-locks each applied migration takes on tables that existed before it (what README "Lint" lists)."""
+locks each applied migration takes on tables that existed before it (what docs/OPERATIONS.md "Lint" lists)."""
 
 from __future__ import annotations
 
@@ -163,7 +163,7 @@ def test_a_bad_lock_timeout_setting_is_refused(blank_db):
     assert blank_db.one("SELECT to_regclass('migrate.history') IS NULL")
 
 
-# Measured by test_locks_each_migration_takes_on_tables_that_existed_before_it; README "Lint"
+# Measured by test_locks_each_migration_takes_on_tables_that_existed_before_it; docs/OPERATIONS.md "Lint"
 # lists the same. Every mode at or above SHARE (each blocks writes to the table; ACCESS
 # EXCLUSIVE blocks reads too).
 LOCKS_ON_EXISTING_TABLES = {
