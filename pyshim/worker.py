@@ -455,6 +455,10 @@ class Worker:
                     await asyncio.wait({stop_wait}, timeout=self.poll_s)
             await self.stop_running(claim_in_flight)
         finally:
+            for task, job in self.running.items():
+                if job.phase == "recording":
+                    log.error("exiting before the job's outcome was recorded; its lease hands it over when it ends",
+                              extra=job.log_extra)
             for task in (flusher, stop_wait, *self.running):
                 task.cancel()
             for c in self.completions:
