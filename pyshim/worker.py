@@ -36,6 +36,7 @@ import uuid
 from email.message import EmailMessage
 from urllib.parse import urlparse
 
+import sentry_sdk
 from psycopg_pool import AsyncConnectionPool
 
 from .db import connection_kwargs, fetch_all
@@ -524,13 +525,27 @@ def main(argv: list[str]) -> int:
     except ConfigError as exc:
         log.error("refusing to start: %s", exc)
         return 2
-    asyncio.run(worker.run())
+    asyncio.run(run_and_exit(worker))
+    return 0
+
+
+async def run_and_exit(worker: Worker) -> None:
+    await worker.run()
+    # What run() cancelled on its way out gets a moment to finish; anything still pending
+    # (a query being cancelled on a database that does not answer) or a job thread still
+    # waiting (a stalled mail server) must not hold the process: asyncio.run would wait
+    # for the tasks, and interpreter teardown would run beside the threads.
+    pending = [t for t in asyncio.all_tasks() if t is not asyncio.current_task() and not t.done()]
+    if pending:
+        await asyncio.wait(pending, timeout=0.5)
+        pending = [t for t in pending if not t.done()]
     stuck = job_threads_alive()
-    if stuck:
-        # A job's thread still waits on something (a stalled mail server). It is a daemon
-        # thread, but end now rather than let interpreter teardown run beside it.
-        log.warning("exiting with job threads still waiting", extra={"worker": worker.name, "jobs": stuck})
+    if pending or stuck:
+        log.warning("exiting with work still waiting", extra={"worker": worker.name, "jobs": stuck,
+                                                             "detail": f"{len(pending)} tasks pending"})
+        if sentry_sdk.is_initialized():
+            sentry_sdk.flush(timeout=1.0)  # os._exit skips its atexit hook
         logging.shutdown()
         sys.stdout.flush()
+        sys.stderr.flush()
         os._exit(0)
-    return 0
