@@ -110,8 +110,10 @@ QUERIES = {
 BACKOFF_FIRST_S = 0.2
 BACKOFF_MAX_S = 5.0
 # After the grace: how long giving back and the last completions may take before the
-# process exits regardless (the lease covers whatever was not recorded).
-STOP_RECORDING_S = 3.0
+# process exits regardless (the lease covers whatever was not recorded). With closing the
+# pool (at most 1 s) and the last pending tasks (0.5 s), the process is gone within the
+# grace plus 4 s.
+STOP_RECORDING_S = 2.5
 JOB_THREAD_PREFIX = "pyshim-job"
 
 
@@ -466,7 +468,7 @@ class Worker:
                 if not c.done.done():
                     c.done.set_result(None)
             try:
-                await asyncio.wait_for(self.pool.close(timeout=1.0), timeout=2.0)
+                await asyncio.wait_for(self.pool.close(timeout=0.5), timeout=1.0)
             except Exception:  # noqa: BLE001 - exiting anyway; the server drops the connections
                 log.warning("closing the database pool timed out", extra={"worker": self.name})
             log.info("worker stopped", extra={"worker": self.name})
