@@ -162,6 +162,7 @@ def test_sigterm_with_every_slot_stuck_on_a_stalled_mail_server(db, stalling_inb
             stop(second)
 
 
+@pytest.mark.slow
 def test_the_worker_survives_the_database_going_away_and_finishes_its_jobs(tmp_path):
     """A cluster of its own, stopped with SIGQUIT (immediate shutdown: connections cut, no
     checkpoint) and restarted a few seconds later on the same port: while jobs are in flight
