@@ -220,3 +220,27 @@ def test_a_payment_in_another_currency_is_200_ignored_and_on_calls_critical_erro
 
 def evt_suffix() -> str:
     return uuid.uuid4().hex[:12]
+
+
+def raw_post(base: str, path: str, content_length: bytes, body: bytes = b"{}") -> bytes:
+    """A request with a Content-Length header httpx would not send; the status line back."""
+    import socket
+
+    host, port = base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(b"POST " + path.encode() + b" HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Connection: close\r\nContent-Length: " + content_length + b"\r\n\r\n" + body)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return answer
+
+
+@pytest.mark.parametrize("content_length", [b"9" * 5000, b"\xb9", b"1\xb2"], ids=["5000 digits", "¹", "1²"])
+def test_a_content_length_that_int_refuses_is_never_a_500(server, hostile_db, content_length):
+    base, _ = server
+    before = counts(hostile_db)
+    answer = raw_post(base, "/webhooks/stripe", content_length)
+    status = int(answer.split(b" ", 2)[1])
+    assert 400 <= status < 500, answer[:300]
+    assert counts(hostile_db) == before
