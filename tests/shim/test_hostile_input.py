@@ -244,3 +244,17 @@ def test_a_content_length_that_int_refuses_is_never_a_500(server, hostile_db, co
     status = int(answer.split(b" ", 2)[1])
     assert 400 <= status < 500, answer[:300]
     assert counts(hostile_db) == before
+
+
+@pytest.mark.parametrize("escape", ["\\ud800", "\\udfff", "\\u0000"])
+def test_a_signed_event_with_a_string_postgresql_refuses_is_400_rw001_and_not_stored(server, hostile_db, escape):
+    base, _ = server
+    evt = event()
+    text = encode(evt).decode()
+    head, _, _ = text.rpartition("}}}")
+    body = (head + ',"note":"' + escape + '"}}}').encode()
+    before = counts(hostile_db)
+    resp = httpx.post(base + "/webhooks/stripe", content=body, headers={"Stripe-Signature": sign(body, SECRET)},
+                      timeout=30)
+    assert_error(resp, 400, "RW001")
+    assert counts(hostile_db) == before
