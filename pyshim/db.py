@@ -48,6 +48,7 @@ class Database:
             min_size=settings.pool_min_size,
             max_size=settings.pool_max_size,
             timeout=settings.pool_timeout_s,
+            reconnect_timeout=settings.pool_reconnect_timeout_s,
             kwargs={"autocommit": True, "application_name": "pyshim"},
             open=False,
         )
