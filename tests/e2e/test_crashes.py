@@ -198,9 +198,13 @@ def test_d_shim_stopped_during_a_group_commit(crash_cluster, tmp_path, grace):
             assert wait_until(lambda: sender.in_flight == deliveries and _batches_waiting(db) == 1, seconds=20)
             time.sleep(0.5)  # every request has been read by the shim and waits for its batch
             shim.signal(signal.SIGTERM)
-            time.sleep(1.0 if grace == "finishes" else 2.5)
-            assert shim.alive() == (grace == "finishes")
-            release = time.monotonic()
+            if grace == "finishes":
+                time.sleep(1.0)
+                assert shim.alive()  # waiting for the requests in flight
+            else:
+                # Cut short: uvicorn cancels the requests still running, runs the lifespan
+                # shutdown and exits, while the batch's statement still waits for the lock.
+                assert shim.wait(15) is not None
             blocker.execute("ROLLBACK")
             assert sender.join(timeout=40), load.summary()  # every delivery answered or closed
             # uvicorn re-raises the signal it handled once it has shut down.
@@ -213,8 +217,8 @@ def test_d_shim_stopped_during_a_group_commit(crash_cluster, tmp_path, grace):
             else:
                 assert 200 not in load.statuses, load.summary()
             committed = db.one("SELECT count(*) FROM stripe.events")
-            print(f"\nSIGTERM during group commit ({grace}): {load.summary()}; {committed} committed; "
-                  f"shim exited {time.monotonic() - release:.2f} s after the lock was released or earlier")
+            print(f"\nSIGTERM during group commit ({grace}): {load.summary()}; {committed} committed "
+                  f"(by transactions of the stopped shim)")
             # Stripe resends whatever was not answered 200, to a new shim.
             second = Shim(db.shim_url, SECRET, port=shim.port, extra_env=env, log=tmp_path / "shim2.log")
             assert Sender(load, second.base, SECRET).join(timeout=30), load.summary()
