@@ -83,6 +83,8 @@ def test_a_database_crash_mid_load_is_503_then_the_same_shim_serves_again(crash_
                   f"no webhook answered 200 for {first_ok - down:.2f} s, the first {first_ok - up:.2f} s "
                   f"after the database was up; {load.summary()}")
         finally:
+            if not crash_cluster.is_up():
+                crash_cluster.start()
             if sender is not None:
                 sender.join(timeout=0)
             shim.stop()
