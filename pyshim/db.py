@@ -64,6 +64,7 @@ class Database:
             min_size=settings.pool_min_size,
             max_size=settings.pool_max_size,
             timeout=settings.pool_timeout_s,
+            reconnect_timeout=settings.pool_reconnect_timeout_s,
             kwargs=connection_kwargs("pyshim", settings.prepared_statements),
             open=False,
         )

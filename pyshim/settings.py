@@ -46,6 +46,11 @@ class Settings:
     pool_max_size: int = 10
     # How long a request waits for a pooled connection before answering 503.
     pool_timeout_s: float = 5.0
+    # How long the pool retries one lost connection (backing off 1, 2, 4 ... s) before it
+    # gives up; the next request then starts a new attempt at once. psycopg_pool's default
+    # (300 s) let the backoff grow to 8 and 16 s, so a shim served again up to that long
+    # after its database came back (tests/e2e/test_crashes.py).
+    pool_reconnect_timeout_s: float = 5.0
     webhook_tolerance_s: int = 300
     webhook_body_max_bytes: int = 1024 * 1024
     request_body_max_bytes: int = 16 * 1024
