@@ -64,10 +64,12 @@ def test_a_database_crash_mid_load_is_503_then_the_same_shim_serves_again(crash_
                        threading.Thread(target=lambda: probes.update(ready=httpx.get(shim.base + "/readyz", timeout=30)))]
             for t in threads:
                 t.start()
-            time.sleep(OUTAGE_S)
-            up = crash_cluster.start()
+            # The database stays down until both probes are answered (however slow a busy
+            # machine makes them) and at least OUTAGE_S: their answers are the outage's.
             for t in threads:
-                t.join(timeout=30)
+                t.join(timeout=60)
+            time.sleep(max(0.0, OUTAGE_S - (time.monotonic() - down)))
+            up = crash_cluster.start()
             assert_unavailable(probes["webhook"])
             assert probes["ready"].status_code == 503 and probes["ready"].json()["status"] == "down"
             assert sender.join(timeout=60), load.summary()
