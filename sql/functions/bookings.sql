@@ -158,7 +158,7 @@ AS $$
 DECLARE
     v_row record;
     v_total int := 0;
-    v_returns booking.bucket_return[] := '{}';
+    v_returns booking.bucket_return[] := ARRAY[]::booking.bucket_return[];
 BEGIN
     FOR v_row IN
         WITH gone AS (

@@ -157,7 +157,7 @@ COMMENT ON FUNCTION api.enter_queue(uuid, text) IS
 'A ticket in the inventory''s waiting room for p_visitor; the same visitor entering again gets the same ticket. RB005 when the inventory has no queue.';
 
 CREATE OR REPLACE FUNCTION api.queue_status(p_ticket_id uuid)
-RETURNS TABLE ("position" bigint, admitted boolean, admitted_at timestamptz, admission_expires_at timestamptz)
+RETURNS TABLE ("position" bigint, admitted boolean, admitted_at timestamptz, admission_expires_at timestamptz)  -- noqa: RF06
 LANGUAGE plpgsql
 STABLE
 SECURITY DEFINER

@@ -274,7 +274,7 @@ COMMENT ON FUNCTION api.join_waitlist(uuid, int, text, text) IS
 'Puts p_holder on the inventory''s waitlist for p_quantity (1..100) units, served whole in join order; offered at once when the units are there and nobody waits. A repeated (holder, key) returns the same entry (RI001 for another inventory or quantity); RB005 unknown inventory.';
 
 CREATE OR REPLACE FUNCTION api.waitlist_status(p_entry_id uuid)
-RETURNS TABLE (status text, "position" int, hold_id uuid, offer_expires_at timestamptz)
+RETURNS TABLE (status text, "position" int, hold_id uuid, offer_expires_at timestamptz)  -- noqa: RF06
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -291,7 +291,7 @@ BEGIN
     IF v_entry.status IN ('waiting', 'offered') THEN
         -- Make the offers that are due (a dead hold's units, owed units) before answering;
         -- most polls find nothing to do and take no lock.
-        SELECT w.owed INTO v_owed FROM booking.waitlists AS w WHERE w.inventory_id = v_entry.inventory_id;
+        SELECT w.owed::int INTO v_owed FROM booking.waitlists AS w WHERE w.inventory_id = v_entry.inventory_id;
         IF v_owed > 0 OR EXISTS (
             SELECT FROM booking.holds AS h
             WHERE h.inventory_id = v_entry.inventory_id AND h.status IN ('live', 'booked')

@@ -271,38 +271,35 @@ INNER JOIN core.reconciliation_runs AS r ON m.run_id = r.run_id;
 COMMENT ON VIEW ops.reconciliation_mismatches IS 'Every difference the daily reconciliation found between Stripe and the ledger.';
 
 CREATE OR REPLACE VIEW ops.waitlist_overview AS
+-- The states as booking.entry_state names them (an offer's state is its hold's), spelled
+-- out here because a view's user would need EXECUTE on a function it calls.
+WITH states AS (
+    SELECT
+        x.inventory_id,
+        CASE
+            WHEN x.status = 'left' THEN 'left'
+            WHEN h.status = 'converted' THEN 'claimed'
+            WHEN h.status = 'booked' AND h.expires_at > clock_timestamp() THEN 'claimed'
+            WHEN h.status = 'live' AND h.expires_at > clock_timestamp() THEN 'offered'
+            ELSE 'lapsed'
+        END AS state
+    FROM booking.waitlist_entries AS x
+    LEFT JOIN booking.holds AS h ON x.hold_id = h.hold_id
+    WHERE x.status != 'waiting'
+)
+
 SELECT
     w.inventory_id,
     i.sku,
     w.waiting,
-    coalesce(e.offered, 0) AS offered,
-    coalesce(e.claimed, 0) AS claimed,
-    coalesce(e.lapsed, 0) AS lapsed,
-    coalesce(e.left_list, 0) AS left_list,
+    count(*) FILTER (WHERE s.state = 'offered') AS offered,
+    count(*) FILTER (WHERE s.state = 'claimed') AS claimed,
+    count(*) FILTER (WHERE s.state = 'lapsed') AS lapsed,
+    count(*) FILTER (WHERE s.state = 'left') AS left_list,
     w.owed AS units_owed
 FROM booking.waitlists AS w
 INNER JOIN booking.inventory AS i ON w.inventory_id = i.inventory_id
-LEFT JOIN LATERAL (
-    -- The states as booking.entry_state names them (an offer's state is its hold's);
-    -- spelled out here because a view's user would need EXECUTE on a function it calls.
-    SELECT
-        count(*) FILTER (WHERE s.state = 'offered') AS offered,
-        count(*) FILTER (WHERE s.state = 'claimed') AS claimed,
-        count(*) FILTER (WHERE s.state = 'lapsed') AS lapsed,
-        count(*) FILTER (WHERE s.state = 'left') AS left_list
-    FROM (
-        SELECT
-            CASE
-                WHEN x.status = 'left' THEN 'left'
-                WHEN h.status = 'converted' THEN 'claimed'
-                WHEN h.status = 'booked' AND h.expires_at > clock_timestamp() THEN 'claimed'
-                WHEN h.status = 'live' AND h.expires_at > clock_timestamp() THEN 'offered'
-                ELSE 'lapsed'
-            END AS state
-        FROM booking.waitlist_entries AS x
-        LEFT JOIN booking.holds AS h ON x.hold_id = h.hold_id
-        WHERE x.inventory_id = w.inventory_id AND x.status <> 'waiting'
-    ) AS s
-) AS e ON true;
+LEFT JOIN states AS s ON w.inventory_id = s.inventory_id
+GROUP BY w.inventory_id, i.sku, w.waiting, w.owed;
 COMMENT ON VIEW ops.waitlist_overview IS
 'Per inventory with a waitlist: entries waiting, offers open, claimed (booked), lapsed (expired or released), left, and units owed to the waiting entries.';
