@@ -182,3 +182,58 @@ def test_keys_errors_and_grants(db, app):
     assert sqlstate_of(app, "SELECT api.join_waitlist(%s, 0, 'fan')", (inventory,)) == "22023"
     assert sqlstate_of(app, "SELECT api.join_waitlist(%s, 1, '')", (inventory,)) == "22023"
     assert db.one("SELECT count(*) FROM booking.waitlist_entries") == 1
+
+
+def test_a_mixed_on_sale_never_deadlocks_and_keeps_every_invariant(db, app):
+    # Buyers, releases, joins, leaves, polls and sweeps at once on one small inventory whose
+    # holds (and offers) die after a second: the only error allowed is RB001.
+    import random
+    import threading
+    import time
+
+    import psycopg
+
+    from tests.pg import connect
+
+    inventory = new_inventory(app, capacity=12, ttl="1 second")
+    entries: list = []
+    stop = time.monotonic() + 6
+
+    def client(conn):
+        rng = random.Random(id(conn))
+        unexpected = []
+        while time.monotonic() < stop:
+            roll = rng.random()
+            try:
+                if roll < 0.3:
+                    hold, _ = place(conn, inventory, rng.randint(1, 3), holder=f"b{rng.randint(1, 50)}")
+                    if rng.random() < 0.5:
+                        conn.execute("SELECT api.release_hold(%s)", (hold,))
+                elif roll < 0.55:
+                    entries.append(join(conn, inventory, rng.randint(1, 3), f"f{rng.randint(1, 1000)}"))
+                elif roll < 0.65 and entries:
+                    conn.execute("SELECT api.leave_waitlist(%s)", (rng.choice(entries),))
+                elif roll < 0.9 and entries:
+                    status(conn, rng.choice(entries))
+                else:
+                    conn.execute("SELECT booking.sweep_batch(100)")
+            except psycopg.Error as exc:
+                if exc.sqlstate != "RB001":
+                    unexpected.append(exc.sqlstate)
+        return unexpected
+
+    from tests.sql.helpers import on_connections as run
+    results, errors = run(db.url, 12, client)
+    assert errors == []
+    assert [s for r in results for s in r] == []
+    assert len(entries) > 20
+    assert_invariants(db)
+    # Strictly in order: no entry that still waits joined before an entry that was offered
+    # (it was waiting, ahead, when that offer was made).
+    assert db.rows(
+        """
+        SELECT o.entry_id FROM booking.waitlist_entries AS o
+        JOIN booking.waitlist_entries AS w ON w.inventory_id = o.inventory_id
+        WHERE o.hold_id IS NOT NULL AND w.status = 'waiting' AND w.join_no < o.join_no
+        """) == []
+    assert db.one("SELECT count(*) FROM booking.waitlist_entries WHERE hold_id IS NOT NULL") > 0
