@@ -237,3 +237,13 @@ def test_a_mixed_on_sale_never_deadlocks_and_keeps_every_invariant(db, app):
         WHERE o.hold_id IS NOT NULL AND w.status = 'waiting' AND w.join_no < o.join_no
         """) == []
     assert db.one("SELECT count(*) FROM booking.waitlist_entries WHERE hold_id IS NOT NULL") > 0
+
+
+def test_the_on_call_role_reads_the_overview(db, app):
+    inventory = new_inventory(app, capacity=0)
+    join(app, inventory, 1, "fan")
+    from tests.pg import connect
+    with connect(db.ops_url) as ops:
+        assert ops.execute("SELECT waiting, units_owed FROM ops.waitlist_overview WHERE inventory_id = %s",
+                           (inventory,)).fetchone() == (1, 0)
+        assert ops.execute("SELECT count(*) FROM ops.oversold_inventory").fetchone()[0] == 0
