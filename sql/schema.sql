@@ -1448,9 +1448,11 @@ BEGIN
 
     -- Nobody waits (as far as this snapshot shows) and the owed units are not enough:
     -- take the units from the buckets before locking the waitlist row (lock order). They
-    -- become owed units below, so whoever waits by then gets them in turn.
+    -- become owed units below, so whoever waits by then gets them in turn. Not on an
+    -- inventory behind a waiting room: its free units go to admitted tickets only, and
+    -- the waitlist gets the units that come back.
     SELECT * INTO v_list FROM booking.waitlists AS w WHERE w.inventory_id = p_inventory_id;
-    IF v_list.waiting = 0 AND v_list.owed < p_quantity THEN
+    IF v_list.waiting = 0 AND v_list.owed < p_quantity AND NOT v_inventory.queued THEN
         BEGIN
             PERFORM booking.take_units(p_inventory_id, p_quantity, v_inventory.bucket_count);
             v_taken := true;

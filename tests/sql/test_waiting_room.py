@@ -149,3 +149,15 @@ def test_settings_change_before_opening_only_and_errors(db, app):
     assert sqlstate_of(app, "SELECT api.open_queue(%s, now() + interval '1 hour', 1000001)", (plain,)) == "22023"
     # An inventory without a queue: place_hold_v2 is place_hold.
     assert app.execute("SELECT count(*) FROM api.place_hold_v2(%s, 1, 'x')", (plain,)).fetchone()[0] == 1
+
+
+def test_the_waitlist_is_no_way_around_the_waiting_room(db, app):
+    inventory = new_inventory(app, capacity=5)
+    open_queue(app, inventory, opens_in="1 hour")
+    entry = app.execute("SELECT api.join_waitlist(%s, 1, 'sneaky')", (inventory,)).fetchone()[0]
+    assert app.execute("SELECT status FROM api.waitlist_status(%s)", (entry,)).fetchone()[0] == "waiting"
+    assert app.execute("SELECT available FROM api.availability(%s)", (inventory,)).fetchone()[0] == 5
+    # A transaction setting is no ticket either: place_hold checks whatever it names.
+    with app.transaction():
+        app.execute("SELECT set_config('booking.queue_ticket', %s, true)", (str(uuid.uuid4()),))
+        assert sqlstate_of(app, "SELECT * FROM api.place_hold(%s, 1, 'sneaky')", (inventory,)) == "RB006"
