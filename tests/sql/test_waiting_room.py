@@ -35,8 +35,8 @@ def hold_v2(conn, inventory, holder, ticket, quantity=1):
 
 def test_admission_times_are_exact_and_holds_need_an_admitted_ticket(db, app):
     inventory = new_inventory(app, capacity=100)
-    rate, ttl = 40, timedelta(seconds=2)  # one admission every 1.5 s
-    open_queue(app, inventory, opens_in="2 seconds", rate=rate, ttl="2 seconds")
+    rate, ttl = 15, timedelta(seconds=5)  # one admission every 4 s, each for 5 s
+    open_queue(app, inventory, opens_in="2 seconds", rate=rate, ttl="5 seconds")
     opens_at = opens_at_of(db, inventory)
     early = {f"early{i}": enter(app, inventory, f"early{i}") for i in range(3)}
     assert all(queue_status(app, t) == (None, False, None, None) for t in early.values())
@@ -61,10 +61,10 @@ def test_admission_times_are_exact_and_holds_need_an_admitted_ticket(db, app):
     assert sqlstate_of(app, "SELECT * FROM api.place_hold(%s, 1, %s)", (inventory, first_visitor)) == "RB006"
     # Position 2: refused until its admission time, by the database's clock, then admitted.
     second_visitor, second_ticket, (_, _, second_at, second_expires) = by_position[2]
-    in_time = app.execute("SELECT clock_timestamp() < %s", (second_at,)).fetchone()[0]
-    if in_time:
-        assert sqlstate_of(app, "SELECT * FROM api.place_hold_v2(%s, 1, %s, NULL, %s)",
-                           (inventory, second_visitor, second_ticket)) == "RB006"
+    assert app.execute("SELECT clock_timestamp() < %s", (second_at,)).fetchone()[0]
+    assert queue_status(app, second_ticket)[1] is False
+    assert sqlstate_of(app, "SELECT * FROM api.place_hold_v2(%s, 1, %s, NULL, %s)",
+                       (inventory, second_visitor, second_ticket)) == "RB006"
     wait_past(app, second_at)
     assert queue_status(app, second_ticket)[1] is True
     hold_v2(app, inventory, second_visitor, second_ticket)
