@@ -247,3 +247,21 @@ def test_the_on_call_role_reads_the_overview(db, app):
         assert ops.execute("SELECT waiting, units_owed FROM ops.waitlist_overview WHERE inventory_id = %s",
                            (inventory,)).fetchone() == (1, 0)
         assert ops.execute("SELECT count(*) FROM ops.oversold_inventory").fetchone()[0] == 0
+
+
+def test_ten_expired_holds_polled_from_ten_connections_offer_the_first_ten_entries(db, app):
+    inventory = new_inventory(app, capacity=10, ttl="2 seconds")
+    deadlines = [place(app, inventory, 1, holder=f"buyer{i}")[1] for i in range(10)]
+    entries = [join(app, inventory, 1, f"fan{i:02}") for i in range(20)]
+    wait_past(app, max(deadlines))
+    polled = list(reversed(entries))  # the later entries poll first
+
+    def poll(conn):
+        return status(conn, polled.pop(0))[0]
+
+    results, errors = on_connections(db.app_url, 10, poll)
+    assert errors == []
+    # The offers (two seconds long) may be dead by now: read who got them from the table.
+    offered = {e for (e,) in db.rows("SELECT entry_id FROM booking.waitlist_entries WHERE status = 'offered'")}
+    assert offered == set(entries[:10])
+    assert_invariants(db)
