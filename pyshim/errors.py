@@ -16,7 +16,7 @@ log = logging.getLogger("pyshim")
 
 # The contract's SQLSTATE table.
 SQLSTATE_HTTP = {
-    "RB001": 409, "RB002": 409, "RB003": 409, "RB004": 409, "RB005": 404,
+    "RB001": 409, "RB002": 409, "RB003": 409, "RB004": 409, "RB005": 404, "RB006": 409,
     "RI001": 422, "RI002": 409,
     "RW001": 400,
     "RA001": 401, "RA002": 401,

@@ -1,6 +1,6 @@
 """python -m pyshim worker: claims jobs from the database and does them.
 
-Kinds it does: email.booking_confirmed (when SMTP_URL is set), alert.notify (a
+Kinds it does: email.booking_confirmed and email.waitlist_offer (when SMTP_URL is set), alert.notify (a
 Slack-style JSON POST to ALERT_WEBHOOK_URL, when set), stripe.refund (when
 STRIPE_API_KEY is set), stripe.reconcile (the same). Other kinds stay queued
 for a worker that does them. Each job runs under a lease; a worker that stalls past its
@@ -198,6 +198,7 @@ class Worker:
         self.handlers = {}
         if self.smtp_url:
             self.handlers["email.booking_confirmed"] = self.email_booking_confirmed
+            self.handlers["email.waitlist_offer"] = lambda p, c, j=None: in_thread(send_waitlist_offer, self.smtp_url, self.sender, p, 30.0)
         if self.alert_url:
             self.handlers["alert.notify"] = self.alert_notify
         stripe_key = env.get("STRIPE_API_KEY", "").strip()
@@ -551,3 +552,19 @@ async def run_and_exit(worker: Worker) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)
+
+
+def send_waitlist_offer(smtp_url: str, sender: str, offer: dict, timeout_s: float) -> dict:
+    """`offer`: the job's payload (entry_id, hold_id, holder, sku, quantity, amount, currency,
+    expires_at), written with the offer; the worker's role reads no waitlist."""
+    if "@" not in offer.get("holder", ""):
+        return {"skipped": "the holder is not an e-mail address"}
+    u = urlparse(smtp_url)
+    msg = EmailMessage()
+    msg["From"], msg["To"], msg["Subject"] = sender, offer["holder"], "Tickets are waiting for you"
+    msg["Message-ID"] = f"<waitlist-{offer['entry_id']}-offer@booking-core>"  # the same on every attempt
+    msg.set_content(f"{offer['quantity']} x {offer['sku']} are held for you until {offer['expires_at']} "
+                    f"(hold {offer['hold_id']}): {offer['amount']} {offer['currency'].upper()} (minor units).\n")
+    with smtplib.SMTP(u.hostname or "127.0.0.1", u.port or 25, timeout=timeout_s) as smtp:
+        smtp.send_message(msg)
+    return {"sent_to": offer["holder"], "message_id": msg["Message-ID"]}

@@ -36,7 +36,14 @@ GRANT EXECUTE ON FUNCTION
     api.cancel_booking(uuid, text),
     api.get_booking(uuid),
     api.issue_refresh_token(text, bytea, interval),
-    api.revoke_refresh_tokens(text)
+    api.revoke_refresh_tokens(text),
+    api.join_waitlist(uuid, int, text, text),
+    api.waitlist_status(uuid),
+    api.leave_waitlist(uuid),
+    api.open_queue(uuid, timestamptz, int, interval),
+    api.enter_queue(uuid, text),
+    api.queue_status(uuid),
+    api.place_hold_v2(uuid, int, text, text, uuid)
 TO booking_app;
 
 -- The webhook shim: Stripe's events, PaymentIntents, refresh-token rotation.

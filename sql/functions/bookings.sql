@@ -158,6 +158,7 @@ AS $$
 DECLARE
     v_row record;
     v_total int := 0;
+    v_returns booking.bucket_return[] := ARRAY[]::booking.bucket_return[];
 BEGIN
     FOR v_row IN
         WITH gone AS (
@@ -184,7 +185,10 @@ BEGIN
         SET free = free + v_row.units, sold = sold - v_row.unsold
         WHERE inventory_id = v_row.inventory_id AND bucket_no = v_row.bucket_no;
         v_total := v_total + v_row.units;
+        v_returns := v_returns || ROW(v_row.inventory_id, v_row.bucket_no, v_row.units)::booking.bucket_return;
     END LOOP;
+    -- Units returned to these inventories: serve their waitlists first (waitlist.sql).
+    PERFORM booking.units_returned(v_returns);
     RETURN v_total;
 END;
 $$;

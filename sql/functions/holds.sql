@@ -112,6 +112,8 @@ BEGIN
         WHERE inventory_id = v_row.inventory_id AND bucket_no = v_row.bucket_no;
         v_total := v_total + v_row.units;
     END LOOP;
+    -- Units returned to these inventories: serve their waitlists first (waitlist.sql).
+    PERFORM booking.units_returned(p_returns);
     RETURN v_total;
 END;
 $$;
@@ -153,6 +155,8 @@ BEGIN
     v_reclaimed := booking.return_to_buckets(
         booking.end_holds(booking.dead_open_holds(p_inventory_id, 10000), 'expired')
     );
+    -- Units owed to a waitlist nobody waits on any more become takeable (waitlist.sql).
+    PERFORM booking.drain_owed(p_inventory_id);
     SELECT sum(b.free) INTO v_free FROM booking.inventory_buckets AS b WHERE b.inventory_id = p_inventory_id;
     IF v_free < p_quantity THEN
         RAISE EXCEPTION 'not enough available: % requested, % available', p_quantity, v_free
@@ -367,6 +371,16 @@ BEGIN
             SELECT p_inventory_id, n, 0 FROM generate_series(v_inventory.bucket_count, v_want - 1) AS n;
         END IF;
         PERFORM booking.add_free(p_inventory_id, v_delta);
+        -- Added capacity is units coming back too: the waitlist first (waitlist.sql).
+        PERFORM booking.units_returned(ARRAY(
+            -- The shares booking.add_free just gave each bucket.
+            SELECT ROW(p_inventory_id, c.n, v_delta / c.buckets + CASE WHEN c.n < v_delta % c.buckets THEN 1 ELSE 0 END
+                   )::booking.bucket_return
+            FROM (
+                SELECT n, greatest(v_want, v_inventory.bucket_count)::int AS buckets
+                FROM generate_series(0, greatest(v_want, v_inventory.bucket_count) - 1) AS n
+            ) AS c
+        ));
         UPDATE booking.inventory
         SET capacity = p_capacity, bucket_count = greatest(bucket_count, v_want)
         WHERE inventory_id = p_inventory_id;
@@ -410,8 +424,9 @@ BEGIN
     SELECT
         i.capacity,
         b.sold::int,
-        (i.capacity - b.sold - b.free - d.units)::int,
-        (b.free + d.units)::int
+        (i.capacity - b.sold - b.free - d.units - w.owed)::int,
+        -- While entries wait, dead holds' units and owed units are theirs (waitlist.sql).
+        (b.free + CASE WHEN w.waits THEN 0 ELSE d.units + w.owed END)::int
     FROM booking.inventory AS i
     CROSS JOIN LATERAL (
         SELECT sum(x.free) AS free, sum(x.sold) AS sold
@@ -424,6 +439,10 @@ BEGIN
           AND h.status IN ('live', 'booked')
           AND h.expires_at <= (SELECT clock_timestamp())  -- an InitPlan: indexable
     ) AS d
+    CROSS JOIN LATERAL (
+        SELECT coalesce(max(x.owed), 0) AS owed, coalesce(bool_or(x.waiting > 0), false) AS waits
+        FROM booking.waitlists AS x WHERE x.inventory_id = i.inventory_id
+    ) AS w
     WHERE i.inventory_id = p_inventory_id;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'inventory % not found', p_inventory_id USING ERRCODE = 'RB005';
@@ -461,6 +480,11 @@ BEGIN
     IF NOT FOUND THEN
         RAISE EXCEPTION 'inventory % not found', p_inventory_id USING ERRCODE = 'RB005';
     END IF;
+    IF v_inventory.queued THEN
+        -- Sold through a waiting room: an admitted ticket (api.place_hold_v2) or RB006.
+        PERFORM booking.require_admission(
+            p_inventory_id, p_holder, nullif(current_setting('booking.queue_ticket', true), '')::uuid);
+    END IF;
 
     IF p_hold_key IS NOT NULL THEN
         -- Requests with one (holder, key) run one at a time; others are not slowed.
@@ -477,7 +501,7 @@ BEGIN
             END IF;
             RETURN QUERY SELECT v_existing.hold_id, v_existing.expires_at;
             RETURN;
-        ELSIF FOUND AND v_existing.inventory_id = p_inventory_id THEN
+        ELSIF FOUND AND v_existing.inventory_id = p_inventory_id AND NOT booking.waitlist_waits(p_inventory_id) THEN
             -- The key's hold is dead: end it, and hand its units (nobody else can reclaim
             -- them while we hold its row) straight to the new hold, with no bucket lock.
             PERFORM booking.end_holds(ARRAY[v_existing.hold_id], 'expired');

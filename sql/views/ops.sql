@@ -51,8 +51,10 @@ SELECT
     h.next_deadline,
     b.free + h.expired_unswept AS available,
     b.free AS bucket_free,
-    i.bucket_count
+    i.bucket_count,
+    coalesce(w.owed, 0) AS waitlist_owed
 FROM booking.inventory AS i
+LEFT JOIN booking.waitlists AS w ON i.inventory_id = w.inventory_id
 CROSS JOIN LATERAL (
     SELECT
         sum(x.sold)::int AS sold,
@@ -83,11 +85,13 @@ SELECT
     expired_unswept,
     bucket_free,
     sold + live_held - capacity AS oversold_by,
-    bucket_free + sold + live_held + expired_unswept - capacity AS unaccounted
+    bucket_free + sold + live_held + expired_unswept + waitlist_owed - capacity AS unaccounted,
+    waitlist_owed
 FROM ops.holds_overview
 WHERE
     sold + live_held > capacity
-    OR bucket_free + sold + live_held + expired_unswept != capacity;
+    -- Units owed to a waitlist are in no bucket and no hold (migrations/V0014).
+    OR bucket_free + sold + live_held + expired_unswept + waitlist_owed != capacity;
 COMMENT ON VIEW ops.oversold_inventory IS
 'Always empty: inventories sold or held beyond capacity, or whose units do not add up.';
 
@@ -108,7 +112,22 @@ SELECT
     'stripe.events' AS table_name, e.event_id AS row_id,
     'an event waiting for a retry (deferred, failed) has a retry time, no other has' AS rule
 FROM stripe.events AS e
-WHERE (e.status IN ('deferred', 'failed')) IS DISTINCT FROM (e.next_attempt_at IS NOT NULL);
+WHERE (e.status IN ('deferred', 'failed')) IS DISTINCT FROM (e.next_attempt_at IS NOT NULL)
+UNION ALL
+SELECT
+    'booking.waitlist_entries' AS table_name, e.entry_id::text AS row_id,
+    'an offered entry names its hold, a waiting one none' AS rule
+FROM booking.waitlist_entries AS e
+WHERE (e.status = 'offered' AND e.hold_id IS NULL) OR (e.status = 'waiting' AND e.hold_id IS NOT NULL)
+UNION ALL
+SELECT
+    'booking.waitlists' AS table_name, w.inventory_id::text AS row_id,
+    'the waiting counter equals the entries waiting' AS rule
+FROM booking.waitlists AS w
+WHERE w.waiting != (
+    SELECT count(*) FROM booking.waitlist_entries AS e
+    WHERE e.inventory_id = w.inventory_id AND e.status = 'waiting'
+);
 COMMENT ON VIEW ops.broken_rows IS
 'Always empty: rows breaking a rule between two of their columns (holds: open vs ended_at, booked vs booking_id; Stripe events: waiting vs retry time).';
 
@@ -250,3 +269,37 @@ SELECT
 FROM core.reconciliation_mismatches AS m
 INNER JOIN core.reconciliation_runs AS r ON m.run_id = r.run_id;
 COMMENT ON VIEW ops.reconciliation_mismatches IS 'Every difference the daily reconciliation found between Stripe and the ledger.';
+
+CREATE OR REPLACE VIEW ops.waitlist_overview AS
+-- The states as booking.entry_state names them (an offer's state is its hold's), spelled
+-- out here because a view's user would need EXECUTE on a function it calls.
+WITH states AS (
+    SELECT
+        x.inventory_id,
+        CASE
+            WHEN x.status = 'left' THEN 'left'
+            WHEN h.status = 'converted' THEN 'claimed'
+            WHEN h.status = 'booked' AND h.expires_at > clock_timestamp() THEN 'claimed'
+            WHEN h.status = 'live' AND h.expires_at > clock_timestamp() THEN 'offered'
+            ELSE 'lapsed'
+        END AS state
+    FROM booking.waitlist_entries AS x
+    LEFT JOIN booking.holds AS h ON x.hold_id = h.hold_id
+    WHERE x.status != 'waiting'
+)
+
+SELECT
+    w.inventory_id,
+    i.sku,
+    w.waiting,
+    count(*) FILTER (WHERE s.state = 'offered') AS offered,
+    count(*) FILTER (WHERE s.state = 'claimed') AS claimed,
+    count(*) FILTER (WHERE s.state = 'lapsed') AS lapsed,
+    count(*) FILTER (WHERE s.state = 'left') AS left_list,
+    w.owed AS units_owed
+FROM booking.waitlists AS w
+INNER JOIN booking.inventory AS i ON w.inventory_id = i.inventory_id
+LEFT JOIN states AS s ON w.inventory_id = s.inventory_id
+GROUP BY w.inventory_id, i.sku, w.waiting, w.owed;
+COMMENT ON VIEW ops.waitlist_overview IS
+'Per inventory with a waitlist: entries waiting, offers open, claimed (booked), lapsed (expired or released), left, and units owed to the waiting entries.';

@@ -158,3 +158,19 @@ def test_a_critical_error_reaches_the_alert_webhook_within_a_minute(db):
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=30)
         server.shutdown()
+
+
+def test_a_waitlist_offer_is_mailed_from_its_payload(db, inbox):
+    with connect(db.app_url) as conn:
+        inventory = new_inventory(conn, 2)
+        entry = conn.execute("SELECT api.join_waitlist(%s, 2, 'fan@example.com')", (inventory,)).fetchone()[0]
+        hold = conn.execute("SELECT hold_id FROM api.waitlist_status(%s)", (entry,)).fetchone()[0]
+    proc = start_worker(db, inbox)
+    try:
+        assert wait_until(lambda: db.one("SELECT status FROM jobs.jobs WHERE kind = 'email.waitlist_offer'") == "done")
+        rcpts, content = inbox.messages[0]
+        assert rcpts == ["fan@example.com"] and str(hold) in content
+        assert f"<waitlist-{entry}-offer@booking-core>" in content
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)

@@ -43,6 +43,8 @@ DUTIES = {
         "place_hold", "extend_hold", "release_hold", "hold_status",
         "create_booking", "cancel_booking", "get_booking",
         "issue_refresh_token", "revoke_refresh_tokens",
+        "join_waitlist", "waitlist_status", "leave_waitlist",
+        "open_queue", "enter_queue", "queue_status", "place_hold_v2",
     },
     "booking_shim": EVERY_DUTY | IDEMPOTENCY | {
         "ingest_stripe_event", "ingest_stripe_events", "record_stripe_event_failure",
