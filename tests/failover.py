@@ -52,6 +52,7 @@ class Result:
     kill: Kill | None = None
     new_primary: int | None = None
     promoted_wall: float | None = None  # time.time() when the new primary accepted writes
+    promoted_at: float | None = None  # the same, time.monotonic()
     shim_pid: int | None = None
     shim_alive_after: bool = False
     # Filled by check():
@@ -83,11 +84,16 @@ class Result:
         ok = [a.received for a in self.answers if a.status == 200 and a.sent > first_failed]
         return min(ok) - first_failed if ok else None
 
+    @property
+    def seconds_to_promotion(self) -> float:
+        """From the kill to the new primary out of recovery (as read by polling it)."""
+        return self.promoted_at - self.kill.at
+
     def summary(self) -> str:
         return (f"deliveries {self.deliveries:,}, acknowledged {self.acknowledged:,}, lost {len(self.lost)}, "
                 f"applied twice {self.applied_twice}, seconds without a primary "
                 f"{self.seconds_to_first_write:.2f} (kill to first acknowledged write; refused or failed answers "
-                f"for {self.seconds_refused:.2f} s), answers {dict(sorted(self.statuses.items()))}, "
+                f"for {self.seconds_refused:.2f} s; promoted after {self.seconds_to_promotion:.2f} s), answers {dict(sorted(self.statuses.items()))}, "
                 f"primary 127.0.0.1:{self.kill.port} killed, 127.0.0.1:{self.new_primary} promoted")
 
 
@@ -149,7 +155,7 @@ def run(f: Formation, *, deliveries_target: int, seed: int, kill_after: float = 
                 return
             result.kill = f.kill_primary()
             result.new_primary = f.wait_for_new_primary(result.kill.port)
-            result.promoted_wall = time.time()
+            result.promoted_wall, result.promoted_at = time.time(), time.monotonic()
 
         killer = threading.Thread(target=kill_primary)
         killer.start()
