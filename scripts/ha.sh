@@ -4,7 +4,8 @@
 # standbys of which one is synchronous (synchronous_mode_strict: no commit is acknowledged
 # with a single copy, even after a standby is lost). Every node listens on 127.0.0.1, each on
 # its own port, with pg_cron preloaded. Data in .local/ha (git-ignored) or HA_BASE.
-#   scripts/ha.sh start|stop|status|url|primary
+#   scripts/ha.sh start|stop|status|url|primary|kill-primary
+# kill-primary: SIGKILL to the primary's postmaster (a crash; Patroni promotes the standby).
 # Ports: HA_PG_PORTS (three, comma-separated), HA_REST_PORTS (three), HA_ETCD_PORTS (client,peer).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -244,11 +245,25 @@ for m in json.loads(sys.argv[1])["members"]:
   echo "url: $(url)"
 }
 
+kill_primary() {
+  local ready port n pid
+  ready=$(formation_ready) && [[ -n $ready ]] || { echo "no primary with a synchronous standby now" >&2; exit 1; }
+  port=${ready%% *}
+  for n in "${nodes[@]}"; do
+    if [[ ${pg_ports[$((n - 1))]} == "$port" ]]; then
+      pid=$(head -1 "$base/node$n/data/postmaster.pid")
+      kill -KILL "$pid"
+      echo "killed the postmaster of node$n (127.0.0.1:$port, pid $pid); Patroni promotes 127.0.0.1:${ready##* }"
+    fi
+  done
+}
+
 case ${1:-} in
   start) start ;;
   stop) stop ;;
   status) status ;;
   url) url ;;
   primary) ready=$(formation_ready) && [[ -n $ready ]] && echo "${ready%% *}" ;;
-  *) echo "usage: $0 start|stop|status|url|primary" >&2; exit 2 ;;
+  kill-primary) kill_primary ;;
+  *) echo "usage: $0 start|stop|status|url|primary|kill-primary" >&2; exit 2 ;;
 esac
