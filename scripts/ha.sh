@@ -171,14 +171,17 @@ start() {
     curl -sf --max-time 1 "http://127.0.0.1:$etcd_port/version" >/dev/null || {
       echo "etcd did not start; see $base/etcd.log" >&2; exit 1; }
   fi
+  # A new formation: the first node bootstraps it and the others clone it once it exists.
+  # An existing one: all nodes at once (the node allowed to lead may be any of them).
+  local fresh=""
+  [[ -f $base/node1/data/PG_VERSION ]] || fresh=1
   for n in "${nodes[@]}"; do
     if alive "$base/node$n/patroni.pid"; then continue; fi
     write_node_config "$n"
     if [[ $(id -u) -eq 0 ]]; then chown -R "$runas": "$base/node$n"; fi
     exec_as_pg patroni "$base/node$n/patroni.yml" >>"$base/node$n/patroni.log" 2>&1 </dev/null &
     echo $! >"$base/node$n/patroni.pid"
-    # The first node bootstraps the cluster; the others clone it once it exists.
-    if [[ $n == 1 ]]; then
+    if [[ $n == 1 && -n $fresh ]]; then
       for _ in $(seq $((START_TIMEOUT_S * 5))); do
         cluster_json 2>/dev/null | grep -q '"role": *"leader"' && break
         sleep 0.2
