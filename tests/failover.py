@@ -53,6 +53,7 @@ class Result:
     new_primary: int | None = None
     promoted_wall: float | None = None  # time.time() when the new primary accepted writes
     promoted_at: float | None = None  # the same, time.monotonic()
+    timeline: list[str] = field(default_factory=list)  # the failover in Patroni's logs
     shim_pid: int | None = None
     shim_alive_after: bool = False
     # Filled by check():
@@ -163,6 +164,10 @@ def run(f: Formation, *, deliveries_target: int, seed: int, kill_after: float = 
             list(pool.map(deliver_group, plan))
         enough.set()
         killer.join(timeout=90)
+        if result.kill:
+            kill_utc = time.strftime("%H:%M:%S", time.gmtime(result.kill.wall))
+            result.timeline = [f"{kill_utc} killed the postmaster of 127.0.0.1:{result.kill.port}",
+                               *f.failover_timeline(kill_utc)][:20]
         result.shim_alive_after = proc.poll() is None
     return result
 

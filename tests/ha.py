@@ -137,6 +137,21 @@ class Formation:
             time.sleep(0.2)
         raise AssertionError(f"no synchronous standby within {timeout_s} s: {self.members()}")
 
+    # What a failover looks like in Patroni's logs (its lines and the servers' own).
+    FAILOVER_MARKS = ("Postgresql is not running", "Primary crashed", "promoted self to leader",
+                      "database system is ready to accept connections", "is now a synchronous standby",
+                      "started streaming WAL")
+
+    def failover_timeline(self, since: str) -> list[str]:
+        """The failover's lines of every node's log from `since` ("HH:MM:SS" UTC) on, in order."""
+        found = []
+        for log in sorted(self.base.glob("node*/patroni.log")):
+            for line in log.read_text(errors="replace").splitlines():
+                parts = line.split()
+                if len(parts) > 2 and parts[1][:8] >= since and any(m in line for m in self.FAILOVER_MARKS):
+                    found.append(f"{parts[1][:12]} {log.parent.name}: {' '.join(parts[2:])[:110]}")
+        return sorted(found)
+
     def logs_tail(self, lines: int = 15) -> str:
         out = []
         for log in sorted(self.base.glob("node*/patroni.log")):

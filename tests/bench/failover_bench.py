@@ -37,6 +37,7 @@ def main() -> None:
           [[f"{result.deliveries:,}", f"{result.acknowledged:,}", len(result.lost), result.applied_twice,
             f"{result.seconds_to_first_write:.2f}", f"{result.seconds_to_promotion:.2f}",
             " ".join(f"{k}:{v}" for k, v in sorted(result.statuses.items()))]])
+    print("\n".join(result.timeline))
     print(f"(bookings wrong: {len(result.wrong)}, ops views not empty: {sorted(result.broken)}, "
           f"{time.perf_counter() - started:.0f} s in all)")
     if result.lost or result.applied_twice or result.wrong or result.broken:

@@ -34,6 +34,7 @@ def test_failover_under_load_loses_nothing_acknowledged(tmp_path):
             assert {p for (p,) in conn.execute("SELECT DISTINCT nodeport FROM cron.job")} == {old_primary}
         result = failover.run(f, deliveries_target=1500, seed=20261201, log=tmp_path / "shim.log")
         print(f"\nfailover: {result.summary()}")
+        print("\n".join(result.timeline))
         assert result.kill is not None and result.new_primary not in (None, old_primary)
         assert result.shim_alive_after, "the shim process died"
         # Every delivery was answered 200 in the end (Stripe would have retried the others),
