@@ -37,8 +37,10 @@ as_pg() {
 }
 
 # The same in place of the calling (background) subshell, so that $! is the program's pid;
-# in a session of its own, so that a Ctrl-C in the terminal does not reach it.
+# in a session of its own, so that a Ctrl-C in the terminal does not reach it; from the
+# formation's folder, as the caller's (a clone under /root in CI) may be closed to 'postgres'.
 exec_as_pg() {
+  cd "$base"
   if [[ $(id -u) -eq 0 ]]; then
     exec setpriv --reuid=$runas --regid="$(id -g $runas)" --init-groups -- setsid "$@"
   else
