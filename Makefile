@@ -5,7 +5,7 @@ VENV := .venv
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: deps system-deps lint test run stop migrate migrate-dry-run psql snapshot bench send-test-event demo backup-drill
+.PHONY: deps system-deps lint test run stop ha-run ha-stop migrate migrate-dry-run psql snapshot bench send-test-event demo backup-drill
 
 deps: system-deps $(VENV)/.installed
 
@@ -33,6 +33,14 @@ run: deps
 
 stop:
 	scripts/cluster.sh stop
+
+# The same on a high-availability formation: Patroni, etcd, a primary and two standbys
+# (one synchronous) on 127.0.0.1, each node on its own port; `make ha-stop` stops it.
+ha-run: deps
+	HOST=$(HOST) PORT=$(PORT) scripts/ha-run.sh
+
+ha-stop:
+	scripts/ha.sh stop
 
 # Apply migrations, repeatables and cron schedules to DATABASE_URL (a second run changes nothing).
 migrate:
@@ -67,6 +75,7 @@ bench: deps
 	$(VENV)/bin/python -m tests.bench.webhook_bench
 	$(VENV)/bin/python -m tests.bench.queue_bench
 	$(VENV)/bin/python -m tests.bench.onsale_bench
+	$(VENV)/bin/python -m tests.bench.failover_bench
 
 # Rewrite sql/schema.sql from the embedded cluster's migrated database.
 snapshot:

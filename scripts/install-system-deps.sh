@@ -14,6 +14,10 @@ command -v openssl >/dev/null || missing+=(openssl)
 command -v curl >/dev/null || missing+=(curl)
 # tests/e2e/test_pgbouncer.py runs the shim and the worker behind Debian's pgbouncer (1.18).
 [[ -x /usr/sbin/pgbouncer ]] || command -v pgbouncer >/dev/null || missing+=(pgbouncer)
+# The high-availability formation (make ha-run, the failover test and bench): Patroni with
+# etcd. The failover test is part of make test, so CI installs them too.
+command -v patroni >/dev/null || missing+=(patroni)
+command -v etcd >/dev/null || missing+=(etcd-server)
 # The HTTP load generator of `make bench` (BENCH=1): light enough not to compete with the shim.
 [[ -z ${BENCH:-} ]] || command -v wrk >/dev/null || missing+=(wrk)
 if ((${#missing[@]} == 0)); then exit 0; fi
@@ -31,6 +35,14 @@ fi
 "${sudo[@]}" mkdir -p /etc/postgresql-common
 if ! grep -qs '^create_main_cluster' /etc/postgresql-common/createcluster.conf; then
   echo 'create_main_cluster = false' | "${sudo[@]}" tee -a /etc/postgresql-common/createcluster.conf >/dev/null
+fi
+# Nor any packaged daemon (etcd-server would start an etcd of its own on 127.0.0.1:2379):
+# policy-rc.d answering 101 tells the packages' scripts not to start services.
+policy=/usr/sbin/policy-rc.d
+if [[ ! -e $policy ]]; then
+  printf '#!/bin/sh\nexit 101\n' | "${sudo[@]}" tee "$policy" >/dev/null
+  "${sudo[@]}" chmod +x "$policy"
+  trap '"${sudo[@]}" rm -f "$policy"' EXIT
 fi
 export DEBIAN_FRONTEND=noninteractive
 "${sudo[@]}" apt-get update -qq

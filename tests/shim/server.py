@@ -22,6 +22,15 @@ def free_port() -> int:
 
 @contextmanager
 def shim(database_url: str, webhook_secret: str, *, extra_env: dict[str, str] | None = None, log: Path | None = None):
+    """The shim's base URL while it runs."""
+    with shim_process(database_url, webhook_secret, extra_env=extra_env, log=log) as (base, _):
+        yield base
+
+
+@contextmanager
+def shim_process(database_url: str, webhook_secret: str, *, extra_env: dict[str, str] | None = None,
+                 log: Path | None = None):
+    """(base URL, process) while the shim runs: for tests that check it is the same process."""
     port = free_port()
     env = env_with(DATABASE_URL=database_url, STRIPE_WEBHOOK_SECRET=webhook_secret, **(extra_env or {}))
     out = open(log, "wb") if log else subprocess.DEVNULL
@@ -44,7 +53,7 @@ def shim(database_url: str, webhook_secret: str, *, extra_env: dict[str, str] | 
             if time.monotonic() > deadline:
                 raise RuntimeError("the shim did not start within 30 s")
             time.sleep(0.1)
-        yield base
+        yield base, proc
     finally:
         proc.terminate()
         try:
