@@ -115,7 +115,7 @@ $$;
 CREATE OR REPLACE FUNCTION stripe.money_amount(p_what text, p_value jsonb, p_errcode text)
 RETURNS bigint
 LANGUAGE plpgsql
-STABLE
+IMMUTABLE
 AS $$
 -- The amount of a Stripe object that moves money: a JSON integer of 1 to 100000000000
 -- minor units (what ledger.post accepts). Anything else (absent, null, a string, 0, -5,
