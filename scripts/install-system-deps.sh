@@ -10,6 +10,8 @@ command -v psql >/dev/null || missing+=(postgresql-client-15)
 command -v setpriv >/dev/null || missing+=(util-linux)
 command -v openssl >/dev/null || missing+=(openssl)
 command -v curl >/dev/null || missing+=(curl)
+# The versioned-cache test and bench start their own Redis (tests/sql/test_cache_redis.py).
+command -v redis-server >/dev/null || missing+=(redis-server)
 # The HTTP load generator of `make bench` (BENCH=1): light enough not to compete with the shim.
 [[ -z ${BENCH:-} ]] || command -v wrk >/dev/null || missing+=(wrk)
 if ((${#missing[@]} == 0)); then exit 0; fi

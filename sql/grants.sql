@@ -36,7 +36,11 @@ GRANT EXECUTE ON FUNCTION
     api.cancel_booking(uuid, text),
     api.get_booking(uuid),
     api.issue_refresh_token(text, bytea, interval),
-    api.revoke_refresh_tokens(text)
+    api.revoke_refresh_tokens(text),
+    api.cache_versions(text[]),
+    api.bump_cache_version(text),
+    api.catalog(text, int),
+    api.set_unit_amount(uuid, bigint)
 TO booking_app;
 
 -- The webhook shim: Stripe's events, PaymentIntents, refresh-token rotation.

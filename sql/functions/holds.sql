@@ -481,6 +481,9 @@ BEGIN
             -- The key's hold is dead: end it, and hand its units (nobody else can reclaim
             -- them while we hold its row) straight to the new hold, with no bucket lock.
             PERFORM booking.end_holds(ARRAY[v_existing.hold_id], 'expired');
+            -- Units counted as available (the hold was dead) become held with no bucket
+            -- crossing 0: the sold-out state may change, so announce at commit.
+            PERFORM booking.note_cache_change(p_inventory_id, true);
             v_home := v_existing.bucket_no;
             v_needed := greatest(p_quantity - v_existing.quantity, 0);
             IF v_existing.quantity > p_quantity THEN
@@ -500,8 +503,9 @@ BEGIN
     END IF;
 
     RETURN QUERY
-    INSERT INTO booking.holds AS h (inventory_id, bucket_no, quantity, holder, hold_key, expires_at)
-    VALUES (p_inventory_id, v_home, p_quantity, p_holder, p_hold_key, clock_timestamp() + v_inventory.hold_ttl)
+    INSERT INTO booking.holds AS h (inventory_id, bucket_no, quantity, holder, hold_key, expires_at, unit_amount)
+    VALUES (p_inventory_id, v_home, p_quantity, p_holder, p_hold_key, clock_timestamp() + v_inventory.hold_ttl,
+            v_inventory.unit_amount)
     RETURNING h.hold_id, h.expires_at;
 END;
 $$;

@@ -43,6 +43,7 @@ DUTIES = {
         "place_hold", "extend_hold", "release_hold", "hold_status",
         "create_booking", "cancel_booking", "get_booking",
         "issue_refresh_token", "revoke_refresh_tokens",
+        "cache_versions", "bump_cache_version", "catalog", "set_unit_amount",
     },
     "booking_shim": EVERY_DUTY | IDEMPOTENCY | {
         "ingest_stripe_event", "ingest_stripe_events", "record_stripe_event_failure",
