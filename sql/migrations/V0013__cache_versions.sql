@@ -23,7 +23,7 @@ CREATE TABLE booking.announced_stock (
 );
 INSERT INTO booking.announced_stock (inventory_id, sold_out)
 SELECT i.inventory_id, coalesce((SELECT sum(b.free) = 0 FROM booking.inventory_buckets AS b
-                                 WHERE b.inventory_id = i.inventory_id), true)
+                                 WHERE b.inventory_id = i.inventory_id), true) AS sold_out
 FROM booking.inventory AS i;
 
 -- The price a hold was placed at: set_unit_amount changes the price of holds placed from

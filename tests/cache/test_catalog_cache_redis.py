@@ -12,7 +12,7 @@ import psycopg
 import pytest
 import redis
 
-from tests.cache.catalog_cache import CatalogCache, redis_server
+from tests.cache.catalog_cache import CatalogCache, SharedVersion, redis_server
 from tests.pg import connect
 from tests.shim.server import free_port
 
@@ -25,7 +25,8 @@ def new_inventory(conn, sku, capacity, amount=1000):
 
 
 @pytest.mark.slow
-def test_no_read_after_a_commit_returns_what_the_commit_replaced(db):
+@pytest.mark.parametrize("version_read", ["per read", "shared"])
+def test_no_read_after_a_commit_returns_what_the_commit_replaced(db, version_read):
     with connect(db.app_url) as conn:
         priced = new_inventory(conn, "spike-priced", 100)
         sized = new_inventory(conn, "spike-sized", 100)
@@ -103,9 +104,12 @@ def test_no_read_after_a_commit_returns_what_the_commit_replaced(db):
                         c.execute("SELECT api.release_hold(%s)", (h,))
                     held.clear()
 
+    shared_conn = connect(db.app_url)
+    shared = SharedVersion(shared_conn) if version_read == "shared" else None
+
     def reader(port):
         with connect(db.app_url) as c, redis.Redis(host="127.0.0.1", port=port) as client:
-            cache = CatalogCache(c, client)
+            cache = CatalogCache(c, client, shared=shared)
             caches.append(cache)
             while not stop.is_set():
                 started = time.monotonic()
@@ -122,6 +126,7 @@ def test_no_read_after_a_commit_returns_what_the_commit_replaced(db):
         stop.set()
         for t in threads:
             t.join(timeout=60)
+    shared_conn.close()
     assert not errors, errors[:3]
 
     def last_committed_before(commits, t):
