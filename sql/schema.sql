@@ -451,6 +451,75 @@ COMMENT ON FUNCTION api.availability(p_inventory_id uuid) IS 'capacity, sold, he
 
 
 --
+-- Name: bump_cache_version(text); Type: FUNCTION; Schema: api; Owner: booking_owner
+--
+
+CREATE FUNCTION api.bump_cache_version(p_namespace text) RETURNS bigint
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+-- In the caller's transaction: the new version is seen by others when it commits. The row
+-- stays locked until then; bump last in a transaction that also changes inventories (the
+-- database takes 'catalog' at commit, after its other locks).
+BEGIN
+    PERFORM core.require_text(p_namespace, 'p_namespace', 200);
+    RETURN core.bump_cache_version(p_namespace);
+END;
+$$;
+
+
+ALTER FUNCTION api.bump_cache_version(p_namespace text) OWNER TO booking_owner;
+
+--
+-- Name: FUNCTION bump_cache_version(p_namespace text); Type: COMMENT; Schema: api; Owner: booking_owner
+--
+
+COMMENT ON FUNCTION api.bump_cache_version(p_namespace text) IS 'Bumps a namespace the application owns (1..200 characters) in the caller''s transaction; returns the new version. A bump only ever invalidates.';
+
+
+--
+-- Name: cache_versions(text[]); Type: FUNCTION; Schema: api; Owner: booking_owner
+--
+
+CREATE FUNCTION api.cache_versions(p_namespaces text[]) RETURNS TABLE(namespace text, version bigint)
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+-- One statement: every version from one snapshot, in the order asked.
+DECLARE
+    v_bad text;
+BEGIN
+    PERFORM core.require(p_namespaces, 'p_namespaces');
+    IF cardinality(p_namespaces) NOT BETWEEN 1 AND 1000 THEN
+        RAISE EXCEPTION 'p_namespaces must name 1 to 1000 namespaces, got %', cardinality(p_namespaces)
+            USING ERRCODE = '22023';
+    END IF;
+    IF array_position(p_namespaces, NULL) IS NOT NULL THEN
+        RAISE EXCEPTION 'p_namespaces must not contain NULL' USING ERRCODE = '22004';
+    END IF;
+    SELECT n INTO v_bad FROM unnest(p_namespaces) AS n WHERE length(n) NOT BETWEEN 1 AND 200 LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'a namespace is 1 to 200 characters, got %', length(v_bad) USING ERRCODE = '22023';
+    END IF;
+    RETURN QUERY
+    SELECT n.name, coalesce(v.version, 0)
+    FROM unnest(p_namespaces) WITH ORDINALITY AS n (name, ord)
+    LEFT JOIN core.cache_versions AS v ON v.namespace = n.name
+    ORDER BY n.ord;
+END;
+$$;
+
+
+ALTER FUNCTION api.cache_versions(p_namespaces text[]) OWNER TO booking_owner;
+
+--
+-- Name: FUNCTION cache_versions(p_namespaces text[]); Type: COMMENT; Schema: api; Owner: booking_owner
+--
+
+COMMENT ON FUNCTION api.cache_versions(p_namespaces text[]) IS 'The current version of each namespace (0 if never bumped), all from one snapshot, in the order given. 22004/22023 on a NULL, empty or longer than 200 characters namespace, or more than 1000.';
+
+
+--
 -- Name: cancel_booking(uuid, text); Type: FUNCTION; Schema: api; Owner: booking_owner
 --
 
@@ -473,6 +542,64 @@ ALTER FUNCTION api.cancel_booking(p_booking_id uuid, p_reason text) OWNER TO boo
 --
 
 COMMENT ON FUNCTION api.cancel_booking(p_booking_id uuid, p_reason text) IS 'Cancels a booking and returns its new status: cancelled before payment (units released), refund_pending after payment (a stripe.refund job is enqueued). RB004 when its status does not allow it, RB005 unknown booking.';
+
+
+--
+-- Name: catalog(text, integer); Type: FUNCTION; Schema: api; Owner: booking_owner
+--
+
+CREATE FUNCTION api.catalog(p_sku_prefix text DEFAULT ''::text, p_limit integer DEFAULT 100) RETURNS TABLE(inventory_id uuid, sku text, unit_amount bigint, currency text, capacity integer, available integer, sold_out boolean, version bigint)
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+-- One statement, one snapshot: the rows and the 'catalog' version they belong to. A
+-- cache entry keyed by that version is exact for everything a bump announces (price,
+-- capacity, settings, sold_out as a transaction left it); `available` is as of the read.
+-- available and sold_out as in api.availability: dead, unswept holds count as available.
+BEGIN
+    PERFORM core.require(p_sku_prefix, 'p_sku_prefix');
+    IF length(p_sku_prefix) > 200 THEN
+        RAISE EXCEPTION 'p_sku_prefix is % characters long, at most 200 are allowed', length(p_sku_prefix)
+            USING ERRCODE = '22001';
+    END IF;
+    PERFORM core.require_range(p_limit, 'p_limit', 1, 1000);
+    RETURN QUERY
+    SELECT
+        i.inventory_id, i.sku, i.unit_amount, i.currency, i.capacity,
+        (b.free + d.units)::int,
+        b.free + d.units = 0,
+        v.version
+    FROM (SELECT coalesce((SELECT c.version FROM core.cache_versions AS c WHERE c.namespace = 'catalog'), 0)
+          AS version) AS v
+    CROSS JOIN LATERAL (
+        SELECT x.* FROM booking.inventory AS x
+        WHERE x.sku >= p_sku_prefix AND starts_with(x.sku, p_sku_prefix)
+        ORDER BY x.sku
+        LIMIT p_limit
+    ) AS i
+    CROSS JOIN LATERAL (
+        SELECT coalesce(sum(y.free), 0) AS free
+        FROM booking.inventory_buckets AS y WHERE y.inventory_id = i.inventory_id
+    ) AS b
+    CROSS JOIN LATERAL (
+        SELECT coalesce(sum(h.quantity), 0) AS units
+        FROM booking.holds AS h
+        WHERE h.inventory_id = i.inventory_id
+          AND h.status IN ('live', 'booked')
+          AND h.expires_at <= (SELECT clock_timestamp())  -- an InitPlan: indexable
+    ) AS d
+    ORDER BY i.sku;
+END;
+$$;
+
+
+ALTER FUNCTION api.catalog(p_sku_prefix text, p_limit integer) OWNER TO booking_owner;
+
+--
+-- Name: FUNCTION catalog(p_sku_prefix text, p_limit integer); Type: COMMENT; Schema: api; Owner: booking_owner
+--
+
+COMMENT ON FUNCTION api.catalog(p_sku_prefix text, p_limit integer) IS 'Inventories whose sku starts with p_sku_prefix, by sku, at most p_limit (1..1000): price, capacity, available and sold_out as in api.availability, and version, that of namespace ''catalog'', read in the same snapshot as the rows.';
 
 
 --
@@ -671,7 +798,8 @@ BEGIN
         count(*) FILTER (WHERE h.status <> 'live' OR h.expires_at <= clock_timestamp()) AS not_live,
         count(DISTINCT i.currency) AS currencies,
         min(i.currency) AS currency,
-        sum(h.quantity::bigint * i.unit_amount) AS amount,
+        -- Each hold at the price it was placed at (NULL: placed before prices could change).
+        sum(h.quantity::bigint * coalesce(h.unit_amount, i.unit_amount)) AS amount,
         min(h.expires_at) AS expires_at
     INTO v_holds
     FROM (
@@ -1495,6 +1623,9 @@ BEGIN
             -- The key's hold is dead: end it, and hand its units (nobody else can reclaim
             -- them while we hold its row) straight to the new hold, with no bucket lock.
             PERFORM booking.end_holds(ARRAY[v_existing.hold_id], 'expired');
+            -- Units counted as available (the hold was dead) become held with no bucket
+            -- crossing 0: the sold-out state may change, so announce at commit.
+            PERFORM booking.note_cache_change(p_inventory_id, true);
             v_home := v_existing.bucket_no;
             v_needed := greatest(p_quantity - v_existing.quantity, 0);
             IF v_existing.quantity > p_quantity THEN
@@ -1514,8 +1645,9 @@ BEGIN
     END IF;
 
     RETURN QUERY
-    INSERT INTO booking.holds AS h (inventory_id, bucket_no, quantity, holder, hold_key, expires_at)
-    VALUES (p_inventory_id, v_home, p_quantity, p_holder, p_hold_key, clock_timestamp() + v_inventory.hold_ttl)
+    INSERT INTO booking.holds AS h (inventory_id, bucket_no, quantity, holder, hold_key, expires_at, unit_amount)
+    VALUES (p_inventory_id, v_home, p_quantity, p_holder, p_hold_key, clock_timestamp() + v_inventory.hold_ttl,
+            v_inventory.unit_amount)
     RETURNING h.hold_id, h.expires_at;
 END;
 $$;
@@ -1954,6 +2086,36 @@ COMMENT ON FUNCTION api.set_capacity(p_inventory_id uuid, p_capacity integer) IS
 
 
 --
+-- Name: set_unit_amount(uuid, bigint); Type: FUNCTION; Schema: api; Owner: booking_owner
+--
+
+CREATE FUNCTION api.set_unit_amount(p_inventory_id uuid, p_unit_amount bigint) RETURNS void
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+-- The price of holds placed from now on (each hold keeps the price it was placed at, and a
+-- booking is priced from its holds). The inventory row's trigger bumps the versions.
+BEGIN
+    PERFORM core.require(p_inventory_id, 'p_inventory_id');
+    PERFORM core.require_range(p_unit_amount, 'p_unit_amount', 0, 100000000000);
+    UPDATE booking.inventory AS i SET unit_amount = p_unit_amount WHERE i.inventory_id = p_inventory_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'inventory % not found', p_inventory_id USING ERRCODE = 'RB005';
+    END IF;
+END;
+$$;
+
+
+ALTER FUNCTION api.set_unit_amount(p_inventory_id uuid, p_unit_amount bigint) OWNER TO booking_owner;
+
+--
+-- Name: FUNCTION set_unit_amount(p_inventory_id uuid, p_unit_amount bigint); Type: COMMENT; Schema: api; Owner: booking_owner
+--
+
+COMMENT ON FUNCTION api.set_unit_amount(p_inventory_id uuid, p_unit_amount bigint) IS 'Sets the price (minor units, 0..1e11) of holds placed from now on; holds and bookings already made keep theirs. Bumps ''catalog'' and ''inventory:<id>'' at commit. RB005 unknown inventory.';
+
+
+--
 -- Name: add_free(uuid, integer); Type: FUNCTION; Schema: booking; Owner: booking_owner
 --
 
@@ -2027,6 +2189,78 @@ $$;
 
 
 ALTER FUNCTION booking.after_booking_change() OWNER TO booking_owner;
+
+--
+-- Name: announce_changes(); Type: FUNCTION; Schema: booking; Owner: booking_owner
+--
+
+CREATE FUNCTION booking.announce_changes() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+-- At commit, once for all the inventories noted by the transaction (the first of its
+-- deferred events does the work; the others find nothing pending). See the top of the file.
+DECLARE
+    v_pending text := current_setting('booking.cache_pending', true);
+    v_ids uuid[];
+    v_forced uuid[];
+    v_bump uuid[];
+    v_id uuid;
+BEGIN
+    IF v_pending IS NULL OR v_pending = '' THEN
+        RETURN NULL;
+    END IF;
+    PERFORM set_config('booking.cache_pending', '', true);
+    SELECT array_agg(DISTINCT rtrim(e, '+')::uuid ORDER BY rtrim(e, '+')::uuid),
+           array_agg(DISTINCT rtrim(e, '+')::uuid) FILTER (WHERE e LIKE '%+')
+    INTO v_ids, v_forced
+    FROM unnest(string_to_array(v_pending, ',')) AS e
+    WHERE e <> '';
+    IF v_ids IS NULL THEN
+        RETURN NULL;
+    END IF;
+    -- A row for a new inventory (the state is set below).
+    INSERT INTO booking.announced_stock (inventory_id, sold_out)
+    SELECT i.inventory_id, false FROM booking.inventory AS i WHERE i.inventory_id = ANY(v_ids)
+    ON CONFLICT (inventory_id) DO NOTHING;
+    -- The lock, in id order; the read that decides comes in the next statement.
+    PERFORM FROM booking.announced_stock AS s
+    WHERE s.inventory_id = ANY(v_ids)
+    ORDER BY s.inventory_id
+    FOR UPDATE;
+    WITH current_state AS (
+        SELECT s.inventory_id, s.sold_out AS was_sold_out,
+               coalesce((SELECT sum(b.free) = 0 FROM booking.inventory_buckets AS b
+                         WHERE b.inventory_id = s.inventory_id), true) AS sold_out
+        FROM booking.announced_stock AS s
+        WHERE s.inventory_id = ANY(v_ids)
+    ),
+    written AS (
+        UPDATE booking.announced_stock AS s
+        SET sold_out = c.sold_out
+        FROM current_state AS c
+        WHERE s.inventory_id = c.inventory_id
+        RETURNING s.inventory_id, c.was_sold_out <> c.sold_out AS flipped
+    )
+    SELECT array_agg(x.inventory_id ORDER BY x.inventory_id) INTO v_bump
+    FROM (
+        SELECT w.inventory_id FROM written AS w WHERE w.flipped
+        UNION
+        SELECT f FROM unnest(v_forced) AS f
+    ) AS x;
+    IF v_bump IS NULL THEN
+        RETURN NULL;
+    END IF;
+    PERFORM core.bump_cache_version('catalog');
+    FOREACH v_id IN ARRAY v_bump LOOP
+        PERFORM core.bump_cache_version('inventory:' || v_id::text);
+    END LOOP;
+    RETURN NULL;
+END;
+$$;
+
+
+ALTER FUNCTION booking.announce_changes() OWNER TO booking_owner;
 
 --
 -- Name: apply_event(uuid, text, text, text, boolean); Type: FUNCTION; Schema: booking; Owner: booking_owner
@@ -2144,13 +2378,19 @@ BEGIN
             UPDATE booking.holds AS h
             SET status = 'converted', ended_at = clock_timestamp()
             WHERE h.booking_id = p_booking_id AND h.status = 'booked'
-            RETURNING h.inventory_id, h.bucket_no, h.quantity
+            RETURNING h.inventory_id, h.bucket_no, h.quantity, h.expires_at
         )
-        SELECT c.inventory_id, min(c.bucket_no) AS bucket_no, sum(c.quantity)::int AS units
+        SELECT c.inventory_id, min(c.bucket_no) AS bucket_no, sum(c.quantity)::int AS units,
+               bool_or(c.expires_at <= clock_timestamp()) AS was_dead
         FROM converted AS c
         GROUP BY c.inventory_id
         ORDER BY c.inventory_id
     LOOP
+        IF v_row.was_dead THEN
+            -- A late payment: units counted as available (the hold was past its deadline)
+            -- are sold with no bucket crossing 0; the sold-out state may change.
+            PERFORM booking.note_cache_change(v_row.inventory_id, true);
+        END IF;
         v_bucket := booking.idle_bucket(v_row.inventory_id);
         UPDATE booking.inventory_buckets
         SET sold = sold + v_row.units
@@ -2274,7 +2514,8 @@ CREATE TABLE booking.holds (
     expires_at timestamp with time zone NOT NULL,
     extensions_used booking.extension_count DEFAULT 0 NOT NULL,
     ended_at timestamp with time zone,
-    booking_id uuid
+    booking_id uuid,
+    unit_amount core.minor_units
 );
 
 
@@ -2433,6 +2674,64 @@ $$;
 
 
 ALTER FUNCTION booking.lock_buckets(p_inventory_id uuid) OWNER TO booking_owner;
+
+--
+-- Name: note_bucket_crossing(); Type: FUNCTION; Schema: booking; Owner: booking_owner
+--
+
+CREATE FUNCTION booking.note_bucket_crossing() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+BEGIN
+    PERFORM booking.note_cache_change(NEW.inventory_id, false);
+    RETURN NULL;
+END;
+$$;
+
+
+ALTER FUNCTION booking.note_bucket_crossing() OWNER TO booking_owner;
+
+--
+-- Name: note_cache_change(uuid, boolean); Type: FUNCTION; Schema: booking; Owner: booking_owner
+--
+
+CREATE FUNCTION booking.note_cache_change(p_inventory_id uuid, p_force boolean) RETURNS void
+    LANGUAGE plpgsql
+    AS $$
+-- Notes the inventory for booking.announce_changes at commit. p_force: bump whatever the
+-- sold-out state (its settings changed, or its availability changed with no bucket
+-- crossing 0). The setting is local to the transaction (and to a subtransaction that
+-- rolls back, like the trigger events it goes with).
+DECLARE
+    v_pending text := coalesce(current_setting('booking.cache_pending', true), '');
+    v_entry text := p_inventory_id::text || CASE WHEN p_force THEN '+' ELSE '' END;
+BEGIN
+    IF strpos(v_pending, v_entry) = 0 THEN
+        PERFORM set_config('booking.cache_pending', v_pending || ',' || v_entry, true);
+    END IF;
+END;
+$$;
+
+
+ALTER FUNCTION booking.note_cache_change(p_inventory_id uuid, p_force boolean) OWNER TO booking_owner;
+
+--
+-- Name: note_inventory_change(); Type: FUNCTION; Schema: booking; Owner: booking_owner
+--
+
+CREATE FUNCTION booking.note_inventory_change() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+BEGIN
+    PERFORM booking.note_cache_change(NEW.inventory_id, true);
+    RETURN NULL;
+END;
+$$;
+
+
+ALTER FUNCTION booking.note_inventory_change() OWNER TO booking_owner;
 
 --
 -- Name: purge_ended_holds(interval, integer); Type: FUNCTION; Schema: booking; Owner: booking_owner
@@ -2811,6 +3110,24 @@ $$;
 
 
 ALTER FUNCTION booking.take_units_slowly(p_inventory_id uuid, p_quantity integer) OWNER TO booking_owner;
+
+--
+-- Name: bump_cache_version(text); Type: FUNCTION; Schema: core; Owner: booking_owner
+--
+
+CREATE FUNCTION core.bump_cache_version(p_namespace text) RETURNS bigint
+    LANGUAGE sql
+    AS $$
+    -- The row lock lasts until commit: two bumps of one namespace take turns, so versions
+    -- are in commit order and a reader never sees one go backwards.
+    INSERT INTO core.cache_versions AS v (namespace, version)
+    VALUES (p_namespace, 1)
+    ON CONFLICT (namespace) DO UPDATE SET version = v.version + 1
+    RETURNING v.version;
+$$;
+
+
+ALTER FUNCTION core.bump_cache_version(p_namespace text) OWNER TO booking_owner;
 
 --
 -- Name: cron_command(text, text); Type: FUNCTION; Schema: core; Owner: booking_owner
@@ -4182,6 +4499,18 @@ $$;
 ALTER FUNCTION stripe.retry_due_events(p_batch_size integer) OWNER TO booking_owner;
 
 --
+-- Name: announced_stock; Type: TABLE; Schema: booking; Owner: booking_owner
+--
+
+CREATE TABLE booking.announced_stock (
+    inventory_id uuid NOT NULL,
+    sold_out boolean NOT NULL
+);
+
+
+ALTER TABLE booking.announced_stock OWNER TO booking_owner;
+
+--
 -- Name: booking_history; Type: TABLE; Schema: booking; Owner: booking_owner
 --
 
@@ -4288,6 +4617,25 @@ ALTER TABLE booking.inventory_buckets OWNER TO booking_owner;
 --
 
 COMMENT ON COLUMN booking.inventory_buckets.sold IS 'This bucket''s share of the units sold (a payment adds to any bucket free of locks); may be negative, only the sum per inventory means anything.';
+
+
+--
+-- Name: cache_versions; Type: TABLE; Schema: core; Owner: booking_owner
+--
+
+CREATE TABLE core.cache_versions (
+    namespace core.text_1_200 NOT NULL,
+    version bigint NOT NULL
+);
+
+
+ALTER TABLE core.cache_versions OWNER TO booking_owner;
+
+--
+-- Name: TABLE cache_versions; Type: COMMENT; Schema: core; Owner: booking_owner
+--
+
+COMMENT ON TABLE core.cache_versions IS 'The current version of each cache namespace; bumped in the transaction of the change (sql/functions/versions.sql).';
 
 
 --
@@ -5089,6 +5437,14 @@ CREATE TABLE stripe.config (
 ALTER TABLE stripe.config OWNER TO booking_owner;
 
 --
+-- Name: announced_stock announced_stock_pkey; Type: CONSTRAINT; Schema: booking; Owner: booking_owner
+--
+
+ALTER TABLE ONLY booking.announced_stock
+    ADD CONSTRAINT announced_stock_pkey PRIMARY KEY (inventory_id);
+
+
+--
 -- Name: booking_history booking_history_pkey; Type: CONSTRAINT; Schema: booking; Owner: booking_owner
 --
 
@@ -5166,6 +5522,14 @@ ALTER TABLE ONLY booking.inventory
 
 ALTER TABLE ONLY booking.inventory
     ADD CONSTRAINT inventory_sku_key UNIQUE (sku);
+
+
+--
+-- Name: cache_versions cache_versions_pkey; Type: CONSTRAINT; Schema: core; Owner: booking_owner
+--
+
+ALTER TABLE ONLY core.cache_versions
+    ADD CONSTRAINT cache_versions_pkey PRIMARY KEY (namespace);
 
 
 --
@@ -5481,6 +5845,34 @@ CREATE TRIGGER bookings_guard BEFORE INSERT OR UPDATE ON booking.bookings FOR EA
 
 
 --
+-- Name: inventory_buckets buckets_announce_at_commit; Type: TRIGGER; Schema: booking; Owner: booking_owner
+--
+
+CREATE CONSTRAINT TRIGGER buckets_announce_at_commit AFTER UPDATE OF free ON booking.inventory_buckets DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN ((((old.free)::integer = 0) <> ((new.free)::integer = 0))) EXECUTE FUNCTION booking.announce_changes();
+
+
+--
+-- Name: inventory_buckets buckets_note_crossing; Type: TRIGGER; Schema: booking; Owner: booking_owner
+--
+
+CREATE TRIGGER buckets_note_crossing AFTER UPDATE OF free ON booking.inventory_buckets FOR EACH ROW WHEN ((((old.free)::integer = 0) <> ((new.free)::integer = 0))) EXECUTE FUNCTION booking.note_bucket_crossing();
+
+
+--
+-- Name: inventory inventory_announce_at_commit; Type: TRIGGER; Schema: booking; Owner: booking_owner
+--
+
+CREATE CONSTRAINT TRIGGER inventory_announce_at_commit AFTER INSERT OR UPDATE ON booking.inventory DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION booking.announce_changes();
+
+
+--
+-- Name: inventory inventory_note_change; Type: TRIGGER; Schema: booking; Owner: booking_owner
+--
+
+CREATE TRIGGER inventory_note_change AFTER INSERT OR UPDATE ON booking.inventory FOR EACH ROW EXECUTE FUNCTION booking.note_inventory_change();
+
+
+--
 -- Name: lines lines_append_only; Type: TRIGGER; Schema: ledger; Owner: booking_owner
 --
 
@@ -5520,6 +5912,14 @@ CREATE CONSTRAINT TRIGGER transactions_balanced AFTER INSERT ON ledger.transacti
 --
 
 CREATE TRIGGER transactions_no_truncate BEFORE TRUNCATE ON ledger.transactions FOR EACH STATEMENT EXECUTE FUNCTION ledger.refuse_change();
+
+
+--
+-- Name: announced_stock announced_stock_inventory_id_fkey; Type: FK CONSTRAINT; Schema: booking; Owner: booking_owner
+--
+
+ALTER TABLE ONLY booking.announced_stock
+    ADD CONSTRAINT announced_stock_inventory_id_fkey FOREIGN KEY (inventory_id) REFERENCES booking.inventory(inventory_id);
 
 
 --
@@ -5619,11 +6019,35 @@ GRANT ALL ON FUNCTION api.availability(p_inventory_id uuid) TO booking_app;
 
 
 --
+-- Name: FUNCTION bump_cache_version(p_namespace text); Type: ACL; Schema: api; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION api.bump_cache_version(p_namespace text) FROM PUBLIC;
+GRANT ALL ON FUNCTION api.bump_cache_version(p_namespace text) TO booking_app;
+
+
+--
+-- Name: FUNCTION cache_versions(p_namespaces text[]); Type: ACL; Schema: api; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION api.cache_versions(p_namespaces text[]) FROM PUBLIC;
+GRANT ALL ON FUNCTION api.cache_versions(p_namespaces text[]) TO booking_app;
+
+
+--
 -- Name: FUNCTION cancel_booking(p_booking_id uuid, p_reason text); Type: ACL; Schema: api; Owner: booking_owner
 --
 
 REVOKE ALL ON FUNCTION api.cancel_booking(p_booking_id uuid, p_reason text) FROM PUBLIC;
 GRANT ALL ON FUNCTION api.cancel_booking(p_booking_id uuid, p_reason text) TO booking_app;
+
+
+--
+-- Name: FUNCTION catalog(p_sku_prefix text, p_limit integer); Type: ACL; Schema: api; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION api.catalog(p_sku_prefix text, p_limit integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION api.catalog(p_sku_prefix text, p_limit integer) TO booking_app;
 
 
 --
@@ -5858,6 +6282,14 @@ GRANT ALL ON FUNCTION api.set_capacity(p_inventory_id uuid, p_capacity integer) 
 
 
 --
+-- Name: FUNCTION set_unit_amount(p_inventory_id uuid, p_unit_amount bigint); Type: ACL; Schema: api; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION api.set_unit_amount(p_inventory_id uuid, p_unit_amount bigint) FROM PUBLIC;
+GRANT ALL ON FUNCTION api.set_unit_amount(p_inventory_id uuid, p_unit_amount bigint) TO booking_app;
+
+
+--
 -- Name: FUNCTION add_free(p_inventory_id uuid, p_units integer); Type: ACL; Schema: booking; Owner: booking_owner
 --
 
@@ -5869,6 +6301,13 @@ REVOKE ALL ON FUNCTION booking.add_free(p_inventory_id uuid, p_units integer) FR
 --
 
 REVOKE ALL ON FUNCTION booking.after_booking_change() FROM PUBLIC;
+
+
+--
+-- Name: FUNCTION announce_changes(); Type: ACL; Schema: booking; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION booking.announce_changes() FROM PUBLIC;
 
 
 --
@@ -5956,6 +6395,27 @@ REVOKE ALL ON FUNCTION booking.lock_buckets(p_inventory_id uuid) FROM PUBLIC;
 
 
 --
+-- Name: FUNCTION note_bucket_crossing(); Type: ACL; Schema: booking; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION booking.note_bucket_crossing() FROM PUBLIC;
+
+
+--
+-- Name: FUNCTION note_cache_change(p_inventory_id uuid, p_force boolean); Type: ACL; Schema: booking; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION booking.note_cache_change(p_inventory_id uuid, p_force boolean) FROM PUBLIC;
+
+
+--
+-- Name: FUNCTION note_inventory_change(); Type: ACL; Schema: booking; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION booking.note_inventory_change() FROM PUBLIC;
+
+
+--
 -- Name: FUNCTION purge_ended_holds(p_retention interval, p_batch_size integer); Type: ACL; Schema: booking; Owner: booking_owner
 --
 
@@ -6023,6 +6483,13 @@ REVOKE ALL ON FUNCTION booking.take_units(p_inventory_id uuid, p_units integer, 
 --
 
 REVOKE ALL ON FUNCTION booking.take_units_slowly(p_inventory_id uuid, p_quantity integer) FROM PUBLIC;
+
+
+--
+-- Name: FUNCTION bump_cache_version(p_namespace text); Type: ACL; Schema: core; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION core.bump_cache_version(p_namespace text) FROM PUBLIC;
 
 
 --
