@@ -126,7 +126,7 @@ def readers_during(url: str, port: int, mode: str, readers: int, processes: int,
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=int, default=6)
-    parser.add_argument("--readers", type=int, default=16)
+    parser.add_argument("--readers", type=int, default=32)
     parser.add_argument("--processes", type=int, default=4, help="application processes the readers are in")
     args = parser.parse_args()
     s = args.seconds
