@@ -17,8 +17,13 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install -q --disable-pip-version-check -e '.[test]'
 	touch $@
 
+# sqlfluff (SQL style), squawk (migrations a DBA would refuse: .squawk.toml), plpgsql_check
+# (every PL/pgSQL body, in a throwaway cluster: scripts/lint_plpgsql.py).
 lint: deps
 	$(VENV)/bin/sqlfluff lint --disable-progress-bar sql/
+	@echo "squawk: sql/migrations/*.sql; the files already applied are excluded by name in .squawk.toml"
+	$(VENV)/bin/squawk --config .squawk.toml --no-error-on-unmatched-pattern 'sql/migrations/*.sql'
+	$(VENV)/bin/python scripts/lint_plpgsql.py
 
 test: deps lint
 	$(VENV)/bin/pytest

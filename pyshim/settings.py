@@ -20,6 +20,14 @@ def _required(env: Mapping[str, str], name: str, why: str) -> str:
     return value
 
 
+def flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    """A 'true' or 'false' setting; anything else is refused (a typo must not flip it)."""
+    value = env.get(name, "").strip().lower() or ("true" if default else "false")
+    if value not in ("true", "false"):
+        raise ConfigError(f"{name} must be 'true' or 'false', not {value!r}")
+    return value == "true"
+
+
 def _positive_int(env: Mapping[str, str], name: str, default: int, most: int) -> int:
     value = env.get(name, "").strip() or str(default)
     if not value.isdigit() or not 1 <= int(value) <= most:
@@ -38,6 +46,11 @@ class Settings:
     pool_max_size: int = 10
     # How long a request waits for a pooled connection before answering 503.
     pool_timeout_s: float = 5.0
+    # How long the pool retries one lost connection (backing off 1, 2, 4 ... s) before it
+    # gives up; the next request then starts a new attempt at once. psycopg_pool's default
+    # (300 s) let the backoff grow to 8 and 16 s, so a shim served again up to that long
+    # after its database came back (tests/e2e/test_crashes.py).
+    pool_reconnect_timeout_s: float = 5.0
     webhook_tolerance_s: int = 300
     webhook_body_max_bytes: int = 1024 * 1024
     request_body_max_bytes: int = 16 * 1024
@@ -50,6 +63,10 @@ class Settings:
     # events in flight, each with at most webhook_batch_max events.
     webhook_batch_concurrency: int = 4
     webhook_batch_max: int = 32
+    # False behind a pooler in transaction mode that keeps no prepared statements
+    # (pgbouncer before 1.21): successive transactions of one client land on different
+    # server connections, so a statement prepared on one is missing on the next.
+    prepared_statements: bool = True
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -83,4 +100,5 @@ class Settings:
             pool_max_size=int(env.get("DB_POOL_MAX_SIZE", "10")),
             webhook_batch_concurrency=_positive_int(env, "WEBHOOK_BATCH_CONCURRENCY", 4, 1000),
             webhook_batch_max=_positive_int(env, "WEBHOOK_BATCH_MAX", 32, 100),
+            prepared_statements=flag(env, "DB_PREPARED_STATEMENTS", True),
         )

@@ -1,17 +1,21 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the project needs when they are missing:
-# PostgreSQL 15 with pg_cron, and the small tools the scripts use.
+# PostgreSQL 15 with pg_cron and plpgsql_check, pgbouncer for the pooler tests, and the small tools the scripts use.
 set -euo pipefail
 PGBIN=/usr/lib/postgresql/15/bin
 missing=()
 [[ -x $PGBIN/postgres ]] || missing+=(postgresql-15)
 [[ -f /usr/lib/postgresql/15/lib/pg_cron.so ]] || missing+=(postgresql-15-cron)
+# `make lint` checks every PL/pgSQL body with it (in a throwaway cluster; never in the migrations).
+[[ -f /usr/lib/postgresql/15/lib/plpgsql_check.so ]] || missing+=(postgresql-15-plpgsql-check)
 command -v psql >/dev/null || missing+=(postgresql-client-15)
 command -v setpriv >/dev/null || missing+=(util-linux)
 command -v openssl >/dev/null || missing+=(openssl)
 command -v curl >/dev/null || missing+=(curl)
-# The versioned-cache test and bench start their own Redis (tests/sql/test_cache_redis.py).
+# The versioned-cache test and bench start their own Redis (tests/cache/test_catalog_cache_redis.py).
 command -v redis-server >/dev/null || missing+=(redis-server)
+# tests/e2e/test_pgbouncer.py runs the shim and the worker behind Debian's pgbouncer (1.18).
+[[ -x /usr/sbin/pgbouncer ]] || command -v pgbouncer >/dev/null || missing+=(pgbouncer)
 # The HTTP load generator of `make bench` (BENCH=1): light enough not to compete with the shim.
 [[ -z ${BENCH:-} ]] || command -v wrk >/dev/null || missing+=(wrk)
 if ((${#missing[@]} == 0)); then exit 0; fi

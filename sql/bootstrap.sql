@@ -65,6 +65,7 @@ COMMENT ON TABLE migrate.history IS
 CREATE OR REPLACE FUNCTION migrate.plan(p_kind text, p_name text, p_checksum text)
 RETURNS boolean
 LANGUAGE plpgsql
+STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
 -- Whether the file must be applied; refuses an applied versioned file that was edited.

@@ -15,6 +15,13 @@
 # interleave; the second waits, then finds nothing to do. Files run as booking_owner
 # (SET LOCAL ROLE), so that role owns every object; cron schedules run as the session
 # user, the role pg_cron starts the jobs as.
+#
+# Locks: the session sets lock_timeout (MIGRATE_LOCK_TIMEOUT, default 5s) once it holds
+# the advisory lock. A statement waiting for a table lock (an ALTER TABLE behind a long
+# transaction) would make every buyer that touches the table queue behind it; instead it
+# gives up after lock_timeout (SQLSTATE 55P03), its file's transaction rolls back whole,
+# and the run starts again after MIGRATE_LOCK_PAUSE_S (default 5) seconds, resuming at that
+# file (applied files are recorded), at most MIGRATE_LOCK_TRIES (default 5) runs in all.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 dry_run=0
@@ -25,14 +32,29 @@ if [[ -z $url ]]; then
   exit 2
 fi
 PSQL=${PSQL:-psql}
+lock_timeout=${MIGRATE_LOCK_TIMEOUT:-5s}
+lock_tries=${MIGRATE_LOCK_TRIES:-5}
+lock_pause_s=${MIGRATE_LOCK_PAUSE_S:-5}
+if ! [[ $lock_timeout =~ ^[0-9]+(ms|s|min)?$ && $lock_tries =~ ^[1-9][0-9]*$ && $lock_pause_s =~ ^[0-9]+(\.[0-9]+)?$ ]]; then
+  echo "$0: MIGRATE_LOCK_TIMEOUT must be like 5s, 500ms or 1min; MIGRATE_LOCK_TRIES a whole number >= 1;" \
+    "MIGRATE_LOCK_PAUSE_S a number of seconds" >&2
+  exit 2
+fi
 
 sum() { cat "$@" | sha256sum | cut -c1-64; }
 
 # One step: kind, name (path relative to sql/), checksum, file, role to run as ('' = session user).
 step() {
   local kind=$1 name=$2 checksum=$3 file=$4 as_owner=$5 also= mark=
-  # A versioned step that runs (or would) makes every repeatable after it run too.
-  if [[ $kind == repeatable ]]; then also=" OR :'versioned_ran' = '1'"; else mark='\set versioned_ran 1'; fi
+  # A versioned step that runs (or would, in a dry run) makes every repeatable after it run
+  # too; so does one applied after the repeatable was last applied (a run that stopped
+  # between them, e.g. on a lock timeout, owes the repeatables to the next run).
+  if [[ $kind == repeatable ]]; then
+    also=" OR :'versioned_ran' = '1' OR EXISTS (SELECT FROM migrate.history AS v WHERE v.kind = 'versioned'"
+    also+=" AND v.applied_at > (SELECT r.applied_at FROM migrate.history AS r WHERE r.kind = 'repeatable' AND r.name = '$name'))"
+  else
+    mark='\set versioned_ran 1'
+  fi
   cat <<SQL
 SELECT migrate.plan('$kind', '$name', '$checksum')$also AS todo \\gset
 \\if :todo
@@ -64,6 +86,8 @@ script() {
 \\set versioned_ran 0
 SET client_min_messages = warning;
 SELECT pg_advisory_lock(hashtext('booking-core migrate'));
+-- After the advisory lock, so that a second migrator still waits for the first as long as it takes.
+SET lock_timeout = '$lock_timeout';
 \\if :dry_run
 BEGIN;
 \\endif
@@ -99,4 +123,24 @@ SQL
 
 if [[ ${MIGRATE_PRINT:-0} == 1 ]]; then script; exit 0; fi
 # The dry run applies bootstrap.sql inside a transaction that is rolled back.
-script | "$PSQL" "$url" -X -q -v ON_ERROR_STOP=1 --no-psqlrc -f - -o /dev/null
+# VERBOSITY verbose puts the SQLSTATE in psql's error line, which is how a lock timeout
+# (55P03) is told from any other failure whatever the server's language.
+errors=$(mktemp)
+trap 'rm -f "$errors"' EXIT
+for ((try = 1; ; try++)); do
+  status=0
+  script | "$PSQL" "$url" -X -q -v ON_ERROR_STOP=1 -v VERBOSITY=verbose --no-psqlrc \
+    -f - -o /dev/null 2>"$errors" || status=$?
+  cat "$errors" >&2
+  if ((status == 0)); then exit 0; fi
+  grep -q 'ERROR:  55P03: ' "$errors" || exit "$status"
+  # psql names the file and line of the failed statement: psql:/path/to/sql/migrations/V...sql:12: ERROR: ...
+  timed_out=$(sed -n 's/^psql:\(.*\):[0-9]*: ERROR:  55P03: .*/\1/p' "$errors" | head -n 1)
+  timed_out=${timed_out#"$here"/}
+  if ((try >= lock_tries)); then
+    echo "migrate: gave up after $try tries: ${timed_out:-a statement} waited longer than lock_timeout ($lock_timeout) for a lock each time; nothing of it was applied. See who holds the lock (pg_locks, pg_stat_activity), then run again." >&2
+    exit "$status"
+  fi
+  echo "migrate: lock timeout ($lock_timeout) in ${timed_out:-a statement}, rolled back; try $((try + 1)) of $lock_tries in ${lock_pause_s}s" >&2
+  sleep "$lock_pause_s"
+done

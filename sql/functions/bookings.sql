@@ -229,9 +229,9 @@ BEGIN
             last_stripe_event_id = p_stripe_event_id
         FROM booking.booking_transitions AS t
         WHERE b.booking_id = p_booking_id AND t.from_status = b.status AND t.event = p_event
-        RETURNING b.status INTO v_to;
+        RETURNING b.status::text INTO v_to;
         EXIT WHEN FOUND OR v_locked;
-        SELECT b.status INTO v_status FROM booking.bookings AS b WHERE b.booking_id = p_booking_id FOR UPDATE;
+        SELECT b.status::text INTO v_status FROM booking.bookings AS b WHERE b.booking_id = p_booking_id FOR UPDATE;
         IF NOT FOUND THEN
             RAISE EXCEPTION 'booking % not found', p_booking_id USING ERRCODE = 'RB005';
         END IF;

@@ -45,7 +45,7 @@ AS $$
 DECLARE
     v_count int;
 BEGIN
-    SELECT count(*) INTO v_count FROM booking.inventory_buckets WHERE inventory_id = p_inventory_id;
+    SELECT count(*)::int INTO v_count FROM booking.inventory_buckets WHERE inventory_id = p_inventory_id;
     UPDATE booking.inventory_buckets AS b
     SET free = b.free + p_units / v_count + CASE WHEN b.bucket_no < p_units % v_count THEN 1 ELSE 0 END
     WHERE b.inventory_id = p_inventory_id;
@@ -200,7 +200,7 @@ AS $$
 DECLARE
     v_pick smallint;
     v_bucket smallint;
-    v_available bigint;
+    v_available int;
 BEGIN
     BEGIN
         SELECT c.bucket_no INTO v_pick
@@ -244,7 +244,7 @@ AS $$
 -- taken out of order, would deadlock against the slow path's ordered locking, so the
 -- attempt runs in a subtransaction and a miss is rolled back, which releases it.
 DECLARE
-    v_start int := floor(random() * p_bucket_count);
+    v_start int := floor(random() * p_bucket_count)::int;
     v_bucket smallint;
 BEGIN
     BEGIN

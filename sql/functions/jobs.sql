@@ -134,7 +134,7 @@ DECLARE
     v_status text;
 BEGIN
     PERFORM core.require(p_job_id, 'p_job_id');
-    SELECT j.status INTO v_status FROM jobs.jobs AS j WHERE j.job_id = p_job_id FOR UPDATE;
+    SELECT j.status::text INTO v_status FROM jobs.jobs AS j WHERE j.job_id = p_job_id FOR UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'job % not found', p_job_id USING ERRCODE = 'RB005';
     END IF;

@@ -29,8 +29,11 @@ BEGIN
     CREATE TEMP TABLE IF NOT EXISTS reconcile_stripe (
         kind text, id text, amount bigint, currency text
     ) ON COMMIT DROP;
-    TRUNCATE reconcile_stripe;
-    INSERT INTO reconcile_stripe
+    -- plpgsql_check reads the body before any call has created this table: the pragma
+    -- (a constant to PL/pgSQL, so nothing at run time) gives it the table's shape.
+    PERFORM 'PRAGMA:TABLE: reconcile_stripe (kind text, id text, amount bigint, currency text)';
+    TRUNCATE pg_temp.reconcile_stripe;
+    INSERT INTO pg_temp.reconcile_stripe
     SELECT s.kind, s.id, s.amount, s.currency
     FROM jsonb_to_recordset(p_stripe) AS s(kind text, id text, amount bigint, currency text)
     WHERE s.kind IN ('charge', 'refund');
@@ -46,7 +49,7 @@ BEGIN
     SELECT v_run_id,
            CASE WHEN t.txn_id IS NULL THEN 'missing_in_ledger' ELSE 'amount_differs' END,
            s.kind, s.id, s.amount, t.amount, s.currency, t.booking_id
-    FROM reconcile_stripe AS s
+    FROM pg_temp.reconcile_stripe AS s
     LEFT JOIN ledger.transactions AS t ON t.kind = s.kind AND t.stripe_object_id = s.id
     WHERE t.txn_id IS NULL OR (t.amount, t.currency) IS DISTINCT FROM (s.amount, s.currency)
     UNION ALL
@@ -54,7 +57,7 @@ BEGIN
     FROM ledger.transactions AS t
     WHERE t.kind IN ('charge', 'refund')
       AND t.posted_at >= p_window_start AND t.posted_at < p_window_end
-      AND NOT EXISTS (SELECT FROM reconcile_stripe AS s WHERE s.kind = t.kind AND s.id = t.stripe_object_id);
+      AND NOT EXISTS (SELECT FROM pg_temp.reconcile_stripe AS s WHERE s.kind = t.kind AND s.id = t.stripe_object_id);
     GET DIAGNOSTICS v_count = ROW_COUNT;
     UPDATE core.reconciliation_runs SET mismatches = v_count WHERE run_id = v_run_id;
 

@@ -118,10 +118,10 @@ DECLARE
     v_outcome text;
     v_sqlstate text;
     v_message text;
-    v_counts jsonb := '{}';
+    v_counts jsonb := '{}'::jsonb;
 BEGIN
     FOR v_id IN
-        SELECT e.event_id FROM stripe.events AS e
+        SELECT e.event_id::text FROM stripe.events AS e
         WHERE e.status IN ('deferred', 'failed') AND e.next_attempt_at <= (SELECT now())
         ORDER BY e.next_attempt_at
         LIMIT p_batch_size
@@ -173,7 +173,7 @@ BEGIN
     PERFORM stripe.check_event(p_event);
     -- Deliveries of one event id take turns; a later one finds the row the first wrote.
     PERFORM pg_advisory_xact_lock(hashtextextended(v_event_id, 7263));
-    SELECT e.status INTO v_status FROM stripe.events AS e WHERE e.event_id = v_event_id FOR UPDATE;
+    SELECT e.status::text INTO v_status FROM stripe.events AS e WHERE e.event_id = v_event_id FOR UPDATE;
     IF FOUND THEN
         -- A redelivery of an event that failed or waits is a retry: apply it now.
         IF v_status IN ('failed', 'deferred', 'dead') THEN
@@ -255,7 +255,7 @@ BEGIN
     v_events := ARRAY(SELECT e FROM jsonb_array_elements(p_events) AS e);
     v_outcomes := array_fill(NULL::text, ARRAY[cardinality(v_events)]);
     FOR v_i IN
-        SELECT u.ord FROM unnest(v_events) WITH ORDINALITY AS u (e, ord)
+        SELECT u.ord::int FROM unnest(v_events) WITH ORDINALITY AS u (e, ord)
         ORDER BY stripe.lock_order_key(u.e), u.e ->> 'id', u.ord
     LOOP
         IF p_correlation_ids IS NOT NULL THEN
