@@ -1630,7 +1630,7 @@ BEGIN
             PERFORM booking.end_holds(ARRAY[v_existing.hold_id], 'expired');
             -- Units counted as available (the hold was dead) become held with no bucket
             -- crossing 0: the sold-out state may change, so announce at commit.
-            PERFORM booking.note_cache_change(p_inventory_id, true);
+            PERFORM booking.note_forced_change(p_inventory_id);
             v_home := v_existing.bucket_no;
             v_needed := greatest(p_quantity - v_existing.quantity, 0);
             IF v_existing.quantity > p_quantity THEN
@@ -2256,6 +2256,7 @@ BEGIN
         RETURN NULL;
     END IF;
     PERFORM set_config('booking.cache_pending', '', true);
+    DELETE FROM booking.cache_notes AS n WHERE n.txid = txid_current();
     SELECT array_agg(DISTINCT rtrim(e, '+')::uuid ORDER BY rtrim(e, '+')::uuid),
            array_agg(DISTINCT rtrim(e, '+')::uuid) FILTER (WHERE e LIKE '%+')
     INTO v_ids, v_forced
@@ -2434,7 +2435,7 @@ BEGIN
         IF v_row.was_dead THEN
             -- A late payment: units counted as available (the hold was past its deadline)
             -- are sold with no bucket crossing 0; the sold-out state may change.
-            PERFORM booking.note_cache_change(v_row.inventory_id, true);
+            PERFORM booking.note_forced_change(v_row.inventory_id);
         END IF;
         v_bucket := booking.idle_bucket(v_row.inventory_id);
         UPDATE booking.inventory_buckets
@@ -2760,6 +2761,26 @@ $$;
 
 
 ALTER FUNCTION booking.note_cache_change(p_inventory_id uuid, p_force boolean) OWNER TO booking_owner;
+
+--
+-- Name: note_forced_change(uuid); Type: FUNCTION; Schema: booking; Owner: booking_owner
+--
+
+CREATE FUNCTION booking.note_forced_change(p_inventory_id uuid) RETURNS void
+    LANGUAGE plpgsql
+    AS $$
+-- For a change no trigger sees (a dead hold's units consumed without a bucket crossing 0):
+-- notes the inventory as forced, and queues the commit-time announcement with a row of
+-- booking.cache_notes (no lock: taking the announced row or 'catalog' here, before the
+-- transaction's bucket locks, could deadlock).
+BEGIN
+    PERFORM booking.note_cache_change(p_inventory_id, true);
+    INSERT INTO booking.cache_notes (inventory_id) VALUES (p_inventory_id);
+END;
+$$;
+
+
+ALTER FUNCTION booking.note_forced_change(p_inventory_id uuid) OWNER TO booking_owner;
 
 --
 -- Name: note_inventory_change(); Type: FUNCTION; Schema: booking; Owner: booking_owner
@@ -4732,6 +4753,18 @@ CREATE TABLE booking.booking_transitions (
 ALTER TABLE booking.booking_transitions OWNER TO booking_owner;
 
 --
+-- Name: cache_notes; Type: TABLE; Schema: booking; Owner: booking_owner
+--
+
+CREATE TABLE booking.cache_notes (
+    txid bigint DEFAULT txid_current() NOT NULL,
+    inventory_id uuid NOT NULL
+);
+
+
+ALTER TABLE booking.cache_notes OWNER TO booking_owner;
+
+--
 -- Name: inventory; Type: TABLE; Schema: booking; Owner: booking_owner
 --
 
@@ -6020,6 +6053,13 @@ CREATE TRIGGER buckets_note_crossing AFTER UPDATE OF free ON booking.inventory_b
 
 
 --
+-- Name: cache_notes cache_notes_announce_at_commit; Type: TRIGGER; Schema: booking; Owner: booking_owner
+--
+
+CREATE CONSTRAINT TRIGGER cache_notes_announce_at_commit AFTER INSERT ON booking.cache_notes DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION booking.announce_changes();
+
+
+--
 -- Name: inventory inventory_announce_at_commit; Type: TRIGGER; Schema: booking; Owner: booking_owner
 --
 
@@ -6567,6 +6607,13 @@ REVOKE ALL ON FUNCTION booking.note_bucket_crossing() FROM PUBLIC;
 --
 
 REVOKE ALL ON FUNCTION booking.note_cache_change(p_inventory_id uuid, p_force boolean) FROM PUBLIC;
+
+
+--
+-- Name: FUNCTION note_forced_change(p_inventory_id uuid); Type: ACL; Schema: booking; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION booking.note_forced_change(p_inventory_id uuid) FROM PUBLIC;
 
 
 --

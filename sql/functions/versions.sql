@@ -28,7 +28,7 @@
 -- sold_out may stay true until the sweep (or the next transaction that reclaims it) moves
 -- the units back to a bucket, which bumps. Paths that consume a dead hold's units without
 -- touching a bucket (a hold key reused after its hold died, a late payment converting an
--- expired booked hold) note the inventory as forced (booking.note_cache_change).
+-- expired booked hold) note the inventory as forced (booking.note_forced_change).
 
 CREATE OR REPLACE FUNCTION core.bump_cache_version(p_namespace text)
 RETURNS bigint
@@ -57,6 +57,20 @@ BEGIN
     IF strpos(v_pending, v_entry) = 0 THEN
         PERFORM set_config('booking.cache_pending', v_pending || ',' || v_entry, true);
     END IF;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION booking.note_forced_change(p_inventory_id uuid)
+RETURNS void
+LANGUAGE plpgsql
+AS $$
+-- For a change no trigger sees (a dead hold's units consumed without a bucket crossing 0):
+-- notes the inventory as forced, and queues the commit-time announcement with a row of
+-- booking.cache_notes (no lock: taking the announced row or 'catalog' here, before the
+-- transaction's bucket locks, could deadlock).
+BEGIN
+    PERFORM booking.note_cache_change(p_inventory_id, true);
+    INSERT INTO booking.cache_notes (inventory_id) VALUES (p_inventory_id);
 END;
 $$;
 
@@ -105,6 +119,7 @@ BEGIN
         RETURN NULL;
     END IF;
     PERFORM set_config('booking.cache_pending', '', true);
+    DELETE FROM booking.cache_notes AS n WHERE n.txid = txid_current();
     SELECT array_agg(DISTINCT rtrim(e, '+')::uuid ORDER BY rtrim(e, '+')::uuid),
            array_agg(DISTINCT rtrim(e, '+')::uuid) FILTER (WHERE e LIKE '%+')
     INTO v_ids, v_forced
@@ -175,6 +190,13 @@ FOR EACH ROW EXECUTE FUNCTION booking.note_inventory_change();
 DROP TRIGGER IF EXISTS inventory_announce_at_commit ON booking.inventory;
 CREATE CONSTRAINT TRIGGER inventory_announce_at_commit
 AFTER INSERT OR UPDATE ON booking.inventory
+DEFERRABLE INITIALLY DEFERRED
+FOR EACH ROW EXECUTE FUNCTION booking.announce_changes();
+
+-- Changes no other trigger sees (booking.note_forced_change).
+DROP TRIGGER IF EXISTS cache_notes_announce_at_commit ON booking.cache_notes;
+CREATE CONSTRAINT TRIGGER cache_notes_announce_at_commit
+AFTER INSERT ON booking.cache_notes
 DEFERRABLE INITIALLY DEFERRED
 FOR EACH ROW EXECUTE FUNCTION booking.announce_changes();
 

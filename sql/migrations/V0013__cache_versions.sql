@@ -26,6 +26,16 @@ SELECT i.inventory_id, coalesce((SELECT sum(b.free) = 0 FROM booking.inventory_b
                                  WHERE b.inventory_id = i.inventory_id), true) AS sold_out
 FROM booking.inventory AS i;
 
+-- Inventories noted for announcement by a transaction whose change touched no bucket
+-- across 0 and no inventory row (a dead hold's units taken by a reused hold key or sold
+-- by a late payment): the insert queues the deferred trigger that announces at commit,
+-- which deletes the transaction's rows. Empty outside open transactions; no key, so
+-- concurrent inserts never wait for each other.
+CREATE TABLE booking.cache_notes (
+    txid bigint NOT NULL DEFAULT txid_current(),
+    inventory_id uuid NOT NULL
+);
+
 -- The price a hold was placed at: set_unit_amount changes the price of holds placed from
 -- then on, and a booking is priced from its holds. NULL (holds placed before this
 -- migration, when prices could not change) means the inventory's price. Nullable with no

@@ -270,3 +270,85 @@ def test_readers_never_see_one_version_with_two_prices_nor_a_version_go_backward
     assert reads[0] > 100 and len(seen) > 20, (reads[0], len(seen))
     # Sold-out states really flipped during the run (the test covers them).
     assert any(s[2] for state in seen.values() for s in state.values())
+
+
+def _paid_sold_out_booking(app, shim, ttl="15 minutes"):
+    from psycopg.types.json import Jsonb
+
+    from tests.stripe_events import event, payment_intent
+
+    inv = new_inventory(app, capacity=2, ttl=ttl, amount=1000)
+    hold, expires_at = place(app, inv, 2, holder="erin")
+    booking = app.execute("SELECT api.create_booking(NULL, 'erin', ARRAY[%s]::uuid[])", (hold,)).fetchone()[0]
+    pi = f"pi_{uuid.uuid4().hex[:8]}"
+    pay = event("payment_intent.succeeded", payment_intent(pi, booking["booking_id"], 2000))
+    booking["pi"] = pi
+    return inv, booking, expires_at, lambda: shim.execute("SELECT api.ingest_stripe_event(%s)", (Jsonb(pay),))
+
+
+def test_a_refund_that_makes_units_available_again_bumps(db, app, shim):
+    from psycopg.types.json import Jsonb
+
+    from tests.stripe_events import event, refund
+
+    inv, booking, _, pay = _paid_sold_out_booking(app, shim)
+    pay()
+    pi = booking["pi"]
+    (v,) = versions(app, inv_ns(inv))
+    assert app.execute("SELECT sold_out FROM api.catalog('') WHERE inventory_id = %s", (inv,)).fetchone()[0]
+    shim.execute("SELECT api.ingest_stripe_event(%s)", (Jsonb(event("refund.created", refund("re_v", pi, 2000))),))
+    assert db.one("SELECT status FROM booking.bookings WHERE booking_id = %s", (booking["booking_id"],)) == "refunded"
+    (v2,) = versions(app, inv_ns(inv))
+    assert v2 > v
+    assert not app.execute("SELECT sold_out FROM api.catalog('') WHERE inventory_id = %s", (inv,)).fetchone()[0]
+
+
+def test_a_late_payment_of_a_dead_unswept_hold_announces_the_sell_out(db, app, shim):
+    # The booked hold died at its deadline (no transaction: catalog says available, no
+    # bump); the payment then sells those units with no bucket crossing 0: forced bump.
+    inv, booking, expires_at, pay = _paid_sold_out_booking(app, shim, ttl="1 second")
+    wait_past(app, expires_at)
+    assert app.execute("SELECT available, sold_out FROM api.catalog('') WHERE inventory_id = %s",
+                       (inv,)).fetchone() == (2, False)
+    (v,) = versions(app, inv_ns(inv))
+    pay()
+    assert db.one("SELECT status FROM booking.bookings WHERE booking_id = %s", (booking["booking_id"],)) == "confirmed"
+    assert app.execute("SELECT available, sold_out FROM api.catalog('') WHERE inventory_id = %s",
+                       (inv,)).fetchone() == (0, True)
+    (v2,) = versions(app, inv_ns(inv))
+    assert v2 > v
+
+
+def test_under_repeatable_read_the_second_buyer_of_the_last_units_gets_40001(db, app):
+    # REPEATABLE READ cannot re-read after the lock: the announced row, rewritten by the
+    # first commit, makes the second one fail instead of missing the sell-out.
+    inv = new_inventory(app, capacity=16)
+    place(app, inv, 7)
+    place(app, inv, 7)
+    with psycopg.connect(db.app_url) as a, psycopg.connect(db.app_url) as b:
+        for conn in (a, b):
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        place(a, inv, 1, holder="a")
+        place(b, inv, 1, holder="b")
+        a.commit()
+        with pytest.raises(psycopg.errors.SerializationFailure):
+            b.commit()
+    assert app.execute("SELECT available FROM api.availability(%s)", (inv,)).fetchone()[0] == 1
+    # A retry (new snapshot) takes the last unit and announces the sell-out.
+    (v,) = versions(app, inv_ns(inv))
+    place(app, inv, 1, holder="b")
+    assert versions(app, inv_ns(inv))[0] > v
+    assert catalog(app)[0][6] is True
+
+
+def test_a_hold_key_reused_after_its_hold_died_announces_the_sell_out(db, app):
+    # The key's dead hold hands its units straight to the new hold: no bucket moves.
+    inv = new_inventory(app, capacity=3, ttl="1 second")
+    _, expires_at = place(app, inv, 3, holder="fay", key="cart-1")
+    wait_past(app, expires_at)
+    assert app.execute("SELECT sold_out FROM api.catalog('') WHERE inventory_id = %s", (inv,)).fetchone()[0] is False
+    (v,) = versions(app, inv_ns(inv))
+    place(app, inv, 3, holder="fay", key="cart-1")
+    assert app.execute("SELECT sold_out FROM api.catalog('') WHERE inventory_id = %s", (inv,)).fetchone()[0] is True
+    assert versions(app, inv_ns(inv))[0] > v
+    assert db.one("SELECT count(*) FROM booking.cache_notes") == 0, "the notes go at commit"
