@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import subprocess
 import tempfile
 import threading
@@ -124,3 +125,4 @@ def redis_server(port: int):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=10)
+        shutil.rmtree(workdir, ignore_errors=True)
