@@ -12,6 +12,8 @@ command -v psql >/dev/null || missing+=(postgresql-client-15)
 command -v setpriv >/dev/null || missing+=(util-linux)
 command -v openssl >/dev/null || missing+=(openssl)
 command -v curl >/dev/null || missing+=(curl)
+# The versioned-cache test and bench start their own Redis (tests/cache/test_catalog_cache_redis.py).
+command -v redis-server >/dev/null || missing+=(redis-server)
 # tests/e2e/test_pgbouncer.py runs the shim and the worker behind Debian's pgbouncer (1.18).
 [[ -x /usr/sbin/pgbouncer ]] || command -v pgbouncer >/dev/null || missing+=(pgbouncer)
 # The high-availability formation (make ha-run, the failover test and bench): Patroni with

@@ -43,7 +43,11 @@ GRANT EXECUTE ON FUNCTION
     api.open_queue(uuid, timestamptz, int, interval),
     api.enter_queue(uuid, text),
     api.queue_status(uuid),
-    api.place_hold_v2(uuid, int, text, text, uuid)
+    api.place_hold_v2(uuid, int, text, text, uuid),
+    api.cache_versions(text[]),
+    api.bump_cache_version(text),
+    api.catalog(text, int),
+    api.set_unit_amount(uuid, bigint)
 TO booking_app;
 
 -- The webhook shim: Stripe's events, PaymentIntents, refresh-token rotation.

@@ -132,13 +132,19 @@ BEGIN
             UPDATE booking.holds AS h
             SET status = 'converted', ended_at = clock_timestamp()
             WHERE h.booking_id = p_booking_id AND h.status = 'booked'
-            RETURNING h.inventory_id, h.bucket_no, h.quantity
+            RETURNING h.inventory_id, h.bucket_no, h.quantity, h.expires_at
         )
-        SELECT c.inventory_id, min(c.bucket_no) AS bucket_no, sum(c.quantity)::int AS units
+        SELECT c.inventory_id, min(c.bucket_no) AS bucket_no, sum(c.quantity)::int AS units,
+               bool_or(c.expires_at <= clock_timestamp()) AS was_dead
         FROM converted AS c
         GROUP BY c.inventory_id
         ORDER BY c.inventory_id
     LOOP
+        IF v_row.was_dead THEN
+            -- A late payment: units counted as available (the hold was past its deadline)
+            -- are sold with no bucket crossing 0; the sold-out state may change.
+            PERFORM booking.note_forced_change(v_row.inventory_id);
+        END IF;
         v_bucket := booking.idle_bucket(v_row.inventory_id);
         UPDATE booking.inventory_buckets
         SET sold = sold + v_row.units
@@ -345,7 +351,8 @@ BEGIN
         count(*) FILTER (WHERE h.status <> 'live' OR h.expires_at <= clock_timestamp()) AS not_live,
         count(DISTINCT i.currency) AS currencies,
         min(i.currency) AS currency,
-        sum(h.quantity::bigint * i.unit_amount) AS amount,
+        -- Each hold at the price it was placed at (NULL: placed before prices could change).
+        sum(h.quantity::bigint * coalesce(h.unit_amount, i.unit_amount)) AS amount,
         min(h.expires_at) AS expires_at
     INTO v_holds
     FROM (

@@ -408,6 +408,43 @@ $$;
 COMMENT ON FUNCTION api.set_capacity(uuid, int) IS
 'Sets an inventory''s capacity; RB001 if it would fall below what is sold plus live holds, RB005 unknown inventory.';
 
+CREATE OR REPLACE FUNCTION booking.stock(p_inventory_id uuid)
+RETURNS TABLE (sold bigint, free bigint, dead_units bigint, owed int, waits boolean)
+LANGUAGE sql
+STABLE
+AS $$
+    -- What api.availability and api.catalog count, in one place: the bucket sums, the
+    -- units of open holds already past their deadline (dead, not yet swept) and the
+    -- waitlist's owed units. Reads at most 64 bucket rows and the unswept dead holds,
+    -- never the live ones. One SELECT, so the planner inlines it into its caller.
+    SELECT b.sold, b.free, d.units, w.owed, w.waits
+    FROM (
+        SELECT coalesce(sum(x.free), 0) AS free, coalesce(sum(x.sold), 0) AS sold
+        FROM booking.inventory_buckets AS x WHERE x.inventory_id = p_inventory_id
+    ) AS b
+    CROSS JOIN (
+        SELECT coalesce(sum(h.quantity), 0) AS units
+        FROM booking.holds AS h
+        WHERE h.inventory_id = p_inventory_id
+          AND h.status IN ('live', 'booked')
+          AND h.expires_at <= (SELECT clock_timestamp())  -- an InitPlan: indexable
+    ) AS d
+    CROSS JOIN (
+        SELECT coalesce(max(x.owed), 0)::int AS owed, coalesce(bool_or(x.waiting > 0), false) AS waits
+        FROM booking.waitlists AS x WHERE x.inventory_id = p_inventory_id
+    ) AS w;
+$$;
+
+CREATE OR REPLACE FUNCTION booking.available_units(p_free bigint, p_dead_units bigint, p_owed int, p_waits boolean)
+RETURNS int
+LANGUAGE sql
+IMMUTABLE
+AS $$
+    -- What a new buyer could take now (of booking.stock): free units, plus dead holds' and
+    -- owed units unless entries wait (then those are theirs: waitlist.sql).
+    SELECT (p_free + CASE WHEN p_waits THEN 0 ELSE p_dead_units + p_owed END)::int;
+$$;
+
 CREATE OR REPLACE FUNCTION api.availability(p_inventory_id uuid)
 RETURNS TABLE (capacity int, sold int, held int, available int)
 LANGUAGE plpgsql
@@ -415,34 +452,17 @@ STABLE
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
--- One statement, one snapshot: the bucket sums plus the open holds already past their
--- deadline (dead, not yet swept). Reads at most 64 bucket rows and the unswept dead
--- holds, never the live ones.
+-- One statement, one snapshot (booking.stock).
 BEGIN
     PERFORM core.require(p_inventory_id, 'p_inventory_id');
     RETURN QUERY
     SELECT
         i.capacity,
-        b.sold::int,
-        (i.capacity - b.sold - b.free - d.units - w.owed)::int,
-        -- While entries wait, dead holds' units and owed units are theirs (waitlist.sql).
-        (b.free + CASE WHEN w.waits THEN 0 ELSE d.units + w.owed END)::int
+        s.sold::int,
+        (i.capacity - s.sold - s.free - s.dead_units - s.owed)::int,
+        booking.available_units(s.free, s.dead_units, s.owed, s.waits)
     FROM booking.inventory AS i
-    CROSS JOIN LATERAL (
-        SELECT sum(x.free) AS free, sum(x.sold) AS sold
-        FROM booking.inventory_buckets AS x WHERE x.inventory_id = i.inventory_id
-    ) AS b
-    CROSS JOIN LATERAL (
-        SELECT coalesce(sum(h.quantity), 0) AS units
-        FROM booking.holds AS h
-        WHERE h.inventory_id = i.inventory_id
-          AND h.status IN ('live', 'booked')
-          AND h.expires_at <= (SELECT clock_timestamp())  -- an InitPlan: indexable
-    ) AS d
-    CROSS JOIN LATERAL (
-        SELECT coalesce(max(x.owed), 0) AS owed, coalesce(bool_or(x.waiting > 0), false) AS waits
-        FROM booking.waitlists AS x WHERE x.inventory_id = i.inventory_id
-    ) AS w
+    CROSS JOIN LATERAL booking.stock(i.inventory_id) AS s
     WHERE i.inventory_id = p_inventory_id;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'inventory % not found', p_inventory_id USING ERRCODE = 'RB005';
@@ -505,6 +525,9 @@ BEGIN
             -- The key's hold is dead: end it, and hand its units (nobody else can reclaim
             -- them while we hold its row) straight to the new hold, with no bucket lock.
             PERFORM booking.end_holds(ARRAY[v_existing.hold_id], 'expired');
+            -- Units counted as available (the hold was dead) become held with no bucket
+            -- crossing 0: the sold-out state may change, so announce at commit.
+            PERFORM booking.note_forced_change(p_inventory_id);
             v_home := v_existing.bucket_no;
             v_needed := greatest(p_quantity - v_existing.quantity, 0);
             IF v_existing.quantity > p_quantity THEN
@@ -524,8 +547,9 @@ BEGIN
     END IF;
 
     RETURN QUERY
-    INSERT INTO booking.holds AS h (inventory_id, bucket_no, quantity, holder, hold_key, expires_at)
-    VALUES (p_inventory_id, v_home, p_quantity, p_holder, p_hold_key, clock_timestamp() + v_inventory.hold_ttl)
+    INSERT INTO booking.holds AS h (inventory_id, bucket_no, quantity, holder, hold_key, expires_at, unit_amount)
+    VALUES (p_inventory_id, v_home, p_quantity, p_holder, p_hold_key, clock_timestamp() + v_inventory.hold_ttl,
+            v_inventory.unit_amount)
     RETURNING h.hold_id, h.expires_at;
 END;
 $$;

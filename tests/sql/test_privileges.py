@@ -45,6 +45,7 @@ DUTIES = {
         "issue_refresh_token", "revoke_refresh_tokens",
         "join_waitlist", "waitlist_status", "leave_waitlist",
         "open_queue", "enter_queue", "queue_status", "place_hold_v2",
+        "cache_versions", "bump_cache_version", "catalog", "set_unit_amount",
     },
     "booking_shim": EVERY_DUTY | IDEMPOTENCY | {
         "ingest_stripe_event", "ingest_stripe_events", "record_stripe_event_failure",
