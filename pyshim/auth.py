@@ -19,6 +19,15 @@ from .request_id import request_id_of
 from .stripe_webhook import read_json
 
 
+def is_utf8_encodable(text: str) -> bool:
+    """False for a string with a lone surrogate (JSON allows "\\ud800"; UTF-8 does not)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def token_hash(pepper: str, token: str) -> bytes:
     return hmac.new(pepper.encode(), token.encode(), hashlib.sha256).digest()
 
@@ -29,7 +38,7 @@ async def refresh(request: Request) -> JSONResponse:
         raise ApiError(503, "not_configured", "POST /auth/refresh needs JWT_SECRET and REFRESH_TOKEN_PEPPER")
     body = await read_json(request, settings.request_body_max_bytes)
     old = body.get("refresh_token") if isinstance(body, dict) else None
-    if not isinstance(old, str) or not 1 <= len(old) <= 512:
+    if not isinstance(old, str) or not 1 <= len(old) <= 512 or not is_utf8_encodable(old):
         raise ApiError(400, "22023", 'the body must be {"refresh_token": "..."}')
     pepper = str(settings.refresh_token_pepper)
     new = secrets.token_urlsafe(32)

@@ -51,9 +51,27 @@ class ApiError(Exception):
         self.status, self.code, self.message = status, code, message
 
 
+# SQLSTATEs that mean the database (not the statement) is the problem: connection
+# exceptions (class 08), the server shutting down or crashed (57P01, 57P02, 57P03) and
+# too many connections (53300).
+_UNAVAILABLE_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "53300"})
+
+
 def is_unavailable(exc: BaseException) -> bool:
-    """True when the database could not be reached at all (answer 503, not 500)."""
-    return isinstance(exc, (psycopg.OperationalError, psycopg_pool.PoolTimeout))
+    """True when the database could not be reached at all (answer 503, not 500).
+
+    Decided by SQLSTATE, not by the exception class: psycopg raises statement errors such
+    as 54001 (a jsonb nested too deep) as OperationalError subclasses too, and those are
+    the request's fault, not the database's. An OperationalError with no SQLSTATE is a
+    connection that failed or closed (no server answered it)."""
+    if isinstance(exc, psycopg_pool.PoolTimeout):
+        return True
+    if not isinstance(exc, psycopg.Error):
+        return False
+    sqlstate = getattr(exc, "sqlstate", None)
+    if sqlstate is None:
+        return isinstance(exc, psycopg.OperationalError)
+    return sqlstate.startswith("08") or sqlstate in _UNAVAILABLE_SQLSTATES
 
 
 async def api_error(request: Request, exc: ApiError) -> JSONResponse:

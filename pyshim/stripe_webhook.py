@@ -34,18 +34,30 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 async def read_json(request: Request, limit: int):
-    """The body parsed as JSON; 400 (22023) when it is not JSON."""
+    """The body parsed as JSON; 400 (22023) when it is not JSON. Nesting deeper than the
+    parser's recursion limit (a 10 KB body can be 5,000 deep) raises RecursionError: that
+    is a bad body too, not a server error."""
+    body = await read_body(request, limit)
     try:
-        return json.loads(await read_body(request, limit))
-    except (ValueError, UnicodeDecodeError):
-        raise ApiError(400, "22023", "the body is not JSON") from None
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise ApiError(400, "22023", "the body is not JSON (or is nested too deep)") from None
+
+
+# A Unix time in seconds has 10 digits until the year 2286; 12 leaves room and keeps int()
+# far from its 4,300-digit limit. ASCII only: str.isdigit() is also true for superscript
+# digits, which int() refuses.
+_TIMESTAMP_MAX_DIGITS = 12
 
 
 def signed_timestamp(header: str) -> int:
+    """The t= of a Stripe-Signature header (the first one, as the Stripe library reads it)."""
     for item in header.split(","):
         key, _, value = item.strip().partition("=")
-        if key == "t" and value.isdigit():
-            return int(value)
+        if key == "t":
+            if value.isascii() and value.isdigit() and len(value) <= _TIMESTAMP_MAX_DIGITS:
+                return int(value)
+            raise ApiError(400, "signature_invalid", "the Stripe-Signature timestamp is not a Unix time")
     raise ApiError(400, "signature_invalid", "the Stripe-Signature header has no timestamp")
 
 
@@ -65,7 +77,8 @@ def verify(body: bytes, header: str | None, secrets, tolerance_s: int) -> None:
         try:
             stripe.WebhookSignature.verify_header(payload, header, str(secret), tolerance_s)
             return
-        except stripe.SignatureVerificationError:
+        except (stripe.SignatureVerificationError, ValueError):
+            # ValueError: the library's own int() of a header item it reads differently.
             continue
     raise ApiError(400, "signature_invalid", "no signature matches the body with a configured secret")
 
@@ -78,8 +91,10 @@ async def ingest_one(db, text: str, rid: str) -> str:
         sqlstate = getattr(exc, "sqlstate", None)
         if is_unavailable(exc) or sqlstate == "RW001":
             raise
-        if sqlstate is not None and sqlstate.startswith("22"):
-            # The body is signed but is not JSON the database accepts.
+        if sqlstate is not None and sqlstate.startswith(("22", "54")):
+            # The body is signed but is not JSON the database accepts: a bad value (class
+            # 22) or one past a limit of the server (class 54, e.g. 54001 for a jsonb
+            # nested too deep). Nothing was stored and nothing is: retrying cannot help.
             raise ApiError(400, "RW001", f"the body is not a JSON Stripe event: {exc.diag.message_primary}") from None
         # Applying failed and rolled back: keep the payload and the error in a fresh
         # transaction so the retry job (and Stripe's own retry) can try again.
