@@ -365,11 +365,11 @@ class Stats:
 
     def table(self) -> str:
         per_fn = Counter(f.split(":", 1)[0] for f in self.findings)
-        lines = [f"{'function':<32} {'calls':>6}  {'findings':>8}  errors by SQLSTATE", "-" * 100]
+        lines = [f"{'function':<44} {'calls':>6}  {'findings':>8}  errors by SQLSTATE", "-" * 110]
         for fn in sorted(self.calls):
             errs = " ".join(f"{k}:{n}" for k, n in sorted(self.errors[fn].items())) or "-"
-            lines.append(f"{fn:<32} {self.calls[fn]:>6}  {per_fn[fn]:>8}  {errs}")
-        lines.append(f"{'total':<32} {sum(self.calls.values()):>6}  {len(self.findings):>8}")
+            lines.append(f"{fn:<44} {self.calls[fn]:>6}  {per_fn[fn]:>8}  {errs}")
+        lines.append(f"{'total':<44} {sum(self.calls.values()):>6}  {len(self.findings):>8}")
         return "\n".join(lines)
 
 

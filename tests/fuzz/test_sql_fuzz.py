@@ -35,7 +35,7 @@ def test_every_api_function_answers_hostile_arguments_with_a_contract_error_and_
     finally:
         fuzzer.close()
     print("\n" + fuzzer.stats.table())
-    for fn in functions:  # every function was really called, as its duty and outside it
-        assert fuzzer.stats.calls[fn.name] >= min(EXAMPLES, 5), fn.name
+    for fn in functions:  # every function was really called (one example is all a function without arguments has)
+        assert fuzzer.stats.calls[fn.name] >= (min(EXAMPLES, 5) if fn.args else 1), fn.name
     findings = fuzzer.stats.findings
     assert not findings, f"{len(findings)} findings:\n" + "\n".join(findings[:60])
