@@ -134,18 +134,21 @@ def make_fixture(db) -> Valid:
                 "SELECT api.create_inventory(%s, %s, %s, 'usd')", (f"fz-{uuid.uuid4().hex[:8]}", capacity, amount)
             ).fetchone()[0])
         inv = v.inventory_ids[0]
-        for i in range(6):
+        for i in range(8):
             hold_id, _ = app.execute("SELECT * FROM api.place_hold(%s, 1, 'alice', %s)", (inv, f"fz-{i}")).fetchone()
             v.hold_ids.append(hold_id)
-        app.execute("SELECT api.release_hold(%s)", (v.hold_ids[5],))
-        for i in range(3):
+        app.execute("SELECT api.release_hold(%s)", (v.hold_ids[7],))
+        for i in range(5):
             booking = app.execute("SELECT api.create_booking(%s, 'alice', %s)", (f"fz-b{i}", [v.hold_ids[i]])).fetchone()[0]
             v.booking_ids.append(uuid.UUID(booking["booking_id"]))
-        # Booking 0 is paid (then partly refunded and disputed), 1 has a payment intent, 2 is pending.
-        pi = "pi_fz" + uuid.uuid4().hex[:10]
-        v.payment_intent_ids.append(pi)
-        shim.execute("SELECT api.record_payment_intent(%s, %s, %s, 'requires_payment_method')",
-                     (v.booking_ids[0], pi, "secret_" + pi))
+        # Booking 0 is paid (then partly refunded and disputed); 1..4 await payment, each with a
+        # payment intent; 5 and 6 are live holds of nobody's booking.
+        for booking_id in v.booking_ids:
+            pi = "pi_fz" + uuid.uuid4().hex[:10]
+            v.payment_intent_ids.append(pi)
+            shim.execute("SELECT api.record_payment_intent(%s, %s, %s, 'requires_payment_method')",
+                         (booking_id, pi, "secret_" + pi))
+        pi = v.payment_intent_ids[0]
         paid = event("payment_intent.succeeded", payment_intent(pi, v.booking_ids[0], 2500))
         partial = event("charge.refunded", {"id": "ch_fz", "object": "charge", "payment_intent": pi, "amount": 2500,
                                             "amount_refunded": 100, "currency": "usd",
@@ -153,23 +156,25 @@ def make_fixture(db) -> Valid:
         disputed = event("charge.dispute.created", dispute("dp_fz1", pi, 50))
         for evt in (paid, partial, disputed):
             shim.execute("SELECT api.ingest_stripe_event(%s)", (Jsonb(evt),))
-        pi1 = "pi_fz" + uuid.uuid4().hex[:10]
-        v.payment_intent_ids.append(pi1)
-        shim.execute("SELECT api.record_payment_intent(%s, %s, %s, 'requires_payment_method')",
-                     (v.booking_ids[1], pi1, "secret_" + pi1))
-        # Events not yet stored, valid for the bookings: the fuzzer mutates them.
+        # Events not yet stored, valid for the bookings: the fuzzer mutates them (and gives
+        # them fresh ids, so that a mutation is applied rather than taken for a duplicate).
+        for booking_id, pi1 in zip(v.booking_ids[1:], v.payment_intent_ids[1:]):
+            v.events += [json.dumps(e) for e in (
+                event("payment_intent.succeeded", payment_intent(pi1, booking_id, 2500)),
+                event("payment_intent.payment_failed", payment_intent(pi1, booking_id, 2500, status="requires_payment_method")),
+                event("payment_intent.canceled", payment_intent(pi1, booking_id, 2500, status="canceled")),
+                event("checkout.session.completed", {"id": "cs_fz" + pi1, "object": "checkout.session",
+                                                     "payment_status": "paid", "payment_intent": pi1, "amount_total": 2500,
+                                                     "currency": "usd", "metadata": {"booking_id": str(booking_id)}}),
+                event("refund.created", refund("re_fz" + pi1, pi1, 2500)),
+                event("charge.dispute.created", dispute("dp_fz" + pi1, pi1, 2500)),
+            )]
         v.events += [json.dumps(e) for e in (
-            event("payment_intent.succeeded", payment_intent(pi1, v.booking_ids[1], 2500)),
-            event("payment_intent.payment_failed", payment_intent(pi1, v.booking_ids[1], 2500, status="requires_payment_method")),
-            event("payment_intent.canceled", payment_intent(pi1, v.booking_ids[1], 2500, status="canceled")),
             event("refund.created", refund("re_fz2", pi, 200)),
             event("charge.dispute.closed", dispute("dp_fz1", pi, 50, status="won")),
-            event("checkout.session.completed", {"id": "cs_fz", "object": "checkout.session", "payment_status": "paid",
-                                                 "payment_intent": pi1, "amount_total": 2500, "currency": "usd",
-                                                 "metadata": {"booking_id": str(v.booking_ids[1])}}),
             paid, event(),
         )]
-        v.refunds += [json.dumps(refund("re_fz3", pi, 300)), json.dumps(refund("re_fz4", pi1, 2500))]
+        v.refunds += [json.dumps(refund("re_fz3", pi, 300)), json.dumps(refund("re_fz4", v.payment_intent_ids[1], 2500))]
         for i in range(3):
             h = os.urandom(32)
             v.token_hashes.append(h)
@@ -225,6 +230,10 @@ JSON_SCALARS = st.one_of(
     st.none(), st.booleans(), st.integers(-INT8 * 4, INT8 * 4), st.floats(allow_nan=False, allow_infinity=False),
     st.text(alphabet=text_chars, max_size=20), st.sampled_from(QUOTES + ["\u0000", "usd", "USD", ""]),
 )
+# Values close to what Stripe sends, where the code must still say no (or yes) properly.
+NEAR_VALID = [0, -1, 1, 2499, 2501, 2**31, 2**63, -2**63, 1.5, "2500", "usd", "USD", "eur", "us", "", "usdd",
+              "succeeded", "paid", "unpaid", "canceled", "payment_intent.succeeded", "refund.created", "pi_unknown",
+              "00000000-0000-0000-0000-000000000000", "not-a-uuid", {"booking_id": "not-a-uuid"}, True, None]
 JSON_VALUES = st.recursive(JSON_SCALARS, lambda inner: st.one_of(
     st.lists(inner, max_size=4), st.dictionaries(st.text(alphabet=text_chars, max_size=10), inner, max_size=4)),
     max_leaves=12)
@@ -253,14 +262,20 @@ def mutated(texts: list[str]):
                 stack.append((path + (k,), child))
         if not paths:
             return json.dumps(doc)
-        path = draw(st.sampled_from(sorted(paths, key=str)))
-        parent = doc
-        for k in path[:-1]:
-            parent = parent[k]
-        if isinstance(parent, dict) and draw(st.booleans()):
-            del parent[path[-1]]
-        else:
-            parent[path[-1]] = draw(JSON_VALUES)
+        for _ in range(draw(st.integers(1, 3))):
+            path = draw(st.sampled_from(sorted(paths, key=str)))
+            try:
+                parent = doc
+                for k in path[:-1]:
+                    parent = parent[k]
+                if isinstance(parent, dict) and draw(st.booleans()):
+                    del parent[path[-1]]
+                else:
+                    parent[path[-1]] = draw(st.one_of(JSON_VALUES, st.sampled_from(NEAR_VALID)))
+            except (KeyError, IndexError, TypeError):
+                pass  # an earlier mutation removed or replaced this path
+        if isinstance(doc, dict) and isinstance(doc.get("id"), str) and draw(st.integers(0, 9)) > 0:
+            doc["id"] = doc["id"].split("_", 1)[0] + "_fz" + draw(st.uuids()).hex
         return json.dumps(doc)
     return build()
 
