@@ -1332,8 +1332,13 @@ BEGIN
     PERFORM core.require_text(p_user_id, 'p_user_id', 200);
     PERFORM core.require_token_hash(p_token_hash, 'p_token_hash');
     PERFORM core.require_interval(p_ttl, 'p_ttl', interval '1 minute', interval '365 days');
+    -- A hash already issued (to anyone) is a bad argument, 22023, not a raw 23505.
     INSERT INTO core.refresh_tokens (token_hash, family_id, user_id, expires_at)
-    VALUES (p_token_hash, v_family_id, p_user_id, clock_timestamp() + p_ttl);
+    VALUES (p_token_hash, v_family_id, p_user_id, clock_timestamp() + p_ttl)
+    ON CONFLICT (token_hash) DO NOTHING;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'p_token_hash was already issued' USING ERRCODE = '22023';
+    END IF;
     RETURN v_family_id;
 END;
 $$;
@@ -1345,7 +1350,7 @@ ALTER FUNCTION api.issue_refresh_token(p_user_id text, p_token_hash bytea, p_ttl
 -- Name: FUNCTION issue_refresh_token(p_user_id text, p_token_hash bytea, p_ttl interval); Type: COMMENT; Schema: api; Owner: booking_owner
 --
 
-COMMENT ON FUNCTION api.issue_refresh_token(p_user_id text, p_token_hash bytea, p_ttl interval) IS 'Starts a token family for a user (at login) from the token''s HMAC-SHA256; returns the family id.';
+COMMENT ON FUNCTION api.issue_refresh_token(p_user_id text, p_token_hash bytea, p_ttl interval) IS 'Starts a token family for a user (at login) from the token''s HMAC-SHA256; returns the family id. 22023 when that hash was already issued (nothing written).';
 
 
 --
@@ -1626,9 +1631,20 @@ BEGIN
     PERFORM core.require_text(p_payment_intent_id, 'p_payment_intent_id', 255);
     PERFORM core.require_text(p_client_secret, 'p_client_secret', 500);
     PERFORM core.require_text(p_status, 'p_status', 50);
-    UPDATE booking.bookings
-    SET payment_intent_id = p_payment_intent_id, payment_intent_status = p_status
-    WHERE booking_id = p_booking_id;
+    -- A PaymentIntent belongs to one booking (bookings_payment_intent_key). Another
+    -- booking's is a bad argument (22023, a 400), not a state of this booking (RB002): no
+    -- retry or wait makes it right, and Stripe made the PaymentIntent for that other
+    -- booking's metadata. The block also turns the race (two bookings recording the same
+    -- id at once, the second waits and hits the key) into the same 22023; the UPDATE is
+    -- one statement, so nothing is half-written.
+    BEGIN
+        UPDATE booking.bookings
+        SET payment_intent_id = p_payment_intent_id, payment_intent_status = p_status
+        WHERE booking_id = p_booking_id;
+    EXCEPTION WHEN unique_violation THEN
+        RAISE EXCEPTION 'PaymentIntent % is already recorded for another booking', p_payment_intent_id
+            USING ERRCODE = '22023';
+    END;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'booking % not found', p_booking_id USING ERRCODE = 'RB005';
     END IF;
@@ -1642,7 +1658,7 @@ ALTER FUNCTION api.record_payment_intent(p_booking_id uuid, p_payment_intent_id 
 -- Name: FUNCTION record_payment_intent(p_booking_id uuid, p_payment_intent_id text, p_client_secret text, p_status text); Type: COMMENT; Schema: api; Owner: booking_owner
 --
 
-COMMENT ON FUNCTION api.record_payment_intent(p_booking_id uuid, p_payment_intent_id text, p_client_secret text, p_status text) IS 'Records the PaymentIntent created for a booking (its latest one; payments on earlier ones are still found by metadata.booking_id). RB005 unknown booking.';
+COMMENT ON FUNCTION api.record_payment_intent(p_booking_id uuid, p_payment_intent_id text, p_client_secret text, p_status text) IS 'Records the PaymentIntent created for a booking (its latest one; payments on earlier ones are still found by metadata.booking_id). RB005 unknown booking; 22023 when the PaymentIntent is already recorded for another booking (a bad argument, not a booking state: nothing is written).';
 
 
 --
@@ -1705,11 +1721,31 @@ CREATE FUNCTION api.record_stripe_refund(p_refund jsonb) RETURNS text
     AS $$
 -- The refund worker records the refund it created, as its webhook would (refund id keyed,
 -- so the later refund.created event is a no-op): processed, ignored or deferred.
+-- Bad values are the caller's (22023), checked before anything: an amount that is not 1
+-- to 100000000000 minor units, a currency Stripe does not charge in. A refund in another
+-- currency than its booking's is 22023 too, not the event path's stored 'ignored': there
+-- is no event to store here, and the worker must hear at once that what it sends back
+-- does not match what came in (its job fails and is retried, visibly, in jobs.jobs).
+DECLARE
+    v_currency text;
+    v_booking booking.bookings;
 BEGIN
     IF jsonb_typeof(p_refund) IS DISTINCT FROM 'object' OR jsonb_typeof(p_refund -> 'id') IS DISTINCT FROM 'string'
         OR jsonb_typeof(p_refund -> 'payment_intent') IS DISTINCT FROM 'string' THEN
         RAISE EXCEPTION 'p_refund must be a Stripe refund object with an id and a payment_intent'
             USING ERRCODE = '22023';
+    END IF;
+    IF p_refund ->> 'status' = 'succeeded' THEN
+        PERFORM stripe.money_amount('p_refund', p_refund -> 'amount', '22023');
+        v_currency := stripe.money_currency('p_refund', p_refund -> 'currency', '22023');
+        IF ledger.charge_is_unallocated(p_refund ->> 'payment_intent') IS NOT NULL THEN
+            v_booking := stripe.lock_booking_for(p_refund, p_refund ->> 'payment_intent');
+            IF v_currency <> v_booking.currency THEN
+                RAISE EXCEPTION 'refund % is in %, its booking % in %', p_refund ->> 'id', v_currency,
+                    v_booking.booking_id, v_booking.currency
+                    USING ERRCODE = '22023';
+            END IF;
+        END IF;
     END IF;
     RETURN stripe.on_refund(NULL, p_refund);
 END;
@@ -1722,7 +1758,7 @@ ALTER FUNCTION api.record_stripe_refund(p_refund jsonb) OWNER TO booking_owner;
 -- Name: FUNCTION record_stripe_refund(p_refund jsonb); Type: COMMENT; Schema: api; Owner: booking_owner
 --
 
-COMMENT ON FUNCTION api.record_stripe_refund(p_refund jsonb) IS 'Books a succeeded Stripe refund created by the worker (once per refund id, like its refund.* event); the booking becomes refunded or partially_refunded.';
+COMMENT ON FUNCTION api.record_stripe_refund(p_refund jsonb) IS 'Books a succeeded Stripe refund created by the worker (once per refund id, like its refund.* event); the booking becomes refunded or partially_refunded. 22023 when it is not a refund object, its amount or currency is not valid, or its currency is not its booking''s (nothing written).';
 
 
 --
@@ -1841,7 +1877,7 @@ CREATE FUNCTION api.rotate_refresh_token(p_old_hash bytea, p_new_hash bytea) RET
 -- 'reuse_detected': an already rotated token came back more than 10 s after its rotation:
 -- someone else holds a copy. The whole family is revoked and a critical error logged, and
 -- this is committed (an error would roll the revocation back); the caller answers 401 RA002.
--- RA001: unknown, expired or revoked.
+-- RA001: unknown, expired or revoked. 22023: p_new_hash exists already (nothing written).
 DECLARE
     v_old core.refresh_tokens;
 BEGIN
@@ -1868,8 +1904,14 @@ BEGIN
     UPDATE core.refresh_tokens AS t
     SET rotated_at = coalesce(t.rotated_at, clock_timestamp()), replaced_by = p_new_hash
     WHERE t.token_hash = p_old_hash;
+    -- A new hash that exists already (p_old_hash itself or any other) is a bad argument:
+    -- 22023, and the error undoes this call's updates too (nothing half-written).
     INSERT INTO core.refresh_tokens (token_hash, family_id, user_id, expires_at)
-    VALUES (p_new_hash, v_old.family_id, v_old.user_id, v_old.expires_at);
+    VALUES (p_new_hash, v_old.family_id, v_old.user_id, v_old.expires_at)
+    ON CONFLICT (token_hash) DO NOTHING;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'p_new_hash was already issued' USING ERRCODE = '22023';
+    END IF;
     RETURN QUERY SELECT 'rotated'::text, v_old.user_id, v_old.family_id;
 END;
 $$;
@@ -1881,7 +1923,7 @@ ALTER FUNCTION api.rotate_refresh_token(p_old_hash bytea, p_new_hash bytea) OWNE
 -- Name: FUNCTION rotate_refresh_token(p_old_hash bytea, p_new_hash bytea); Type: COMMENT; Schema: api; Owner: booking_owner
 --
 
-COMMENT ON FUNCTION api.rotate_refresh_token(p_old_hash bytea, p_new_hash bytea) IS 'Rotates a refresh token: ''rotated'' (the new hash replaces the old); ''reuse_detected'' when a rotated token comes back more than 10 s after its rotation (family revoked, critical error logged, committed: answer 401 RA002); within 10 s the same old token is a client that lost the answer and rotates again (the earlier replacement is revoked). RA001 unknown, expired or revoked.';
+COMMENT ON FUNCTION api.rotate_refresh_token(p_old_hash bytea, p_new_hash bytea) IS 'Rotates a refresh token: ''rotated'' (the new hash replaces the old); ''reuse_detected'' when a rotated token comes back more than 10 s after its rotation (family revoked, critical error logged, committed: answer 401 RA002); within 10 s the same old token is a client that lost the answer and rotates again (the earlier replacement is revoked). RA001 unknown, expired or revoked; 22023 when p_new_hash was already issued (nothing written).';
 
 
 --
@@ -3768,10 +3810,14 @@ BEGIN
         IF v_pi IS NULL THEN
             RETURN 'ignored';
         END IF;
+        -- The values first (RW001 when not valid), then what they mean for the booking.
         RETURN stripe.on_payment_succeeded(
             p_event_id, v_booking, v_pi,
-            coalesce(p_object ->> 'amount_received', p_object ->> 'amount_total', p_object ->> 'amount')::bigint,
-            p_object ->> 'currency'
+            stripe.money_amount('a payment',
+                coalesce(nullif(p_object -> 'amount_received', 'null'), nullif(p_object -> 'amount_total', 'null'),
+                         p_object -> 'amount'),
+                'RW001'),
+            stripe.money_currency('a payment', p_object -> 'currency', 'RW001')
         );
     ELSIF p_type IN ('payment_intent.payment_failed', 'checkout.session.async_payment_failed') THEN
         PERFORM booking.apply_event(v_booking.booking_id, 'payment_failed', p_event_id, NULL, true);
@@ -3952,6 +3998,63 @@ $$;
 ALTER FUNCTION stripe.lock_order_key(p_event jsonb) OWNER TO booking_owner;
 
 --
+-- Name: money_amount(text, jsonb, text); Type: FUNCTION; Schema: stripe; Owner: booking_owner
+--
+
+CREATE FUNCTION stripe.money_amount(p_what text, p_value jsonb, p_errcode text) RETURNS bigint
+    LANGUAGE plpgsql STABLE
+    AS $_$
+-- The amount of a Stripe object that moves money: a JSON integer of 1 to 100000000000
+-- minor units (what ledger.post accepts). Anything else (absent, null, a string, 0, -5,
+-- 12.5) raises p_errcode: RW001 for an event (not a valid Stripe event: stored nothing,
+-- 400 over HTTP, never a failed event retried 20 times), 22023 for an api argument.
+-- Checked before anything compares it with the booking, so a bad value is never
+-- mistaken for a broken invariant (RX001).
+DECLARE
+    -- Nested tests, not one OR: the cast must only ever see digits.
+    v_text text := CASE WHEN jsonb_typeof(p_value) = 'number' THEN p_value::text END;
+    v_valid boolean := false;
+BEGIN
+    IF v_text ~ '^[0-9]{1,12}$' THEN
+        v_valid := v_text::bigint BETWEEN 1 AND 100000000000;
+    END IF;
+    IF NOT v_valid THEN
+        RAISE EXCEPTION '% amount must be an integer of 1 to 100000000000 minor units, got %', p_what,
+            coalesce(left(p_value::text, 40), 'nothing')
+            USING ERRCODE = p_errcode;
+    END IF;
+    RETURN v_text::bigint;
+END;
+$_$;
+
+
+ALTER FUNCTION stripe.money_amount(p_what text, p_value jsonb, p_errcode text) OWNER TO booking_owner;
+
+--
+-- Name: money_currency(text, jsonb, text); Type: FUNCTION; Schema: stripe; Owner: booking_owner
+--
+
+CREATE FUNCTION stripe.money_currency(p_what text, p_value jsonb, p_errcode text) RETURNS text
+    LANGUAGE plpgsql STABLE
+    AS $$
+-- The currency of a Stripe object that moves money: one of the codes Stripe charges in
+-- (core.currencies). 'zzz', '', 'u', 10,000 characters or null raise p_errcode (see
+-- stripe.money_amount) instead of reaching a column's check (23514) or a comparison.
+BEGIN
+    IF jsonb_typeof(p_value) IS DISTINCT FROM 'string'
+        OR NOT EXISTS (SELECT FROM core.currencies AS c WHERE c.code = p_value #>> '{}') THEN
+        RAISE EXCEPTION '% currency must be a lowercase ISO 4217 code Stripe charges in, got %', p_what,
+            coalesce(left(p_value::text, 40), 'nothing')
+            USING ERRCODE = p_errcode;
+    END IF;
+    RETURN p_value #>> '{}';
+END;
+$$;
+
+
+ALTER FUNCTION stripe.money_currency(p_what text, p_value jsonb, p_errcode text) OWNER TO booking_owner;
+
+--
 -- Name: on_dispute(text, text, jsonb); Type: FUNCTION; Schema: stripe; Owner: booking_owner
 --
 
@@ -3960,18 +4063,26 @@ CREATE FUNCTION stripe.on_dispute(p_event_id text, p_type text, p_dispute jsonb)
     AS $$
 -- Disputes: created withdraws the amount; closed as won gives it back, as lost keeps it
 -- withdrawn. Deferred until the payment (or, for closed, the dispute) has been booked.
+-- RW001 when the amount or currency is not valid (checked first, as for refunds);
+-- 'ignored' with a critical error when in another currency than its booking's.
 DECLARE
     v_pi text := p_dispute ->> 'payment_intent';
     v_id text := p_dispute ->> 'id';
+    v_booking booking.bookings;
     v_booking_id uuid;
+    v_amount bigint := stripe.money_amount('a dispute', p_dispute -> 'amount', 'RW001');
+    v_currency text := stripe.money_currency('a dispute', p_dispute -> 'currency', 'RW001');
 BEGIN
     IF ledger.charge_is_unallocated(v_pi) IS NULL THEN
         RETURN 'deferred';
     END IF;
-    v_booking_id := (stripe.lock_booking_for(p_dispute, v_pi)).booking_id;
+    v_booking := stripe.lock_booking_for(p_dispute, v_pi);
+    v_booking_id := v_booking.booking_id;
+    IF v_currency <> v_booking.currency THEN
+        RETURN stripe.refuse_foreign_currency(p_event_id, 'dispute', v_id, v_amount, v_currency, v_booking);
+    END IF;
     IF p_type = 'charge.dispute.created' THEN
-        PERFORM ledger.post_dispute(v_booking_id, v_id, v_pi, (p_dispute ->> 'amount')::bigint,
-                                    p_dispute ->> 'currency', p_event_id);
+        PERFORM ledger.post_dispute(v_booking_id, v_id, v_pi, v_amount, v_currency, p_event_id);
         PERFORM booking.apply_event(v_booking_id, 'dispute_opened', p_event_id, NULL, true);
         RETURN 'processed';
     END IF;
@@ -3979,8 +4090,7 @@ BEGIN
         RETURN 'deferred';
     END IF;
     IF p_dispute ->> 'status' = 'won' THEN
-        PERFORM ledger.post_dispute_reversal(v_booking_id, v_id, v_pi, (p_dispute ->> 'amount')::bigint,
-                                             p_dispute ->> 'currency', p_event_id);
+        PERFORM ledger.post_dispute_reversal(v_booking_id, v_id, v_pi, v_amount, v_currency, p_event_id);
         PERFORM booking.apply_event(v_booking_id, 'dispute_won', p_event_id, NULL, true);
     ELSIF p_dispute ->> 'status' = 'lost' THEN
         PERFORM booking.apply_event(v_booking_id, 'dispute_lost', p_event_id, NULL, true);
@@ -4001,8 +4111,10 @@ ALTER FUNCTION stripe.on_dispute(p_event_id text, p_type text, p_dispute jsonb) 
 CREATE FUNCTION stripe.on_payment_succeeded(p_event_id text, p_booking booking.bookings, p_payment_intent_id text, p_amount bigint, p_currency text) RETURNS text
     LANGUAGE plpgsql
     AS $$
--- Money arrived. Booked once per PaymentIntent; the booking is confirmed if it is payable
--- or its units can be taken again; otherwise the money is unallocated and goes back.
+-- Money arrived (amount and currency already checked valid by the caller). Booked once per
+-- PaymentIntent; the booking is confirmed if it is payable or its units can be taken
+-- again; otherwise the money is unallocated and goes back. In another currency than the
+-- booking's: stripe.refuse_foreign_currency.
 DECLARE
     v_booking_id uuid := p_booking.booking_id;
     v_booked boolean;
@@ -4019,6 +4131,12 @@ BEGIN
     IF v_booked THEN
         RETURN 'processed';  -- another announcement of a payment already booked
     END IF;
+    IF p_currency <> p_booking.currency THEN
+        RETURN stripe.refuse_foreign_currency(p_event_id, 'payment', p_payment_intent_id, p_amount, p_currency,
+                                              p_booking);
+    END IF;
+    -- Same currency, another amount: our own PaymentIntent was created with the booking's
+    -- amount, so this is a broken invariant (the values themselves were checked valid).
     IF (p_amount, p_currency) IS DISTINCT FROM (p_booking.amount, p_booking.currency) THEN
         RAISE EXCEPTION 'PaymentIntent % paid % %, booking % costs % %', p_payment_intent_id, p_amount, p_currency,
             v_booking_id, p_booking.amount, p_booking.currency
@@ -4056,7 +4174,9 @@ CREATE FUNCTION stripe.on_refund(p_event_id text, p_refund jsonb) RETURNS text
     LANGUAGE plpgsql
     AS $$
 -- A succeeded refund, booked once by refund id against the account its charge went to;
--- deferred until the payment it refunds has been booked.
+-- deferred until the payment it refunds has been booked. RW001 when its amount or currency
+-- is not valid; 'ignored' (and a critical error) when in another currency than its
+-- booking's (stripe.refuse_foreign_currency).
 DECLARE
     v_pi text := p_refund ->> 'payment_intent';
     v_booking booking.bookings;
@@ -4064,18 +4184,25 @@ DECLARE
     v_unallocated boolean;
     v_charged bigint;
     v_refunded bigint;
+    v_amount bigint;
+    v_currency text;
 BEGIN
     IF p_refund ->> 'status' IS DISTINCT FROM 'succeeded' OR jsonb_typeof(p_refund -> 'id') <> 'string' THEN
         RETURN 'ignored';
     END IF;
+    -- A succeeded refund is applied: its values must be valid first (RW001 otherwise).
+    v_amount := stripe.money_amount('a refund', p_refund -> 'amount', 'RW001');
+    v_currency := stripe.money_currency('a refund', p_refund -> 'currency', 'RW001');
     v_unallocated := ledger.charge_is_unallocated(v_pi);
     IF v_unallocated IS NULL THEN
         RETURN 'deferred';
     END IF;
     v_booking := stripe.lock_booking_for(p_refund, v_pi);
     v_booking_id := v_booking.booking_id;
-    PERFORM ledger.post_refund(v_booking_id, p_refund ->> 'id', v_pi, (p_refund ->> 'amount')::bigint,
-                               p_refund ->> 'currency', p_event_id);
+    IF v_currency <> v_booking.currency THEN
+        RETURN stripe.refuse_foreign_currency(p_event_id, 'refund', p_refund ->> 'id', v_amount, v_currency, v_booking);
+    END IF;
+    PERFORM ledger.post_refund(v_booking_id, p_refund ->> 'id', v_pi, v_amount, v_currency, p_event_id);
     -- Compare what went back with what came in on the same side (allocated or not).
     SELECT
         coalesce(sum(t.amount) FILTER (WHERE t.kind = 'charge'), 0),
@@ -4124,6 +4251,37 @@ $$;
 
 
 ALTER FUNCTION stripe.outcome_of(p_event jsonb) OWNER TO booking_owner;
+
+--
+-- Name: refuse_foreign_currency(text, text, text, bigint, text, booking.bookings); Type: FUNCTION; Schema: stripe; Owner: booking_owner
+--
+
+CREATE FUNCTION stripe.refuse_foreign_currency(p_event_id text, p_kind text, p_object_id text, p_amount bigint, p_currency text, p_booking booking.bookings) RETURNS text
+    LANGUAGE plpgsql
+    AS $$
+-- Money in another currency than its booking's (a payment, refund or dispute in eur for a
+-- usd booking) is never applied: booking it would leave the booking's own money where it
+-- was (a 'refunded' booking whose usd revenue stays booked) or confirm a booking nobody
+-- paid for in its currency. It is not a broken invariant of ours (RX001, a 500 and a
+-- failed event retried 20 times for an answer that cannot change) nor a malformed event
+-- (its values are valid): the event is stored 'ignored', nothing goes to the ledger, the
+-- booking is unchanged, and a critical error (with its alert) tells on-call to settle it
+-- by hand in Stripe. Returns 'ignored'.
+BEGIN
+    PERFORM api.log_error(
+        'critical', 'stripe.' || p_kind,
+        pg_catalog.format('Stripe %s "%s" is in %s but its booking is in %s: not applied; settle it in Stripe',
+                          p_kind, p_object_id, p_currency, p_booking.currency),
+        NULL,
+        jsonb_build_object('stripe_event_id', p_event_id, 'stripe_object_id', p_object_id, 'amount', p_amount,
+                           'currency', p_currency, 'booking_id', p_booking.booking_id,
+                           'booking_currency', p_booking.currency));
+    RETURN 'ignored';
+END;
+$$;
+
+
+ALTER FUNCTION stripe.refuse_foreign_currency(p_event_id text, p_kind text, p_object_id text, p_amount bigint, p_currency text, p_booking booking.bookings) OWNER TO booking_owner;
 
 --
 -- Name: retry_delay(integer); Type: FUNCTION; Schema: stripe; Owner: booking_owner
@@ -6309,6 +6467,20 @@ REVOKE ALL ON FUNCTION stripe.lock_order_key(p_event jsonb) FROM PUBLIC;
 
 
 --
+-- Name: FUNCTION money_amount(p_what text, p_value jsonb, p_errcode text); Type: ACL; Schema: stripe; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION stripe.money_amount(p_what text, p_value jsonb, p_errcode text) FROM PUBLIC;
+
+
+--
+-- Name: FUNCTION money_currency(p_what text, p_value jsonb, p_errcode text); Type: ACL; Schema: stripe; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION stripe.money_currency(p_what text, p_value jsonb, p_errcode text) FROM PUBLIC;
+
+
+--
 -- Name: FUNCTION on_dispute(p_event_id text, p_type text, p_dispute jsonb); Type: ACL; Schema: stripe; Owner: booking_owner
 --
 
@@ -6334,6 +6506,13 @@ REVOKE ALL ON FUNCTION stripe.on_refund(p_event_id text, p_refund jsonb) FROM PU
 --
 
 REVOKE ALL ON FUNCTION stripe.outcome_of(p_event jsonb) FROM PUBLIC;
+
+
+--
+-- Name: FUNCTION refuse_foreign_currency(p_event_id text, p_kind text, p_object_id text, p_amount bigint, p_currency text, p_booking booking.bookings); Type: ACL; Schema: stripe; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION stripe.refuse_foreign_currency(p_event_id text, p_kind text, p_object_id text, p_amount bigint, p_currency text, p_booking booking.bookings) FROM PUBLIC;
 
 
 --

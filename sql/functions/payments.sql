@@ -112,14 +112,90 @@ AS $$
         'stripe.refund:' || p_payment_intent_id);
 $$;
 
+CREATE OR REPLACE FUNCTION stripe.money_amount(p_what text, p_value jsonb, p_errcode text)
+RETURNS bigint
+LANGUAGE plpgsql
+STABLE
+AS $$
+-- The amount of a Stripe object that moves money: a JSON integer of 1 to 100000000000
+-- minor units (what ledger.post accepts). Anything else (absent, null, a string, 0, -5,
+-- 12.5) raises p_errcode: RW001 for an event (not a valid Stripe event: stored nothing,
+-- 400 over HTTP, never a failed event retried 20 times), 22023 for an api argument.
+-- Checked before anything compares it with the booking, so a bad value is never
+-- mistaken for a broken invariant (RX001).
+DECLARE
+    -- Nested tests, not one OR: the cast must only ever see digits.
+    v_text text := CASE WHEN jsonb_typeof(p_value) = 'number' THEN p_value::text END;
+    v_valid boolean := false;
+BEGIN
+    IF v_text ~ '^[0-9]{1,12}$' THEN
+        v_valid := v_text::bigint BETWEEN 1 AND 100000000000;
+    END IF;
+    IF NOT v_valid THEN
+        RAISE EXCEPTION '% amount must be an integer of 1 to 100000000000 minor units, got %', p_what,
+            coalesce(left(p_value::text, 40), 'nothing')
+            USING ERRCODE = p_errcode;
+    END IF;
+    RETURN v_text::bigint;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION stripe.money_currency(p_what text, p_value jsonb, p_errcode text)
+RETURNS text
+LANGUAGE plpgsql
+STABLE
+AS $$
+-- The currency of a Stripe object that moves money: one of the codes Stripe charges in
+-- (core.currencies). 'zzz', '', 'u', 10,000 characters or null raise p_errcode (see
+-- stripe.money_amount) instead of reaching a column's check (23514) or a comparison.
+BEGIN
+    IF jsonb_typeof(p_value) IS DISTINCT FROM 'string'
+        OR NOT EXISTS (SELECT FROM core.currencies AS c WHERE c.code = p_value #>> '{}') THEN
+        RAISE EXCEPTION '% currency must be a lowercase ISO 4217 code Stripe charges in, got %', p_what,
+            coalesce(left(p_value::text, 40), 'nothing')
+            USING ERRCODE = p_errcode;
+    END IF;
+    RETURN p_value #>> '{}';
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION stripe.refuse_foreign_currency(
+    p_event_id text, p_kind text, p_object_id text, p_amount bigint, p_currency text, p_booking booking.bookings
+)
+RETURNS text
+LANGUAGE plpgsql
+AS $$
+-- Money in another currency than its booking's (a payment, refund or dispute in eur for a
+-- usd booking) is never applied: booking it would leave the booking's own money where it
+-- was (a 'refunded' booking whose usd revenue stays booked) or confirm a booking nobody
+-- paid for in its currency. It is not a broken invariant of ours (RX001, a 500 and a
+-- failed event retried 20 times for an answer that cannot change) nor a malformed event
+-- (its values are valid): the event is stored 'ignored', nothing goes to the ledger, the
+-- booking is unchanged, and a critical error (with its alert) tells on-call to settle it
+-- by hand in Stripe. Returns 'ignored'.
+BEGIN
+    PERFORM api.log_error(
+        'critical', 'stripe.' || p_kind,
+        pg_catalog.format('Stripe %s "%s" is in %s but its booking is in %s: not applied; settle it in Stripe',
+                          p_kind, p_object_id, p_currency, p_booking.currency),
+        NULL,
+        jsonb_build_object('stripe_event_id', p_event_id, 'stripe_object_id', p_object_id, 'amount', p_amount,
+                           'currency', p_currency, 'booking_id', p_booking.booking_id,
+                           'booking_currency', p_booking.currency));
+    RETURN 'ignored';
+END;
+$$;
+
 CREATE OR REPLACE FUNCTION stripe.on_payment_succeeded(
     p_event_id text, p_booking booking.bookings, p_payment_intent_id text, p_amount bigint, p_currency text
 )
 RETURNS text
 LANGUAGE plpgsql
 AS $$
--- Money arrived. Booked once per PaymentIntent; the booking is confirmed if it is payable
--- or its units can be taken again; otherwise the money is unallocated and goes back.
+-- Money arrived (amount and currency already checked valid by the caller). Booked once per
+-- PaymentIntent; the booking is confirmed if it is payable or its units can be taken
+-- again; otherwise the money is unallocated and goes back. In another currency than the
+-- booking's: stripe.refuse_foreign_currency.
 DECLARE
     v_booking_id uuid := p_booking.booking_id;
     v_booked boolean;
@@ -136,6 +212,12 @@ BEGIN
     IF v_booked THEN
         RETURN 'processed';  -- another announcement of a payment already booked
     END IF;
+    IF p_currency <> p_booking.currency THEN
+        RETURN stripe.refuse_foreign_currency(p_event_id, 'payment', p_payment_intent_id, p_amount, p_currency,
+                                              p_booking);
+    END IF;
+    -- Same currency, another amount: our own PaymentIntent was created with the booking's
+    -- amount, so this is a broken invariant (the values themselves were checked valid).
     IF (p_amount, p_currency) IS DISTINCT FROM (p_booking.amount, p_booking.currency) THEN
         RAISE EXCEPTION 'PaymentIntent % paid % %, booking % costs % %', p_payment_intent_id, p_amount, p_currency,
             v_booking_id, p_booking.amount, p_booking.currency
@@ -167,7 +249,9 @@ RETURNS text
 LANGUAGE plpgsql
 AS $$
 -- A succeeded refund, booked once by refund id against the account its charge went to;
--- deferred until the payment it refunds has been booked.
+-- deferred until the payment it refunds has been booked. RW001 when its amount or currency
+-- is not valid; 'ignored' (and a critical error) when in another currency than its
+-- booking's (stripe.refuse_foreign_currency).
 DECLARE
     v_pi text := p_refund ->> 'payment_intent';
     v_booking booking.bookings;
@@ -175,18 +259,25 @@ DECLARE
     v_unallocated boolean;
     v_charged bigint;
     v_refunded bigint;
+    v_amount bigint;
+    v_currency text;
 BEGIN
     IF p_refund ->> 'status' IS DISTINCT FROM 'succeeded' OR jsonb_typeof(p_refund -> 'id') <> 'string' THEN
         RETURN 'ignored';
     END IF;
+    -- A succeeded refund is applied: its values must be valid first (RW001 otherwise).
+    v_amount := stripe.money_amount('a refund', p_refund -> 'amount', 'RW001');
+    v_currency := stripe.money_currency('a refund', p_refund -> 'currency', 'RW001');
     v_unallocated := ledger.charge_is_unallocated(v_pi);
     IF v_unallocated IS NULL THEN
         RETURN 'deferred';
     END IF;
     v_booking := stripe.lock_booking_for(p_refund, v_pi);
     v_booking_id := v_booking.booking_id;
-    PERFORM ledger.post_refund(v_booking_id, p_refund ->> 'id', v_pi, (p_refund ->> 'amount')::bigint,
-                               p_refund ->> 'currency', p_event_id);
+    IF v_currency <> v_booking.currency THEN
+        RETURN stripe.refuse_foreign_currency(p_event_id, 'refund', p_refund ->> 'id', v_amount, v_currency, v_booking);
+    END IF;
+    PERFORM ledger.post_refund(v_booking_id, p_refund ->> 'id', v_pi, v_amount, v_currency, p_event_id);
     -- Compare what went back with what came in on the same side (allocated or not).
     SELECT
         coalesce(sum(t.amount) FILTER (WHERE t.kind = 'charge'), 0),
@@ -214,18 +305,26 @@ LANGUAGE plpgsql
 AS $$
 -- Disputes: created withdraws the amount; closed as won gives it back, as lost keeps it
 -- withdrawn. Deferred until the payment (or, for closed, the dispute) has been booked.
+-- RW001 when the amount or currency is not valid (checked first, as for refunds);
+-- 'ignored' with a critical error when in another currency than its booking's.
 DECLARE
     v_pi text := p_dispute ->> 'payment_intent';
     v_id text := p_dispute ->> 'id';
+    v_booking booking.bookings;
     v_booking_id uuid;
+    v_amount bigint := stripe.money_amount('a dispute', p_dispute -> 'amount', 'RW001');
+    v_currency text := stripe.money_currency('a dispute', p_dispute -> 'currency', 'RW001');
 BEGIN
     IF ledger.charge_is_unallocated(v_pi) IS NULL THEN
         RETURN 'deferred';
     END IF;
-    v_booking_id := (stripe.lock_booking_for(p_dispute, v_pi)).booking_id;
+    v_booking := stripe.lock_booking_for(p_dispute, v_pi);
+    v_booking_id := v_booking.booking_id;
+    IF v_currency <> v_booking.currency THEN
+        RETURN stripe.refuse_foreign_currency(p_event_id, 'dispute', v_id, v_amount, v_currency, v_booking);
+    END IF;
     IF p_type = 'charge.dispute.created' THEN
-        PERFORM ledger.post_dispute(v_booking_id, v_id, v_pi, (p_dispute ->> 'amount')::bigint,
-                                    p_dispute ->> 'currency', p_event_id);
+        PERFORM ledger.post_dispute(v_booking_id, v_id, v_pi, v_amount, v_currency, p_event_id);
         PERFORM booking.apply_event(v_booking_id, 'dispute_opened', p_event_id, NULL, true);
         RETURN 'processed';
     END IF;
@@ -233,8 +332,7 @@ BEGIN
         RETURN 'deferred';
     END IF;
     IF p_dispute ->> 'status' = 'won' THEN
-        PERFORM ledger.post_dispute_reversal(v_booking_id, v_id, v_pi, (p_dispute ->> 'amount')::bigint,
-                                             p_dispute ->> 'currency', p_event_id);
+        PERFORM ledger.post_dispute_reversal(v_booking_id, v_id, v_pi, v_amount, v_currency, p_event_id);
         PERFORM booking.apply_event(v_booking_id, 'dispute_won', p_event_id, NULL, true);
     ELSIF p_dispute ->> 'status' = 'lost' THEN
         PERFORM booking.apply_event(v_booking_id, 'dispute_lost', p_event_id, NULL, true);
@@ -296,10 +394,14 @@ BEGIN
         IF v_pi IS NULL THEN
             RETURN 'ignored';
         END IF;
+        -- The values first (RW001 when not valid), then what they mean for the booking.
         RETURN stripe.on_payment_succeeded(
             p_event_id, v_booking, v_pi,
-            coalesce(p_object ->> 'amount_received', p_object ->> 'amount_total', p_object ->> 'amount')::bigint,
-            p_object ->> 'currency'
+            stripe.money_amount('a payment',
+                coalesce(nullif(p_object -> 'amount_received', 'null'), nullif(p_object -> 'amount_total', 'null'),
+                         p_object -> 'amount'),
+                'RW001'),
+            stripe.money_currency('a payment', p_object -> 'currency', 'RW001')
         );
     ELSIF p_type IN ('payment_intent.payment_failed', 'checkout.session.async_payment_failed') THEN
         PERFORM booking.apply_event(v_booking.booking_id, 'payment_failed', p_event_id, NULL, true);
@@ -359,16 +461,27 @@ BEGIN
     PERFORM core.require_text(p_payment_intent_id, 'p_payment_intent_id', 255);
     PERFORM core.require_text(p_client_secret, 'p_client_secret', 500);
     PERFORM core.require_text(p_status, 'p_status', 50);
-    UPDATE booking.bookings
-    SET payment_intent_id = p_payment_intent_id, payment_intent_status = p_status
-    WHERE booking_id = p_booking_id;
+    -- A PaymentIntent belongs to one booking (bookings_payment_intent_key). Another
+    -- booking's is a bad argument (22023, a 400), not a state of this booking (RB002): no
+    -- retry or wait makes it right, and Stripe made the PaymentIntent for that other
+    -- booking's metadata. The block also turns the race (two bookings recording the same
+    -- id at once, the second waits and hits the key) into the same 22023; the UPDATE is
+    -- one statement, so nothing is half-written.
+    BEGIN
+        UPDATE booking.bookings
+        SET payment_intent_id = p_payment_intent_id, payment_intent_status = p_status
+        WHERE booking_id = p_booking_id;
+    EXCEPTION WHEN unique_violation THEN
+        RAISE EXCEPTION 'PaymentIntent % is already recorded for another booking', p_payment_intent_id
+            USING ERRCODE = '22023';
+    END;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'booking % not found', p_booking_id USING ERRCODE = 'RB005';
     END IF;
 END;
 $$;
 COMMENT ON FUNCTION api.record_payment_intent(uuid, text, text, text) IS
-'Records the PaymentIntent created for a booking (its latest one; payments on earlier ones are still found by metadata.booking_id). RB005 unknown booking.';
+'Records the PaymentIntent created for a booking (its latest one; payments on earlier ones are still found by metadata.booking_id). RB005 unknown booking; 22023 when the PaymentIntent is already recorded for another booking (a bad argument, not a booking state: nothing is written).';
 
 CREATE OR REPLACE FUNCTION api.refunds_due(p_booking_id uuid, p_payment_intent_id text DEFAULT NULL)
 RETURNS TABLE (payment_intent_id text, amount bigint, currency text)
@@ -410,14 +523,34 @@ SET plan_cache_mode = force_generic_plan
 AS $$
 -- The refund worker records the refund it created, as its webhook would (refund id keyed,
 -- so the later refund.created event is a no-op): processed, ignored or deferred.
+-- Bad values are the caller's (22023), checked before anything: an amount that is not 1
+-- to 100000000000 minor units, a currency Stripe does not charge in. A refund in another
+-- currency than its booking's is 22023 too, not the event path's stored 'ignored': there
+-- is no event to store here, and the worker must hear at once that what it sends back
+-- does not match what came in (its job fails and is retried, visibly, in jobs.jobs).
+DECLARE
+    v_currency text;
+    v_booking booking.bookings;
 BEGIN
     IF jsonb_typeof(p_refund) IS DISTINCT FROM 'object' OR jsonb_typeof(p_refund -> 'id') IS DISTINCT FROM 'string'
         OR jsonb_typeof(p_refund -> 'payment_intent') IS DISTINCT FROM 'string' THEN
         RAISE EXCEPTION 'p_refund must be a Stripe refund object with an id and a payment_intent'
             USING ERRCODE = '22023';
     END IF;
+    IF p_refund ->> 'status' = 'succeeded' THEN
+        PERFORM stripe.money_amount('p_refund', p_refund -> 'amount', '22023');
+        v_currency := stripe.money_currency('p_refund', p_refund -> 'currency', '22023');
+        IF ledger.charge_is_unallocated(p_refund ->> 'payment_intent') IS NOT NULL THEN
+            v_booking := stripe.lock_booking_for(p_refund, p_refund ->> 'payment_intent');
+            IF v_currency <> v_booking.currency THEN
+                RAISE EXCEPTION 'refund % is in %, its booking % in %', p_refund ->> 'id', v_currency,
+                    v_booking.booking_id, v_booking.currency
+                    USING ERRCODE = '22023';
+            END IF;
+        END IF;
+    END IF;
     RETURN stripe.on_refund(NULL, p_refund);
 END;
 $$;
 COMMENT ON FUNCTION api.record_stripe_refund(jsonb) IS
-'Books a succeeded Stripe refund created by the worker (once per refund id, like its refund.* event); the booking becomes refunded or partially_refunded.';
+'Books a succeeded Stripe refund created by the worker (once per refund id, like its refund.* event); the booking becomes refunded or partially_refunded. 22023 when it is not a refund object, its amount or currency is not valid, or its currency is not its booking''s (nothing written).';

@@ -26,13 +26,18 @@ BEGIN
     PERFORM core.require_text(p_user_id, 'p_user_id', 200);
     PERFORM core.require_token_hash(p_token_hash, 'p_token_hash');
     PERFORM core.require_interval(p_ttl, 'p_ttl', interval '1 minute', interval '365 days');
+    -- A hash already issued (to anyone) is a bad argument, 22023, not a raw 23505.
     INSERT INTO core.refresh_tokens (token_hash, family_id, user_id, expires_at)
-    VALUES (p_token_hash, v_family_id, p_user_id, clock_timestamp() + p_ttl);
+    VALUES (p_token_hash, v_family_id, p_user_id, clock_timestamp() + p_ttl)
+    ON CONFLICT (token_hash) DO NOTHING;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'p_token_hash was already issued' USING ERRCODE = '22023';
+    END IF;
     RETURN v_family_id;
 END;
 $$;
 COMMENT ON FUNCTION api.issue_refresh_token(text, bytea, interval) IS
-'Starts a token family for a user (at login) from the token''s HMAC-SHA256; returns the family id.';
+'Starts a token family for a user (at login) from the token''s HMAC-SHA256; returns the family id. 22023 when that hash was already issued (nothing written).';
 
 CREATE OR REPLACE FUNCTION api.rotate_refresh_token(p_old_hash bytea, p_new_hash bytea)
 RETURNS TABLE (outcome text, user_id text, family_id uuid)
@@ -47,7 +52,7 @@ AS $$
 -- 'reuse_detected': an already rotated token came back more than 10 s after its rotation:
 -- someone else holds a copy. The whole family is revoked and a critical error logged, and
 -- this is committed (an error would roll the revocation back); the caller answers 401 RA002.
--- RA001: unknown, expired or revoked.
+-- RA001: unknown, expired or revoked. 22023: p_new_hash exists already (nothing written).
 DECLARE
     v_old core.refresh_tokens;
 BEGIN
@@ -74,13 +79,19 @@ BEGIN
     UPDATE core.refresh_tokens AS t
     SET rotated_at = coalesce(t.rotated_at, clock_timestamp()), replaced_by = p_new_hash
     WHERE t.token_hash = p_old_hash;
+    -- A new hash that exists already (p_old_hash itself or any other) is a bad argument:
+    -- 22023, and the error undoes this call's updates too (nothing half-written).
     INSERT INTO core.refresh_tokens (token_hash, family_id, user_id, expires_at)
-    VALUES (p_new_hash, v_old.family_id, v_old.user_id, v_old.expires_at);
+    VALUES (p_new_hash, v_old.family_id, v_old.user_id, v_old.expires_at)
+    ON CONFLICT (token_hash) DO NOTHING;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'p_new_hash was already issued' USING ERRCODE = '22023';
+    END IF;
     RETURN QUERY SELECT 'rotated'::text, v_old.user_id, v_old.family_id;
 END;
 $$;
 COMMENT ON FUNCTION api.rotate_refresh_token(bytea, bytea) IS
-'Rotates a refresh token: ''rotated'' (the new hash replaces the old); ''reuse_detected'' when a rotated token comes back more than 10 s after its rotation (family revoked, critical error logged, committed: answer 401 RA002); within 10 s the same old token is a client that lost the answer and rotates again (the earlier replacement is revoked). RA001 unknown, expired or revoked.';
+'Rotates a refresh token: ''rotated'' (the new hash replaces the old); ''reuse_detected'' when a rotated token comes back more than 10 s after its rotation (family revoked, critical error logged, committed: answer 401 RA002); within 10 s the same old token is a client that lost the answer and rotates again (the earlier replacement is revoked). RA001 unknown, expired or revoked; 22023 when p_new_hash was already issued (nothing written).';
 
 CREATE OR REPLACE FUNCTION api.revoke_refresh_tokens(p_user_id text)
 RETURNS int

@@ -61,41 +61,41 @@ def rotate(conn, old, new):
     return conn.execute("SELECT * FROM api.rotate_refresh_token(%s, %s)", (h(old), h(new))).fetchone()
 
 
-def test_rotation_and_the_database_holds_no_token_in_clear(db, app):
+def test_rotation_and_the_database_holds_no_token_in_clear(db, app, shim):
     family = app.execute("SELECT api.issue_refresh_token('u1', %s)", (h("t1"),)).fetchone()[0]
-    assert rotate(app, "t1", "t2") == ("rotated", "u1", family)
-    assert rotate(app, "t2", "t3") == ("rotated", "u1", family)
-    assert sqlstate_of(app, "SELECT * FROM api.rotate_refresh_token(%s, %s)", (h("nope"), h("x"))) == "RA001"
+    assert rotate(shim, "t1", "t2") == ("rotated", "u1", family)
+    assert rotate(shim, "t2", "t3") == ("rotated", "u1", family)
+    assert sqlstate_of(shim, "SELECT * FROM api.rotate_refresh_token(%s, %s)", (h("nope"), h("x"))) == "RA001"
     stored = db.rows("SELECT token_hash FROM core.refresh_tokens")
     assert sorted(bytes(r[0]) for r in stored) == sorted(h(t) for t in ("t1", "t2", "t3"))
 
 
-def test_reuse_after_the_grace_period_revokes_the_family_and_logs_a_critical_error(db, app):
+def test_reuse_after_the_grace_period_revokes_the_family_and_logs_a_critical_error(db, app, shim):
     app.execute("SELECT api.issue_refresh_token('u2', %s)", (h("a1"),))
-    rotate(app, "a1", "a2")
+    rotate(shim, "a1", "a2")
     db.one("UPDATE core.refresh_tokens SET rotated_at = now() - interval '11 seconds' "
            "WHERE rotated_at IS NOT NULL RETURNING 1")
-    outcome, user, _ = rotate(app, "a1", "a3")  # a stolen copy of a1 comes back
+    outcome, user, _ = rotate(shim, "a1", "a3")  # a stolen copy of a1 comes back
     assert (outcome, user) == ("reuse_detected", "u2")
-    assert sqlstate_of(app, "SELECT * FROM api.rotate_refresh_token(%s, %s)", (h("a2"), h("a4"))) == "RA001"
+    assert sqlstate_of(shim, "SELECT * FROM api.rotate_refresh_token(%s, %s)", (h("a2"), h("a4"))) == "RA001"
     assert db.one("SELECT count(*) FROM core.refresh_tokens WHERE revoked_at IS NULL") == 0
     assert db.rows("SELECT severity, source FROM ops.open_errors") == [("critical", "auth.refresh")]
 
 
-def test_within_the_grace_period_the_client_that_lost_the_answer_rotates_again(db, app):
+def test_within_the_grace_period_the_client_that_lost_the_answer_rotates_again(db, app, shim):
     app.execute("SELECT api.issue_refresh_token('u3', %s)", (h("b1"),))
-    rotate(app, "b1", "b2")
-    assert rotate(app, "b1", "b3")[0] == "rotated"  # the answer b2 was lost
-    assert sqlstate_of(app, "SELECT * FROM api.rotate_refresh_token(%s, %s)", (h("b2"), h("x"))) == "RA001"
-    assert rotate(app, "b3", "b4")[0] == "rotated"
+    rotate(shim, "b1", "b2")
+    assert rotate(shim, "b1", "b3")[0] == "rotated"  # the answer b2 was lost
+    assert sqlstate_of(shim, "SELECT * FROM api.rotate_refresh_token(%s, %s)", (h("b2"), h("x"))) == "RA001"
+    assert rotate(shim, "b3", "b4")[0] == "rotated"
     assert db.one("SELECT count(*) FROM core.refresh_tokens WHERE revoked_at IS NULL AND rotated_at IS NULL") == 1
 
 
-def test_expired_and_revoked_tokens_are_ra001(db, app):
+def test_expired_and_revoked_tokens_are_ra001(db, app, shim):
     app.execute("SELECT api.issue_refresh_token('u4', %s, '1 minute')", (h("c1"),))
     db.one("UPDATE core.refresh_tokens SET expires_at = now() - interval '1 second' RETURNING 1")
-    assert sqlstate_of(app, "SELECT * FROM api.rotate_refresh_token(%s, %s)", (h("c1"), h("c2"))) == "RA001"
+    assert sqlstate_of(shim, "SELECT * FROM api.rotate_refresh_token(%s, %s)", (h("c1"), h("c2"))) == "RA001"
     app.execute("SELECT api.issue_refresh_token('u4', %s)", (h("d1"),))
     assert app.execute("SELECT api.revoke_refresh_tokens('u4')").fetchone()[0] == 1
-    assert sqlstate_of(app, "SELECT * FROM api.rotate_refresh_token(%s, %s)", (h("d1"), h("d2"))) == "RA001"
+    assert sqlstate_of(shim, "SELECT * FROM api.rotate_refresh_token(%s, %s)", (h("d1"), h("d2"))) == "RA001"
     assert sqlstate_of(app, "SELECT api.issue_refresh_token('u', %s)", (b"short",)) == "22023"

@@ -26,63 +26,63 @@ def claim(conn, worker="w1", limit=10, lease="5 minutes"):
                         (worker, [KIND], limit, lease)).fetchall()
 
 
-def test_claim_complete_once(db, app):
+def test_claim_complete_once(db, worker):
     (job_id,) = enqueue(db)
-    [(claimed_id, kind, payload, attempt, token)] = claim(app)
+    [(claimed_id, kind, payload, attempt, token)] = claim(worker)
     assert (claimed_id, kind, payload, attempt) == (job_id, KIND, {"n": 0}, 1)
-    assert claim(app) == []  # running, lease not over
-    assert app.execute("SELECT api.complete_job(%s, %s, '{\"sent\": true}')", (job_id, token)).fetchone()[0] is True
-    assert app.execute("SELECT api.complete_job(%s, %s)", (job_id, token)).fetchone()[0] is False
+    assert claim(worker) == []  # running, lease not over
+    assert worker.execute("SELECT api.complete_job(%s, %s, '{\"sent\": true}')", (job_id, token)).fetchone()[0] is True
+    assert worker.execute("SELECT api.complete_job(%s, %s)", (job_id, token)).fetchone()[0] is False
     assert db.rows("SELECT status, result FROM jobs.jobs") == [("done", {"sent": True})]
     assert db.rows("SELECT kind, status, count FROM ops.jobs_overview") == [(KIND, "done", 1)]
 
 
-def test_a_stalled_worker_cannot_finish_a_job_taken_over_after_its_lease(db, app):
+def test_a_stalled_worker_cannot_finish_a_job_taken_over_after_its_lease(db, worker):
     (job_id,) = enqueue(db)
-    [(_, _, _, _, old_token)] = claim(app, "stalled", lease="1 second")
+    [(_, _, _, _, old_token)] = claim(worker, "stalled", lease="1 second")
     time.sleep(1.1)
-    [(_, _, _, attempt, new_token)] = claim(app, "rescuer")
+    [(_, _, _, attempt, new_token)] = claim(worker, "rescuer")
     assert attempt == 2 and new_token != old_token
-    assert app.execute("SELECT api.complete_job(%s, %s)", (job_id, old_token)).fetchone()[0] is False
-    assert app.execute("SELECT api.fail_job(%s, %s, 'late', true)", (job_id, old_token)).fetchone()[0] is False
+    assert worker.execute("SELECT api.complete_job(%s, %s)", (job_id, old_token)).fetchone()[0] is False
+    assert worker.execute("SELECT api.fail_job(%s, %s, 'late', true)", (job_id, old_token)).fetchone()[0] is False
     assert db.one("SELECT status FROM jobs.jobs") == "running"
-    assert app.execute("SELECT api.complete_job(%s, %s)", (job_id, new_token)).fetchone()[0] is True
+    assert worker.execute("SELECT api.complete_job(%s, %s)", (job_id, new_token)).fetchone()[0] is True
     assert db.rows("SELECT status, attempts, locked_by FROM jobs.jobs") == [("done", 2, "rescuer")]
 
 
-def test_failures_back_off_then_die_and_ops_retry_brings_them_back(db, app):
+def test_failures_back_off_then_die_and_ops_retry_brings_them_back(db, worker):
     (job_id,) = enqueue(db, max_attempts=2)
-    [(_, _, _, _, token)] = claim(app)
-    assert app.execute("SELECT api.fail_job(%s, %s, 'smtp down', true)", (job_id, token)).fetchone()[0] is True
+    [(_, _, _, _, token)] = claim(worker)
+    assert worker.execute("SELECT api.fail_job(%s, %s, 'smtp down', true)", (job_id, token)).fetchone()[0] is True
     status, delay = db.rows("SELECT status, run_at - now() FROM jobs.jobs")[0]
     assert status == "failed" and 7 <= delay.total_seconds() <= 13  # 10 s +- 25% jitter
-    assert claim(app) == []
+    assert claim(worker) == []
     db.one("UPDATE jobs.jobs SET run_at = now() RETURNING 1")
-    [(_, _, _, attempt, token)] = claim(app)
+    [(_, _, _, attempt, token)] = claim(worker)
     assert attempt == 2
-    app.execute("SELECT api.fail_job(%s, %s, 'smtp still down', true)", (job_id, token))
+    worker.execute("SELECT api.fail_job(%s, %s, 'smtp still down', true)", (job_id, token))
     status, errors = db.rows("SELECT status, errors FROM jobs.jobs")[0]
     assert status == "dead" and [e["error"] for e in errors] == ["smtp down", "smtp still down"]
     with connect(db.ops_url) as ops:
         ops.execute("SELECT ops.retry_job(%s)", (job_id,))
         assert sqlstate_of(ops, "SELECT ops.retry_job(%s)", (job_id,)) == "RB002"
         assert sqlstate_of(ops, "SELECT ops.retry_job(%s)", (uuid.uuid4(),)) == "RB005"
-    [(_, _, _, attempt, _)] = claim(app)
+    [(_, _, _, attempt, _)] = claim(worker)
     assert attempt == 3
 
 
-def test_a_non_retryable_failure_is_dead_at_once(db, app):
+def test_a_non_retryable_failure_is_dead_at_once(db, worker):
     (job_id,) = enqueue(db)
-    [(_, _, _, _, token)] = claim(app)
-    app.execute("SELECT api.fail_job(%s, %s, 'no such address', false)", (job_id, token))
+    [(_, _, _, _, token)] = claim(worker)
+    worker.execute("SELECT api.fail_job(%s, %s, 'no such address', false)", (job_id, token))
     assert db.one("SELECT status FROM jobs.jobs") == "dead"
 
 
-def test_a_lease_lost_on_the_last_attempt_makes_the_job_dead(db, app):
+def test_a_lease_lost_on_the_last_attempt_makes_the_job_dead(db, worker):
     enqueue(db, max_attempts=1)
-    claim(app, lease="1 second")
+    claim(worker, lease="1 second")
     time.sleep(1.1)
-    assert claim(app) == []
+    assert claim(worker) == []
     assert db.one("SELECT status FROM jobs.jobs") == "dead"
 
 
@@ -99,9 +99,9 @@ def test_eight_workers_claiming_at_once_take_each_job_once(db):
     (("w", [], 1, "1 minute"), "22023"), (("w", [KIND], 0, "1 minute"), "22023"),
     (("w", [KIND], 1, "0 seconds"), "22023"), (("w" * 201, [KIND], 1, "1 minute"), "22001"),
 ])
-def test_bad_claims(db, app, args, code):
+def test_bad_claims(db, worker, args, code):
     enqueue(db)
-    assert sqlstate_of(app, "SELECT * FROM api.claim_jobs(%s, %s, %s, %s::interval)", args) == code
+    assert sqlstate_of(worker, "SELECT * FROM api.claim_jobs(%s, %s, %s, %s::interval)", args) == code
     assert db.one("SELECT status FROM jobs.jobs") == "queued"
 
 
@@ -115,17 +115,17 @@ def test_the_daily_reconciliation_job_is_enqueued_once_per_day(db):
     assert db.one("SELECT %s::timestamptz - %s::timestamptz", (payload["window_end"], payload["window_start"])).days == 1
 
 
-def test_complete_jobs_in_a_batch_checks_every_lease(db, app):
+def test_complete_jobs_in_a_batch_checks_every_lease(db, worker):
     first, second = enqueue(db, n=2)
-    claimed = {row[0]: row[4] for row in claim(app, lease="1 second")}
+    claimed = {row[0]: row[4] for row in claim(worker, lease="1 second")}
     time.sleep(1.1)
-    [(rescued, _, _, _, new_token)] = claim(app, "rescuer", limit=1)
+    [(rescued, _, _, _, new_token)] = claim(worker, "rescuer", limit=1)
     stale = [j for j in claimed if j != rescued][0]
-    result = app.execute("SELECT api.complete_jobs(%s::uuid[], %s::uuid[], NULL)",
+    result = worker.execute("SELECT api.complete_jobs(%s::uuid[], %s::uuid[], NULL)",
                          ([stale, rescued], [claimed[stale], claimed[rescued]])).fetchone()[0]
     # The stale worker's own job is still its own (nobody took it); the rescued one is not.
     assert result == [True, False]
-    assert app.execute("SELECT api.complete_jobs(%s::uuid[], %s::uuid[], %s::jsonb[])",
+    assert worker.execute("SELECT api.complete_jobs(%s::uuid[], %s::uuid[], %s::jsonb[])",
                        ([rescued], [new_token], [Jsonb({"ok": 1})])).fetchone()[0] == [True]
     assert db.rows("SELECT job_id, status FROM jobs.jobs ORDER BY job_id") == sorted([(first, "done"), (second, "done")])
-    assert sqlstate_of(app, "SELECT api.complete_jobs(%s::uuid[], %s::uuid[], NULL)", ([first], [])) == "22023"
+    assert sqlstate_of(worker, "SELECT api.complete_jobs(%s::uuid[], %s::uuid[], NULL)", ([first], [])) == "22023"
