@@ -277,7 +277,11 @@ BEGIN
     IF v_currency <> v_booking.currency THEN
         RETURN stripe.refuse_foreign_currency(p_event_id, 'refund', p_refund ->> 'id', v_amount, v_currency, v_booking);
     END IF;
-    PERFORM ledger.post_refund(v_booking_id, p_refund ->> 'id', v_pi, v_amount, v_currency, p_event_id);
+    IF ledger.post_refund(v_booking_id, p_refund ->> 'id', v_pi, v_amount, v_currency, p_event_id) IS NULL THEN
+        -- Booked before (the worker's record and its refund.* events announce one refund):
+        -- the booking moved then; moving it again would add a history row for nothing.
+        RETURN 'processed';
+    END IF;
     -- Compare what went back with what came in on the same side (allocated or not).
     SELECT
         coalesce(sum(t.amount) FILTER (WHERE t.kind = 'charge'), 0),
@@ -531,6 +535,8 @@ AS $$
 DECLARE
     v_currency text;
     v_booking booking.bookings;
+    v_amount bigint;
+    v_posted record;
 BEGIN
     IF jsonb_typeof(p_refund) IS DISTINCT FROM 'object' OR jsonb_typeof(p_refund -> 'id') IS DISTINCT FROM 'string'
         OR jsonb_typeof(p_refund -> 'payment_intent') IS DISTINCT FROM 'string' THEN
@@ -538,8 +544,22 @@ BEGIN
             USING ERRCODE = '22023';
     END IF;
     IF p_refund ->> 'status' = 'succeeded' THEN
-        PERFORM stripe.money_amount('p_refund', p_refund -> 'amount', '22023');
+        v_amount := stripe.money_amount('p_refund', p_refund -> 'amount', '22023');
         v_currency := stripe.money_currency('p_refund', p_refund -> 'currency', '22023');
+        -- A refund id booked before with other figures: Stripe never changes a refund's
+        -- amount, currency or payment, so what the worker sends is not that refund. The
+        -- caller's mistake (22023, nothing written), not a broken ledger (ledger.post's RX001).
+        SELECT t.amount, t.currency, t.payment_intent_id INTO v_posted
+        FROM ledger.transactions AS t
+        WHERE t.kind = 'refund' AND t.stripe_object_id = p_refund ->> 'id';
+        IF FOUND AND (v_posted.amount, v_posted.currency, v_posted.payment_intent_id)
+            IS DISTINCT FROM (v_amount, v_currency, p_refund ->> 'payment_intent') THEN
+            RAISE EXCEPTION 'refund % was booked before with other figures', p_refund ->> 'id'
+                USING ERRCODE = '22023',
+                      DETAIL = pg_catalog.format('booked %s %s of %s, now %s %s of %s', v_posted.amount,
+                                                 v_posted.currency, v_posted.payment_intent_id, v_amount, v_currency,
+                                                 p_refund ->> 'payment_intent');
+        END IF;
         IF ledger.charge_is_unallocated(p_refund ->> 'payment_intent') IS NOT NULL THEN
             v_booking := stripe.lock_booking_for(p_refund, p_refund ->> 'payment_intent');
             IF v_currency <> v_booking.currency THEN
@@ -553,4 +573,4 @@ BEGIN
 END;
 $$;
 COMMENT ON FUNCTION api.record_stripe_refund(jsonb) IS
-'Books a succeeded Stripe refund created by the worker (once per refund id, like its refund.* event); the booking becomes refunded or partially_refunded. 22023 when it is not a refund object, its amount or currency is not valid, or its currency is not its booking''s (nothing written).';
+'Books a succeeded Stripe refund created by the worker (once per refund id, like its refund.* event); the booking becomes refunded or partially_refunded. 22023 when it is not a refund object, its amount or currency is not valid, its currency is not its booking''s, or the refund id was booked before with other figures (nothing written).';
