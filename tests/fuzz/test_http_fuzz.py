@@ -159,3 +159,33 @@ def test_hostile_webhook_deliveries(server, http_db, what, body, signature, stat
     assert stored_events(http_db) == before + (1 if status == 200 else 0), f"{what}: stored rows changed wrongly"
     if status != 200:  # a rejected delivery writes nothing at all
         assert all_counts(http_db) == counts, what
+
+
+# --- the JSON routes with bodies a fuzzer would not make -----------------------------------
+
+JSON_BODIES = {
+    "nested 100,000 deep": b"[" * 100_000 + b"]" * 100_000,
+    "an object nested 100,000 deep": b'{"a":' * 100_000 + b"1" + b"}" * 100_000,
+    "a lone surrogate": b'{"refresh_token": "\\ud800", "booking_id": "\\ud800"}',
+    "non-UTF-8 bytes": b'{"refresh_token": "\xff\xfe", "booking_id": "\xff"}',
+    "a number of 100,000 digits": b'{"refresh_token": ' + b"9" * 100_000 + b', "booking_id": ' + b"9" * 100_000 + b"}",
+    "1e999999": b'{"refresh_token": 1e999999, "booking_id": 1e999999}',
+    "NUL in a string": b'{"refresh_token": "\\u0000", "booking_id": "\\u0000"}',
+    "a 10,000-character value": b'{"refresh_token": "' + b"a" * 10_000 + b'", "booking_id": "' + b"a" * 10_000 + b'"}',
+    "JSON null": b"null",
+    "an array": b"[1, 2]",
+    "2 MB": b'{"refresh_token": "' + b"a" * (2 << 20) + b'"}',
+}
+
+
+@pytest.mark.parametrize("route", ["/payment-intents", "/auth/refresh"])
+@pytest.mark.parametrize("what", list(JSON_BODIES))
+def test_hostile_json_bodies(server, http_db, route, what):
+    counts = all_counts(http_db)
+    response = httpx.post(server + route, content=JSON_BODIES[what], timeout=60,
+                          headers={"Content-Type": "application/json", "Idempotency-Key": "fuzz-" + what})
+    check_answer(route, response.status_code, response.headers, response.text)
+    # 401 RA001: a string the shim takes for a token (hashed, so any text is), and unknown.
+    refused = (400, 413, 401) if route == "/auth/refresh" else (400, 413)
+    assert response.status_code in refused, (what, response.status_code, response.text[:300])
+    assert all_counts(http_db) == counts, f"{route} {what}: a refused request wrote rows"
