@@ -3,6 +3,8 @@ process, then webhook bodies a fuzzer would not make, signed where it matters.""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
 import re
@@ -139,8 +141,6 @@ def hostile_deliveries():
 
 def signed_bytes(payload: bytes, t: int) -> str:
     """Stripe's scheme over raw bytes (its helper wants text)."""
-    import hashlib
-    import hmac
     return f"t={t},v1=" + hmac.new(SECRET.encode(), str(t).encode() + b"." + payload, hashlib.sha256).hexdigest()
 
 
