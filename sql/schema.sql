@@ -4088,6 +4088,7 @@ DECLARE
     v_booking_id uuid;
     v_amount bigint := stripe.money_amount('a dispute', p_dispute -> 'amount', 'RW001');
     v_currency text := stripe.money_currency('a dispute', p_dispute -> 'currency', 'RW001');
+    v_refused text;
 BEGIN
     IF ledger.charge_is_unallocated(v_pi) IS NULL THEN
         RETURN 'deferred';
@@ -4098,6 +4099,10 @@ BEGIN
         RETURN stripe.refuse_foreign_currency(p_event_id, 'dispute', v_id, v_amount, v_currency, v_booking);
     END IF;
     IF p_type = 'charge.dispute.created' THEN
+        v_refused := stripe.refuse_other_figures(p_event_id, 'dispute', v_id, v_amount, v_currency, v_booking);
+        IF v_refused IS NOT NULL THEN
+            RETURN v_refused;
+        END IF;
         PERFORM ledger.post_dispute(v_booking_id, v_id, v_pi, v_amount, v_currency, p_event_id);
         PERFORM booking.apply_event(v_booking_id, 'dispute_opened', p_event_id, NULL, true);
         RETURN 'processed';
@@ -4106,6 +4111,10 @@ BEGIN
         RETURN 'deferred';
     END IF;
     IF p_dispute ->> 'status' = 'won' THEN
+        v_refused := stripe.refuse_other_figures(p_event_id, 'dispute_reversal', v_id, v_amount, v_currency, v_booking);
+        IF v_refused IS NOT NULL THEN
+            RETURN v_refused;
+        END IF;
         PERFORM ledger.post_dispute_reversal(v_booking_id, v_id, v_pi, v_amount, v_currency, p_event_id);
         PERFORM booking.apply_event(v_booking_id, 'dispute_won', p_event_id, NULL, true);
     ELSIF p_dispute ->> 'status' = 'lost' THEN
@@ -4202,6 +4211,7 @@ DECLARE
     v_refunded bigint;
     v_amount bigint;
     v_currency text;
+    v_refused text;
 BEGIN
     IF p_refund ->> 'status' IS DISTINCT FROM 'succeeded' OR jsonb_typeof(p_refund -> 'id') <> 'string' THEN
         RETURN 'ignored';
@@ -4217,6 +4227,10 @@ BEGIN
     v_booking_id := v_booking.booking_id;
     IF v_currency <> v_booking.currency THEN
         RETURN stripe.refuse_foreign_currency(p_event_id, 'refund', p_refund ->> 'id', v_amount, v_currency, v_booking);
+    END IF;
+    v_refused := stripe.refuse_other_figures(p_event_id, 'refund', p_refund ->> 'id', v_amount, v_currency, v_booking);
+    IF v_refused IS NOT NULL THEN
+        RETURN v_refused;
     END IF;
     IF ledger.post_refund(v_booking_id, p_refund ->> 'id', v_pi, v_amount, v_currency, p_event_id) IS NULL THEN
         -- Booked before (the worker's record and its refund.* events announce one refund):
@@ -4302,6 +4316,44 @@ $$;
 
 
 ALTER FUNCTION stripe.refuse_foreign_currency(p_event_id text, p_kind text, p_object_id text, p_amount bigint, p_currency text, p_booking booking.bookings) OWNER TO booking_owner;
+
+--
+-- Name: refuse_other_figures(text, text, text, bigint, text, booking.bookings); Type: FUNCTION; Schema: stripe; Owner: booking_owner
+--
+
+CREATE FUNCTION stripe.refuse_other_figures(p_event_id text, p_kind text, p_object_id text, p_amount bigint, p_currency text, p_booking booking.bookings) RETURNS text
+    LANGUAGE plpgsql
+    AS $$
+-- A Stripe object booked before, announced again with other figures (amount, currency or
+-- booking): Stripe never changes them, so this announcement cannot be applied, and booking
+-- it would be ledger.post's RX001 (a 500, and a failed event retried 20 times for an
+-- answer that cannot change). As for money in another currency
+-- (stripe.refuse_foreign_currency): stored 'ignored', nothing booked, the booking unchanged,
+-- a critical error for on-call. NULL when nothing was booked or nothing differs. Called
+-- with the booking locked, so a concurrent first announcement has committed or not begun.
+DECLARE
+    v_posted ledger.transactions;
+BEGIN
+    SELECT * INTO v_posted FROM ledger.transactions AS t WHERE t.kind = p_kind AND t.stripe_object_id = p_object_id;
+    IF NOT FOUND OR (v_posted.amount, v_posted.currency, v_posted.booking_id)
+        IS NOT DISTINCT FROM (p_amount, p_currency, p_booking.booking_id) THEN
+        RETURN NULL;
+    END IF;
+    PERFORM api.log_error(
+        'critical', 'stripe.' || p_kind,
+        pg_catalog.format('Stripe %s "%s" was booked as %s %s and is now announced as %s %s: not applied',
+                          p_kind, p_object_id, v_posted.amount, v_posted.currency, p_amount, p_currency),
+        NULL,
+        jsonb_build_object('stripe_event_id', p_event_id, 'stripe_object_id', p_object_id, 'amount', p_amount,
+                           'currency', p_currency, 'booking_id', p_booking.booking_id,
+                           'booked_amount', v_posted.amount, 'booked_currency', v_posted.currency,
+                           'booked_booking_id', v_posted.booking_id));
+    RETURN 'ignored';
+END;
+$$;
+
+
+ALTER FUNCTION stripe.refuse_other_figures(p_event_id text, p_kind text, p_object_id text, p_amount bigint, p_currency text, p_booking booking.bookings) OWNER TO booking_owner;
 
 --
 -- Name: retry_delay(integer); Type: FUNCTION; Schema: stripe; Owner: booking_owner
@@ -6533,6 +6585,13 @@ REVOKE ALL ON FUNCTION stripe.outcome_of(p_event jsonb) FROM PUBLIC;
 --
 
 REVOKE ALL ON FUNCTION stripe.refuse_foreign_currency(p_event_id text, p_kind text, p_object_id text, p_amount bigint, p_currency text, p_booking booking.bookings) FROM PUBLIC;
+
+
+--
+-- Name: FUNCTION refuse_other_figures(p_event_id text, p_kind text, p_object_id text, p_amount bigint, p_currency text, p_booking booking.bookings); Type: ACL; Schema: stripe; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION stripe.refuse_other_figures(p_event_id text, p_kind text, p_object_id text, p_amount bigint, p_currency text, p_booking booking.bookings) FROM PUBLIC;
 
 
 --

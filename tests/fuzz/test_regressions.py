@@ -9,7 +9,7 @@ from psycopg.types.json import Jsonb
 from tests.fuzz.sqlfuzz import count_query
 from tests.pg import connect
 from tests.sql.helpers import new_inventory, place, sqlstate_of
-from tests.stripe_events import event, payment_intent, refund
+from tests.stripe_events import dispute, event, payment_intent, refund
 
 
 def paid_booking(db, amount=2500):
@@ -47,4 +47,36 @@ def test_a_refund_id_recorded_again_with_other_figures_is_22023_and_writes_nothi
         assert admin.execute(counts).fetchone()[0] == before
         assert admin.execute("SELECT count(*) FROM ledger.transactions WHERE stripe_object_id = %s",
                              (first["id"],)).fetchone()[0] == 1
+        assert admin.execute("SELECT NOT EXISTS (SELECT FROM ops.ledger_imbalances)").fetchone()[0]
+
+
+def test_a_refund_or_dispute_announced_again_with_other_figures_is_stored_ignored_not_rx001(db):
+    # Found by tests/fuzz/test_sql_fuzz.py (FUZZ_FUNCTIONS=ingest_stripe_events): a new event
+    # announcing a dispute already booked, with another amount, raised ledger.post's RX001
+    # (a 500, retried 20 times). Like money in another currency: stored 'ignored', nothing
+    # booked, the booking unchanged, one critical error.
+    booking_id, pi = paid_booking(db)
+    re_id, dp_id = "re_" + uuid.uuid4().hex[:12], "dp_" + uuid.uuid4().hex[:12]
+    with connect(db.shim_url) as shim, connect(db.url) as admin:
+        def ingest(evt):
+            return shim.execute("SELECT api.ingest_stripe_event(%s)", (Jsonb(evt),)).fetchone()[0]
+
+        assert ingest(event("refund.created", refund(re_id, pi, 100))) == "processed"
+        assert ingest(event("charge.dispute.created", dispute(dp_id, pi, 50))) == "processed"
+        assert ingest(event("charge.dispute.closed", dispute(dp_id, pi, 50, status="won"))) == "processed"
+        ledger = admin.execute("SELECT count(*), sum(amount) FROM ledger.transactions").fetchone()
+        state = admin.execute("SELECT status, version FROM booking.bookings WHERE booking_id = %s", (booking_id,)).fetchone()
+        criticals = admin.execute("SELECT count(*) FROM core.errors WHERE severity = 'critical'").fetchone()[0]
+        again = [
+            event("refund.updated", refund(re_id, pi, 150)),
+            event("charge.dispute.created", dispute(dp_id, pi, 60)),
+            event("charge.dispute.closed", dispute(dp_id, pi, 70, status="won")),
+        ]
+        for evt in again:
+            assert ingest(evt) == "ignored", evt["type"]
+            assert admin.execute("SELECT status FROM stripe.events WHERE event_id = %s", (evt["id"],)).fetchone()[0] == "ignored"
+        assert admin.execute("SELECT count(*), sum(amount) FROM ledger.transactions").fetchone() == ledger
+        assert admin.execute("SELECT status, version FROM booking.bookings WHERE booking_id = %s",
+                             (booking_id,)).fetchone() == state
+        assert admin.execute("SELECT count(*) FROM core.errors WHERE severity = 'critical'").fetchone()[0] >= criticals + 1
         assert admin.execute("SELECT NOT EXISTS (SELECT FROM ops.ledger_imbalances)").fetchone()[0]
