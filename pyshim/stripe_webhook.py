@@ -22,8 +22,12 @@ log = logging.getLogger("pyshim.webhook")
 async def read_body(request: Request, limit: int) -> bytes:
     """The raw body, refused with 413 past `limit` bytes without reading it all."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise ApiError(413, "body_too_large", f"the body is over {limit} bytes")
+    # ASCII digits only, and no int() of thousands of them (see signed_timestamp): more
+    # digits than the limit has is over the limit.
+    if declared is not None and declared.isascii() and declared.isdigit():
+        digits = declared.lstrip("0") or "0"
+        if len(digits) > len(str(limit)) or int(digits) > limit:
+            raise ApiError(413, "body_too_large", f"the body is over {limit} bytes")
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)

@@ -5,14 +5,19 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 
 import httpx
+import psycopg
+import psycopg_pool
 import pytest
 
-from tests.pg import database_from_template
+from pyshim.errors import is_unavailable
+from tests.pg import connect, database_from_template
 from tests.shim.server import shim
 from tests.shim.test_webhook import assert_error, burst
-from tests.stripe_events import encode, event, sign
+from tests.sql.helpers import new_inventory, place
+from tests.stripe_events import encode, event, payment_intent, sign
 
 SECRET = "whsec_test_primary_0123456789abcdef"  # the secret burst() signs with
 JWT_SECRET = "j" * 40
@@ -161,11 +166,6 @@ def test_the_shim_is_still_healthy_after_all_that(server):
     ("54001", False), ("54000", False), ("22023", False), ("40001", False), ("53100", False),
 ])
 def test_unavailable_is_decided_by_sqlstate_not_by_exception_class(sqlstate, unavailable):
-    import psycopg
-    import psycopg_pool
-
-    from pyshim.errors import is_unavailable
-
     error = psycopg.errors.lookup(sqlstate)("x")
     assert error.sqlstate == sqlstate
     assert is_unavailable(error) is unavailable
@@ -173,3 +173,88 @@ def test_unavailable_is_decided_by_sqlstate_not_by_exception_class(sqlstate, una
     assert is_unavailable(psycopg.OperationalError("the connection is closed")) is True
     assert is_unavailable(psycopg_pool.PoolTimeout("no connection in 5 s")) is True
     assert is_unavailable(ValueError("x")) is False
+
+
+def new_booking(db):
+    with connect(db.app_url) as app:
+        inventory = new_inventory(app, 10, amount=600)
+        hold, _ = place(app, inventory, 2)
+        answer = app.execute("SELECT api.create_booking(%s, 'alice', %s::uuid[])",
+                             (uuid.uuid4().hex, [hold])).fetchone()[0]
+    return answer["booking_id"], answer["amount"]
+
+
+def deliver(base, evt) -> httpx.Response:
+    body = encode(evt)
+    return httpx.post(base + "/webhooks/stripe", content=body, headers={"Stripe-Signature": sign(body, SECRET)},
+                      timeout=30)
+
+
+@pytest.mark.parametrize("change", [{"amount_received": -5}, {"amount_received": 0}, {"currency": "zzz"},
+                                    {"currency": ""}, {"currency": None}],
+                         ids=["amount -5", "amount 0", "currency zzz", "currency empty", "currency null"])
+def test_a_payment_with_bad_values_is_400_rw001_stored_nothing_and_not_retried(server, hostile_db, change):
+    base, _ = server
+    booking_id, amount = new_booking(hostile_db)
+    before = counts(hostile_db)
+    evt = event("payment_intent.succeeded", payment_intent("pi_" + evt_suffix(), booking_id, amount) | change)
+    assert_error(deliver(base, evt), 400, "RW001")
+    assert counts(hostile_db) == before  # no 'failed' event for the retry job, no error row
+    assert hostile_db.one("SELECT status FROM booking.bookings WHERE booking_id = %s", (booking_id,)) \
+        == "pending_payment"
+
+
+def test_a_payment_in_another_currency_is_200_ignored_and_on_calls_critical_error(server, hostile_db):
+    base, _ = server
+    booking_id, amount = new_booking(hostile_db)
+    before = counts(hostile_db)
+    evt = event("payment_intent.succeeded", payment_intent("pi_" + evt_suffix(), booking_id, amount, currency="eur"))
+    resp = deliver(base, evt)
+    assert (resp.status_code, resp.json()) == (200, {"outcome": "ignored"})
+    after = counts(hostile_db)
+    # events +1 (ignored), errors +1 (critical), jobs +1 (its alert); no ledger row.
+    assert [a - b for a, b in zip(after, before)] == [1, 0, 0, 1, 0, 1]
+    assert hostile_db.one("SELECT status FROM booking.bookings WHERE booking_id = %s", (booking_id,)) \
+        == "pending_payment"
+
+
+def evt_suffix() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+def raw_post(base: str, path: str, content_length: bytes, body: bytes = b"{}") -> bytes:
+    """A request with a Content-Length header httpx would not send; the status line back."""
+    import socket
+
+    host, port = base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(b"POST " + path.encode() + b" HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Connection: close\r\nContent-Length: " + content_length + b"\r\n\r\n" + body)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return answer
+
+
+@pytest.mark.parametrize("content_length", [b"9" * 5000, b"\xb9", b"1\xb2"], ids=["5000 digits", "¹", "1²"])
+def test_a_content_length_that_int_refuses_is_never_a_500(server, hostile_db, content_length):
+    base, _ = server
+    before = counts(hostile_db)
+    answer = raw_post(base, "/webhooks/stripe", content_length)
+    status = int(answer.split(b" ", 2)[1])
+    assert 400 <= status < 500, answer[:300]
+    assert counts(hostile_db) == before
+
+
+@pytest.mark.parametrize("escape", ["\\ud800", "\\udfff", "\\u0000"])
+def test_a_signed_event_with_a_string_postgresql_refuses_is_400_rw001_and_not_stored(server, hostile_db, escape):
+    base, _ = server
+    evt = event()
+    text = encode(evt).decode()
+    head, _, _ = text.rpartition("}}}")
+    body = (head + ',"note":"' + escape + '"}}}').encode()
+    before = counts(hostile_db)
+    resp = httpx.post(base + "/webhooks/stripe", content=body, headers={"Stripe-Signature": sign(body, SECRET)},
+                      timeout=30)
+    assert_error(resp, 400, "RW001")
+    assert counts(hostile_db) == before
