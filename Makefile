@@ -5,7 +5,7 @@ VENV := .venv
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: deps system-deps lint test run stop ha-run ha-stop migrate migrate-dry-run psql snapshot bench send-test-event demo backup-drill
+.PHONY: deps system-deps lint test fuzz run stop ha-run ha-stop migrate migrate-dry-run psql snapshot bench send-test-event demo backup-drill
 
 deps: system-deps $(VENV)/.installed
 
@@ -27,6 +27,13 @@ lint: deps
 
 test: deps lint
 	$(VENV)/bin/pytest
+
+# The fuzzers of tests/fuzz with many more examples than make test gives them (issue 12);
+# prints, per api function, the calls tried, the errors by SQLSTATE and the findings (must be 0).
+FUZZ_EXAMPLES ?= 500
+FUZZ_HTTP_EXAMPLES ?= 200
+fuzz: deps
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) FUZZ_HTTP_EXAMPLES=$(FUZZ_HTTP_EXAMPLES) $(VENV)/bin/pytest tests/fuzz -q -s
 
 run: deps
 	HOST=$(HOST) PORT=$(PORT) scripts/run.sh

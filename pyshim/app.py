@@ -17,6 +17,7 @@ from .auth import refresh
 from .db import Database
 from .errors import HANDLERS, ApiError, is_unavailable
 from .monitoring import init_sentry
+from .openapi import openapi
 from .payments import create_payment_intent, stripe_client
 from .request_id import RequestIdMiddleware, request_id_of
 from .settings import ConfigError, Settings
@@ -94,6 +95,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/auth/refresh", refresh, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
     ]
     if os.environ.get("PYSHIM_BENCH_ENDPOINT") == "1":
         routes.append(Route("/bench/select1", bench_select1, methods=["GET"]))

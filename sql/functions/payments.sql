@@ -186,6 +186,40 @@ BEGIN
 END;
 $$;
 
+CREATE OR REPLACE FUNCTION stripe.refuse_other_figures(
+    p_event_id text, p_kind text, p_object_id text, p_amount bigint, p_currency text, p_booking booking.bookings
+)
+RETURNS text
+LANGUAGE plpgsql
+AS $$
+-- A Stripe object booked before, announced again with other figures (amount, currency or
+-- booking): Stripe never changes them, so this announcement cannot be applied, and booking
+-- it would be ledger.post's RX001 (a 500, and a failed event retried 20 times for an
+-- answer that cannot change). As for money in another currency
+-- (stripe.refuse_foreign_currency): stored 'ignored', nothing booked, the booking unchanged,
+-- a critical error for on-call. NULL when nothing was booked or nothing differs. Called
+-- with the booking locked, so a concurrent first announcement has committed or not begun.
+DECLARE
+    v_posted ledger.transactions;
+BEGIN
+    SELECT * INTO v_posted FROM ledger.transactions AS t WHERE t.kind = p_kind AND t.stripe_object_id = p_object_id;
+    IF NOT FOUND OR (v_posted.amount, v_posted.currency, v_posted.booking_id)
+        IS NOT DISTINCT FROM (p_amount, p_currency, p_booking.booking_id) THEN
+        RETURN NULL;
+    END IF;
+    PERFORM api.log_error(
+        'critical', 'stripe.' || p_kind,
+        pg_catalog.format('Stripe %s "%s" was booked as %s %s and is now announced as %s %s: not applied',
+                          p_kind, p_object_id, v_posted.amount, v_posted.currency, p_amount, p_currency),
+        NULL,
+        jsonb_build_object('stripe_event_id', p_event_id, 'stripe_object_id', p_object_id, 'amount', p_amount,
+                           'currency', p_currency, 'booking_id', p_booking.booking_id,
+                           'booked_amount', v_posted.amount, 'booked_currency', v_posted.currency,
+                           'booked_booking_id', v_posted.booking_id));
+    RETURN 'ignored';
+END;
+$$;
+
 CREATE OR REPLACE FUNCTION stripe.on_payment_succeeded(
     p_event_id text, p_booking booking.bookings, p_payment_intent_id text, p_amount bigint, p_currency text
 )
@@ -261,6 +295,7 @@ DECLARE
     v_refunded bigint;
     v_amount bigint;
     v_currency text;
+    v_refused text;
 BEGIN
     IF p_refund ->> 'status' IS DISTINCT FROM 'succeeded' OR jsonb_typeof(p_refund -> 'id') <> 'string' THEN
         RETURN 'ignored';
@@ -277,7 +312,15 @@ BEGIN
     IF v_currency <> v_booking.currency THEN
         RETURN stripe.refuse_foreign_currency(p_event_id, 'refund', p_refund ->> 'id', v_amount, v_currency, v_booking);
     END IF;
-    PERFORM ledger.post_refund(v_booking_id, p_refund ->> 'id', v_pi, v_amount, v_currency, p_event_id);
+    v_refused := stripe.refuse_other_figures(p_event_id, 'refund', p_refund ->> 'id', v_amount, v_currency, v_booking);
+    IF v_refused IS NOT NULL THEN
+        RETURN v_refused;
+    END IF;
+    IF ledger.post_refund(v_booking_id, p_refund ->> 'id', v_pi, v_amount, v_currency, p_event_id) IS NULL THEN
+        -- Booked before (the worker's record and its refund.* events announce one refund):
+        -- the booking moved then; moving it again would add a history row for nothing.
+        RETURN 'processed';
+    END IF;
     -- Compare what went back with what came in on the same side (allocated or not).
     SELECT
         coalesce(sum(t.amount) FILTER (WHERE t.kind = 'charge'), 0)::bigint,
@@ -314,6 +357,7 @@ DECLARE
     v_booking_id uuid;
     v_amount bigint := stripe.money_amount('a dispute', p_dispute -> 'amount', 'RW001');
     v_currency text := stripe.money_currency('a dispute', p_dispute -> 'currency', 'RW001');
+    v_refused text;
 BEGIN
     IF ledger.charge_is_unallocated(v_pi) IS NULL THEN
         RETURN 'deferred';
@@ -324,6 +368,10 @@ BEGIN
         RETURN stripe.refuse_foreign_currency(p_event_id, 'dispute', v_id, v_amount, v_currency, v_booking);
     END IF;
     IF p_type = 'charge.dispute.created' THEN
+        v_refused := stripe.refuse_other_figures(p_event_id, 'dispute', v_id, v_amount, v_currency, v_booking);
+        IF v_refused IS NOT NULL THEN
+            RETURN v_refused;
+        END IF;
         PERFORM ledger.post_dispute(v_booking_id, v_id, v_pi, v_amount, v_currency, p_event_id);
         PERFORM booking.apply_event(v_booking_id, 'dispute_opened', p_event_id, NULL, true);
         RETURN 'processed';
@@ -332,6 +380,10 @@ BEGIN
         RETURN 'deferred';
     END IF;
     IF p_dispute ->> 'status' = 'won' THEN
+        v_refused := stripe.refuse_other_figures(p_event_id, 'dispute_reversal', v_id, v_amount, v_currency, v_booking);
+        IF v_refused IS NOT NULL THEN
+            RETURN v_refused;
+        END IF;
         PERFORM ledger.post_dispute_reversal(v_booking_id, v_id, v_pi, v_amount, v_currency, p_event_id);
         PERFORM booking.apply_event(v_booking_id, 'dispute_won', p_event_id, NULL, true);
     ELSIF p_dispute ->> 'status' = 'lost' THEN
@@ -531,6 +583,8 @@ AS $$
 DECLARE
     v_currency text;
     v_booking booking.bookings;
+    v_amount bigint;
+    v_posted record;
 BEGIN
     IF jsonb_typeof(p_refund) IS DISTINCT FROM 'object' OR jsonb_typeof(p_refund -> 'id') IS DISTINCT FROM 'string'
         OR jsonb_typeof(p_refund -> 'payment_intent') IS DISTINCT FROM 'string' THEN
@@ -538,8 +592,22 @@ BEGIN
             USING ERRCODE = '22023';
     END IF;
     IF p_refund ->> 'status' = 'succeeded' THEN
-        PERFORM stripe.money_amount('p_refund', p_refund -> 'amount', '22023');
+        v_amount := stripe.money_amount('p_refund', p_refund -> 'amount', '22023');
         v_currency := stripe.money_currency('p_refund', p_refund -> 'currency', '22023');
+        -- A refund id booked before with other figures: Stripe never changes a refund's
+        -- amount, currency or payment, so what the worker sends is not that refund. The
+        -- caller's mistake (22023, nothing written), not a broken ledger (ledger.post's RX001).
+        SELECT t.amount, t.currency, t.payment_intent_id INTO v_posted
+        FROM ledger.transactions AS t
+        WHERE t.kind = 'refund' AND t.stripe_object_id = p_refund ->> 'id';
+        IF FOUND AND (v_posted.amount, v_posted.currency, v_posted.payment_intent_id)
+            IS DISTINCT FROM (v_amount, v_currency, p_refund ->> 'payment_intent') THEN
+            RAISE EXCEPTION 'refund % was booked before with other figures', p_refund ->> 'id'
+                USING ERRCODE = '22023',
+                      DETAIL = pg_catalog.format('booked %s %s of %s, now %s %s of %s', v_posted.amount,
+                                                 v_posted.currency, v_posted.payment_intent_id, v_amount, v_currency,
+                                                 p_refund ->> 'payment_intent');
+        END IF;
         IF ledger.charge_is_unallocated(p_refund ->> 'payment_intent') IS NOT NULL THEN
             v_booking := stripe.lock_booking_for(p_refund, p_refund ->> 'payment_intent');
             IF v_currency <> v_booking.currency THEN
@@ -553,4 +621,4 @@ BEGIN
 END;
 $$;
 COMMENT ON FUNCTION api.record_stripe_refund(jsonb) IS
-'Books a succeeded Stripe refund created by the worker (once per refund id, like its refund.* event); the booking becomes refunded or partially_refunded. 22023 when it is not a refund object, its amount or currency is not valid, or its currency is not its booking''s (nothing written).';
+'Books a succeeded Stripe refund created by the worker (once per refund id, like its refund.* event); the booking becomes refunded or partially_refunded. 22023 when it is not a refund object, its amount or currency is not valid, its currency is not its booking''s, or the refund id was booked before with other figures (nothing written).';
