@@ -223,6 +223,16 @@ CREATE DOMAIN booking.row_version AS integer
 ALTER DOMAIN booking.row_version OWNER TO booking_owner;
 
 --
+-- Name: waitlist_entry_status; Type: DOMAIN; Schema: booking; Owner: booking_owner
+--
+
+CREATE DOMAIN booking.waitlist_entry_status AS text
+	CONSTRAINT waitlist_entry_status_check CHECK ((VALUE = ANY (ARRAY['waiting'::text, 'offered'::text, 'left'::text])));
+
+
+ALTER DOMAIN booking.waitlist_entry_status OWNER TO booking_owner;
+
+--
 -- Name: count; Type: DOMAIN; Schema: core; Owner: booking_owner
 --
 
@@ -326,8 +336,7 @@ ALTER DOMAIN core.text_1_255 OWNER TO booking_owner;
 -- Name: job_kind; Type: DOMAIN; Schema: jobs; Owner: booking_owner
 --
 
-CREATE DOMAIN jobs.job_kind AS text
-	CONSTRAINT job_kind_check CHECK ((VALUE = ANY (ARRAY['email.booking_confirmed'::text, 'stripe.refund'::text, 'stripe.reconcile'::text, 'alert.notify'::text, 'bench.noop'::text])));
+CREATE DOMAIN jobs.job_kind AS text;
 
 
 ALTER DOMAIN jobs.job_kind OWNER TO booking_owner;
@@ -410,29 +419,17 @@ CREATE FUNCTION api.availability(p_inventory_id uuid) RETURNS TABLE(capacity int
     LANGUAGE plpgsql STABLE SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
--- One statement, one snapshot: the bucket sums plus the open holds already past their
--- deadline (dead, not yet swept). Reads at most 64 bucket rows and the unswept dead
--- holds, never the live ones.
+-- One statement, one snapshot (booking.stock).
 BEGIN
     PERFORM core.require(p_inventory_id, 'p_inventory_id');
     RETURN QUERY
     SELECT
         i.capacity,
-        b.sold::int,
-        (i.capacity - b.sold - b.free - d.units)::int,
-        (b.free + d.units)::int
+        s.sold::int,
+        (i.capacity - s.sold - s.free - s.dead_units - s.owed)::int,
+        booking.available_units(s.free, s.dead_units, s.owed, s.waits)
     FROM booking.inventory AS i
-    CROSS JOIN LATERAL (
-        SELECT sum(x.free) AS free, sum(x.sold) AS sold
-        FROM booking.inventory_buckets AS x WHERE x.inventory_id = i.inventory_id
-    ) AS b
-    CROSS JOIN LATERAL (
-        SELECT coalesce(sum(h.quantity), 0) AS units
-        FROM booking.holds AS h
-        WHERE h.inventory_id = i.inventory_id
-          AND h.status IN ('live', 'booked')
-          AND h.expires_at <= (SELECT clock_timestamp())  -- an InitPlan: indexable
-    ) AS d
+    CROSS JOIN LATERAL booking.stock(i.inventory_id) AS s
     WHERE i.inventory_id = p_inventory_id;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'inventory % not found', p_inventory_id USING ERRCODE = 'RB005';
@@ -566,8 +563,8 @@ BEGIN
     RETURN QUERY
     SELECT
         i.inventory_id, i.sku, i.unit_amount, i.currency, i.capacity,
-        (b.free + d.units)::int,
-        b.free + d.units = 0,
+        booking.available_units(s.free, s.dead_units, s.owed, s.waits),
+        booking.available_units(s.free, s.dead_units, s.owed, s.waits) = 0,
         v.version
     FROM (SELECT coalesce((SELECT c.version FROM core.cache_versions AS c WHERE c.namespace = 'catalog'), 0)
           AS version) AS v
@@ -577,17 +574,7 @@ BEGIN
         ORDER BY x.sku
         LIMIT p_limit
     ) AS i
-    CROSS JOIN LATERAL (
-        SELECT coalesce(sum(y.free), 0) AS free
-        FROM booking.inventory_buckets AS y WHERE y.inventory_id = i.inventory_id
-    ) AS b
-    CROSS JOIN LATERAL (
-        SELECT coalesce(sum(h.quantity), 0) AS units
-        FROM booking.holds AS h
-        WHERE h.inventory_id = i.inventory_id
-          AND h.status IN ('live', 'booked')
-          AND h.expires_at <= (SELECT clock_timestamp())  -- an InitPlan: indexable
-    ) AS d
+    CROSS JOIN LATERAL booking.stock(i.inventory_id) AS s
     ORDER BY i.sku;
 END;
 $$;
@@ -913,6 +900,49 @@ ALTER FUNCTION api.create_inventory(p_sku text, p_capacity integer, p_unit_amoun
 --
 
 COMMENT ON FUNCTION api.create_inventory(p_sku text, p_capacity integer, p_unit_amount bigint, p_currency text, p_hold_ttl interval, p_extension interval, p_max_extensions integer) IS 'Creates a sellable pool (capacity, unit price in minor units, currency, hold TTL, extension length and limit); returns its id. Idempotent on sku (RI001 when the same sku comes with other settings).';
+
+
+--
+-- Name: enter_queue(uuid, text); Type: FUNCTION; Schema: api; Owner: booking_owner
+--
+
+CREATE FUNCTION api.enter_queue(p_inventory_id uuid, p_visitor text) RETURNS uuid
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+    v_seed bytea;
+    v_ticket_id uuid := gen_random_uuid();
+    v_existing uuid;
+BEGIN
+    PERFORM core.require(p_inventory_id, 'p_inventory_id');
+    PERFORM core.require_text(p_visitor, 'p_visitor', 200);
+    SELECT q.seed INTO v_seed FROM booking.queues AS q WHERE q.inventory_id = p_inventory_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'inventory % has no queue', p_inventory_id USING ERRCODE = 'RB005';
+    END IF;
+    INSERT INTO booking.queue_tickets (ticket_id, inventory_id, visitor, pre_rank)
+    VALUES (v_ticket_id, p_inventory_id, p_visitor, sha256(v_seed || uuid_send(v_ticket_id)))
+    ON CONFLICT (inventory_id, visitor) DO NOTHING;
+    IF FOUND THEN
+        RETURN v_ticket_id;
+    END IF;
+    -- Entered before: the same ticket (the unique index waited for a concurrent insert).
+    SELECT t.ticket_id INTO v_existing
+    FROM booking.queue_tickets AS t
+    WHERE t.inventory_id = p_inventory_id AND t.visitor = p_visitor;
+    RETURN v_existing;
+END;
+$$;
+
+
+ALTER FUNCTION api.enter_queue(p_inventory_id uuid, p_visitor text) OWNER TO booking_owner;
+
+--
+-- Name: FUNCTION enter_queue(p_inventory_id uuid, p_visitor text); Type: COMMENT; Schema: api; Owner: booking_owner
+--
+
+COMMENT ON FUNCTION api.enter_queue(p_inventory_id uuid, p_visitor text) IS 'A ticket in the inventory''s waiting room for p_visitor; the same visitor entering again gets the same ticket. RB005 when the inventory has no queue.';
 
 
 --
@@ -1482,6 +1512,145 @@ COMMENT ON FUNCTION api.issue_refresh_token(p_user_id text, p_token_hash bytea, 
 
 
 --
+-- Name: join_waitlist(uuid, integer, text, text); Type: FUNCTION; Schema: api; Owner: booking_owner
+--
+
+CREATE FUNCTION api.join_waitlist(p_inventory_id uuid, p_quantity integer, p_holder text, p_key text DEFAULT NULL::text) RETURNS uuid
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+    v_inventory booking.inventory;
+    v_existing booking.waitlist_entries;
+    v_list booking.waitlists;
+    v_taken boolean := false;
+    v_entry_id uuid;
+BEGIN
+    PERFORM core.require(p_inventory_id, 'p_inventory_id');
+    PERFORM core.require_range(p_quantity, 'p_quantity', 1, 100);
+    PERFORM core.require_text(p_holder, 'p_holder', 200);
+    IF p_key IS NOT NULL THEN
+        PERFORM core.require_text(p_key, 'p_key', 255);
+    END IF;
+    SELECT * INTO v_inventory FROM booking.inventory AS i WHERE i.inventory_id = p_inventory_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'inventory % not found', p_inventory_id USING ERRCODE = 'RB005';
+    END IF;
+    IF p_key IS NOT NULL THEN
+        -- Joins with one (holder, key) run one at a time.
+        PERFORM pg_advisory_xact_lock(hashtextextended(p_holder || E'\n' || p_key, 7262));
+        SELECT * INTO v_existing FROM booking.waitlist_entries AS e WHERE e.holder = p_holder AND e.entry_key = p_key;
+        IF FOUND THEN
+            IF (v_existing.inventory_id, v_existing.quantity) IS DISTINCT FROM (p_inventory_id, p_quantity) THEN
+                RAISE EXCEPTION 'waitlist key % was used for another request', p_key
+                    USING ERRCODE = 'RI001',
+                          DETAIL = pg_catalog.format('entry %s wants %s of inventory %s',
+                                                     v_existing.entry_id, v_existing.quantity, v_existing.inventory_id);
+            END IF;
+            RETURN v_existing.entry_id;
+        END IF;
+    END IF;
+    INSERT INTO booking.waitlists (inventory_id) VALUES (p_inventory_id) ON CONFLICT (inventory_id) DO NOTHING;
+
+    -- Nobody waits (as far as this snapshot shows) and the owed units are not enough:
+    -- take the units from the buckets before locking the waitlist row (lock order). They
+    -- become owed units below, so whoever waits by then gets them in turn. Not on an
+    -- inventory behind a waiting room: its free units go to admitted tickets only, and
+    -- the waitlist gets the units that come back.
+    SELECT * INTO v_list FROM booking.waitlists AS w WHERE w.inventory_id = p_inventory_id;
+    IF v_list.waiting = 0 AND v_list.owed < p_quantity AND NOT v_inventory.queued THEN
+        BEGIN
+            PERFORM booking.take_units(p_inventory_id, p_quantity, v_inventory.bucket_count);
+            v_taken := true;
+        EXCEPTION WHEN SQLSTATE 'RB001' THEN
+            v_taken := false;
+        END;
+    END IF;
+
+    SELECT * INTO v_list FROM booking.waitlists AS w WHERE w.inventory_id = p_inventory_id FOR UPDATE;
+    INSERT INTO booking.waitlist_entries AS e (inventory_id, quantity, holder, entry_key)
+    VALUES (p_inventory_id, p_quantity, p_holder, p_key)
+    RETURNING e.entry_id INTO v_entry_id;
+    UPDATE booking.waitlists
+    SET waiting = waiting + 1, owed = owed + CASE WHEN v_taken THEN p_quantity ELSE 0 END
+    WHERE inventory_id = p_inventory_id;
+    PERFORM booking.serve_waitlist(p_inventory_id);
+    RETURN v_entry_id;
+END;
+$$;
+
+
+ALTER FUNCTION api.join_waitlist(p_inventory_id uuid, p_quantity integer, p_holder text, p_key text) OWNER TO booking_owner;
+
+--
+-- Name: FUNCTION join_waitlist(p_inventory_id uuid, p_quantity integer, p_holder text, p_key text); Type: COMMENT; Schema: api; Owner: booking_owner
+--
+
+COMMENT ON FUNCTION api.join_waitlist(p_inventory_id uuid, p_quantity integer, p_holder text, p_key text) IS 'Puts p_holder on the inventory''s waitlist for p_quantity (1..100) units, served whole in join order; offered at once when the units are there and nobody waits. A repeated (holder, key) returns the same entry (RI001 for another inventory or quantity); RB005 unknown inventory.';
+
+
+--
+-- Name: leave_waitlist(uuid); Type: FUNCTION; Schema: api; Owner: booking_owner
+--
+
+CREATE FUNCTION api.leave_waitlist(p_entry_id uuid) RETURNS boolean
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+-- A waiting entry leaves; an offered one gives its live offer hold back (its units go to
+-- the next entries). True if this call changed the entry; false once it has left, was
+-- claimed or lapsed.
+DECLARE
+    v_entry booking.waitlist_entries;
+    v_hold booking.holds;
+    v_units int := 0;
+    v_changed boolean := false;
+BEGIN
+    PERFORM core.require(p_entry_id, 'p_entry_id');
+    SELECT * INTO v_entry FROM booking.waitlist_entries AS e WHERE e.entry_id = p_entry_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'waitlist entry % not found', p_entry_id USING ERRCODE = 'RB005';
+    END IF;
+    IF v_entry.hold_id IS NOT NULL THEN
+        -- The hold row before the waitlist row (lock order).
+        SELECT * INTO v_hold FROM booking.holds AS h WHERE h.hold_id = v_entry.hold_id FOR UPDATE;
+    END IF;
+    PERFORM FROM booking.waitlists AS w WHERE w.inventory_id = v_entry.inventory_id FOR UPDATE;
+    SELECT * INTO v_entry FROM booking.waitlist_entries AS e WHERE e.entry_id = p_entry_id FOR UPDATE;
+    IF v_entry.status = 'waiting' THEN
+        UPDATE booking.waitlist_entries SET status = 'left', left_at = clock_timestamp() WHERE entry_id = p_entry_id;
+        UPDATE booking.waitlists SET waiting = waiting - 1 WHERE inventory_id = v_entry.inventory_id;
+        v_changed := true;
+    ELSIF v_entry.status = 'offered' AND v_hold.status IN ('live', 'booked') THEN
+        -- An open offer hold: its units go straight to the owed counter (no bucket: this
+        -- transaction holds the waitlist row and must not wait for a bucket now).
+        IF v_hold.status = 'live' AND v_hold.expires_at > clock_timestamp() THEN
+            v_units := v_hold.quantity;
+            PERFORM booking.end_holds(ARRAY[v_hold.hold_id], 'released');
+            UPDATE booking.waitlist_entries SET status = 'left', left_at = clock_timestamp() WHERE entry_id = p_entry_id;
+            v_changed := true;
+        ELSIF v_hold.expires_at <= clock_timestamp() THEN
+            v_units := v_hold.quantity;
+            PERFORM booking.end_holds(ARRAY[v_hold.hold_id], 'expired');
+        END IF;
+        UPDATE booking.waitlists SET owed = owed + v_units WHERE inventory_id = v_entry.inventory_id;
+    END IF;
+    PERFORM booking.serve_waitlist(v_entry.inventory_id);
+    RETURN v_changed;
+END;
+$$;
+
+
+ALTER FUNCTION api.leave_waitlist(p_entry_id uuid) OWNER TO booking_owner;
+
+--
+-- Name: FUNCTION leave_waitlist(p_entry_id uuid); Type: COMMENT; Schema: api; Owner: booking_owner
+--
+
+COMMENT ON FUNCTION api.leave_waitlist(p_entry_id uuid) IS 'Takes an entry off the waitlist; an offered entry''s live offer hold is released and its units offered to the next entries. True if this call changed it; RB005 unknown entry.';
+
+
+--
 -- Name: log_error(text, text, text, text, jsonb, text); Type: FUNCTION; Schema: api; Owner: booking_owner
 --
 
@@ -1541,6 +1710,50 @@ ALTER FUNCTION api.log_error(p_severity text, p_source text, p_message text, p_d
 --
 
 COMMENT ON FUNCTION api.log_error(p_severity text, p_source text, p_message text, p_detail text, p_context jsonb, p_sqlstate text) IS 'Records an error (severity debug|info|warning|error|critical) with app.correlation_id, grouped by fingerprint (ops.open_errors); a critical one enqueues an alert.notify job. Returns the error id.';
+
+
+--
+-- Name: open_queue(uuid, timestamp with time zone, integer, interval); Type: FUNCTION; Schema: api; Owner: booking_owner
+--
+
+CREATE FUNCTION api.open_queue(p_inventory_id uuid, p_opens_at timestamp with time zone, p_admit_per_minute integer, p_admission_ttl interval DEFAULT '00:10:00'::interval) RETURNS void
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+    v_queue booking.queues;
+BEGIN
+    PERFORM core.require(p_inventory_id, 'p_inventory_id');
+    PERFORM core.require(p_opens_at, 'p_opens_at');
+    PERFORM core.require_range(p_admit_per_minute, 'p_admit_per_minute', 1, 1000000);
+    PERFORM core.require_interval(p_admission_ttl, 'p_admission_ttl', interval '1 second', interval '1 day');
+    -- The inventory row serialises the settings changes of its queue.
+    PERFORM FROM booking.inventory AS i WHERE i.inventory_id = p_inventory_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'inventory % not found', p_inventory_id USING ERRCODE = 'RB005';
+    END IF;
+    SELECT * INTO v_queue FROM booking.queues AS q WHERE q.inventory_id = p_inventory_id;
+    IF FOUND AND v_queue.opens_at <= clock_timestamp() THEN
+        RAISE EXCEPTION 'the queue of inventory % opened at %', p_inventory_id, v_queue.opens_at
+            USING ERRCODE = 'RB002', HINT = 'Settings can change only before opens_at.';
+    END IF;
+    INSERT INTO booking.queues AS q (inventory_id, opens_at, admit_per_minute, admission_ttl)
+    VALUES (p_inventory_id, p_opens_at, p_admit_per_minute, p_admission_ttl)
+    ON CONFLICT (inventory_id) DO UPDATE
+    SET opens_at = excluded.opens_at, admit_per_minute = excluded.admit_per_minute,
+        admission_ttl = excluded.admission_ttl;
+    UPDATE booking.inventory SET queued = true WHERE inventory_id = p_inventory_id AND NOT queued;
+END;
+$$;
+
+
+ALTER FUNCTION api.open_queue(p_inventory_id uuid, p_opens_at timestamp with time zone, p_admit_per_minute integer, p_admission_ttl interval) OWNER TO booking_owner;
+
+--
+-- Name: FUNCTION open_queue(p_inventory_id uuid, p_opens_at timestamp with time zone, p_admit_per_minute integer, p_admission_ttl interval); Type: COMMENT; Schema: api; Owner: booking_owner
+--
+
+COMMENT ON FUNCTION api.open_queue(p_inventory_id uuid, p_opens_at timestamp with time zone, p_admit_per_minute integer, p_admission_ttl interval) IS 'Puts a waiting room in front of an inventory: from then on holds need an admitted ticket (api.place_hold_v2). Again before opens_at changes the settings, after it RB002; RB005 unknown inventory; p_admit_per_minute 1..1,000,000.';
 
 
 --
@@ -1608,6 +1821,11 @@ BEGIN
     IF NOT FOUND THEN
         RAISE EXCEPTION 'inventory % not found', p_inventory_id USING ERRCODE = 'RB005';
     END IF;
+    IF v_inventory.queued THEN
+        -- Sold through a waiting room: an admitted ticket (api.place_hold_v2) or RB006.
+        PERFORM booking.require_admission(
+            p_inventory_id, p_holder, nullif(current_setting('booking.queue_ticket', true), '')::uuid);
+    END IF;
 
     IF p_hold_key IS NOT NULL THEN
         -- Requests with one (holder, key) run one at a time; others are not slowed.
@@ -1624,7 +1842,7 @@ BEGIN
             END IF;
             RETURN QUERY SELECT v_existing.hold_id, v_existing.expires_at;
             RETURN;
-        ELSIF FOUND AND v_existing.inventory_id = p_inventory_id THEN
+        ELSIF FOUND AND v_existing.inventory_id = p_inventory_id AND NOT booking.waitlist_waits(p_inventory_id) THEN
             -- The key's hold is dead: end it, and hand its units (nobody else can reclaim
             -- them while we hold its row) straight to the new hold, with no bucket lock.
             PERFORM booking.end_holds(ARRAY[v_existing.hold_id], 'expired');
@@ -1665,6 +1883,74 @@ ALTER FUNCTION api.place_hold(p_inventory_id uuid, p_quantity integer, p_holder 
 --
 
 COMMENT ON FUNCTION api.place_hold(p_inventory_id uuid, p_quantity integer, p_holder text, p_hold_key text) IS 'Holds p_quantity (1..100) units for p_holder until the inventory''s hold TTL passes; returns (hold_id, expires_at). RB001 not enough available (expired holds are reclaimed first), RB005 unknown inventory; a repeated (holder, hold_key) returns the same open hold (RI001 if it was for another inventory or quantity).';
+
+
+--
+-- Name: place_hold_v2(uuid, integer, text, text, uuid); Type: FUNCTION; Schema: api; Owner: booking_owner
+--
+
+CREATE FUNCTION api.place_hold_v2(p_inventory_id uuid, p_quantity integer, p_holder text, p_hold_key text DEFAULT NULL::text, p_queue_ticket uuid DEFAULT NULL::uuid) RETURNS TABLE(hold_id uuid, expires_at timestamp with time zone)
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+-- api.place_hold with a ticket: place_hold checks the ticket itself (one check, in one
+-- place) when the inventory is queued; the ticket reaches it as a transaction setting.
+BEGIN
+    PERFORM set_config('booking.queue_ticket', coalesce(p_queue_ticket::text, ''), true);
+    RETURN QUERY SELECT h.hold_id, h.expires_at FROM api.place_hold(p_inventory_id, p_quantity, p_holder, p_hold_key) AS h;
+    PERFORM set_config('booking.queue_ticket', '', true);
+END;
+$$;
+
+
+ALTER FUNCTION api.place_hold_v2(p_inventory_id uuid, p_quantity integer, p_holder text, p_hold_key text, p_queue_ticket uuid) OWNER TO booking_owner;
+
+--
+-- Name: FUNCTION place_hold_v2(p_inventory_id uuid, p_quantity integer, p_holder text, p_hold_key text, p_queue_ticket uuid); Type: COMMENT; Schema: api; Owner: booking_owner
+--
+
+COMMENT ON FUNCTION api.place_hold_v2(p_inventory_id uuid, p_quantity integer, p_holder text, p_hold_key text, p_queue_ticket uuid) IS 'As api.place_hold; on an inventory with a queue, RB006 unless p_queue_ticket is an admitted, unexpired ticket whose visitor is p_holder.';
+
+
+--
+-- Name: queue_status(uuid); Type: FUNCTION; Schema: api; Owner: booking_owner
+--
+
+CREATE FUNCTION api.queue_status(p_ticket_id uuid) RETURNS TABLE("position" bigint, admitted boolean, admitted_at timestamp with time zone, admission_expires_at timestamp with time zone)
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+    v_ticket booking.queue_tickets;
+    v_queue booking.queues;
+    v_at timestamptz := clock_timestamp();
+    v_position bigint;
+    v_admitted_at timestamptz;
+BEGIN
+    PERFORM core.require(p_ticket_id, 'p_ticket_id');
+    SELECT * INTO v_ticket FROM booking.queue_tickets AS t WHERE t.ticket_id = p_ticket_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'ticket % not found', p_ticket_id USING ERRCODE = 'RB005';
+    END IF;
+    SELECT * INTO v_queue FROM booking.queues AS q WHERE q.inventory_id = v_ticket.inventory_id;
+    v_position := booking.queue_position(v_ticket, v_queue, v_at);
+    v_admitted_at := booking.admitted_at(v_queue, v_position);
+    RETURN QUERY SELECT
+        v_position,
+        coalesce(v_at >= v_admitted_at AND v_at < v_admitted_at + v_queue.admission_ttl, false),
+        v_admitted_at,
+        v_admitted_at + v_queue.admission_ttl;
+END;
+$$;
+
+
+ALTER FUNCTION api.queue_status(p_ticket_id uuid) OWNER TO booking_owner;
+
+--
+-- Name: FUNCTION queue_status(p_ticket_id uuid); Type: COMMENT; Schema: api; Owner: booking_owner
+--
+
+COMMENT ON FUNCTION api.queue_status(p_ticket_id uuid) IS 'position (NULL before opens_at), admitted (now between admitted_at and admission_expires_at), admitted_at = opens_at + (position - 1) minutes / admit_per_minute, admission_expires_at; RB005 unknown ticket.';
 
 
 --
@@ -2111,6 +2397,16 @@ BEGIN
             SELECT p_inventory_id, n, 0 FROM generate_series(v_inventory.bucket_count, v_want - 1) AS n;
         END IF;
         PERFORM booking.add_free(p_inventory_id, v_delta);
+        -- Added capacity is units coming back too: the waitlist first (waitlist.sql).
+        PERFORM booking.units_returned(ARRAY(
+            -- The shares booking.add_free just gave each bucket.
+            SELECT ROW(p_inventory_id, c.n, v_delta / c.buckets + CASE WHEN c.n < v_delta % c.buckets THEN 1 ELSE 0 END
+                   )::booking.bucket_return
+            FROM (
+                SELECT n, greatest(v_want, v_inventory.bucket_count)::int AS buckets
+                FROM generate_series(0, greatest(v_want, v_inventory.bucket_count) - 1) AS n
+            ) AS c
+        ));
         UPDATE booking.inventory
         SET capacity = p_capacity, bucket_count = greatest(bucket_count, v_want)
         WHERE inventory_id = p_inventory_id;
@@ -2177,6 +2473,59 @@ COMMENT ON FUNCTION api.set_unit_amount(p_inventory_id uuid, p_unit_amount bigin
 
 
 --
+-- Name: waitlist_status(uuid); Type: FUNCTION; Schema: api; Owner: booking_owner
+--
+
+CREATE FUNCTION api.waitlist_status(p_entry_id uuid) RETURNS TABLE(status text, "position" integer, hold_id uuid, offer_expires_at timestamp with time zone)
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+    v_entry booking.waitlist_entries;
+    v_owed int;
+BEGIN
+    PERFORM core.require(p_entry_id, 'p_entry_id');
+    SELECT * INTO v_entry FROM booking.waitlist_entries AS e WHERE e.entry_id = p_entry_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'waitlist entry % not found', p_entry_id USING ERRCODE = 'RB005';
+    END IF;
+    IF v_entry.status IN ('waiting', 'offered') THEN
+        -- Make the offers that are due (a dead hold's units, owed units) before answering;
+        -- most polls find nothing to do and take no lock.
+        SELECT w.owed::int INTO v_owed FROM booking.waitlists AS w WHERE w.inventory_id = v_entry.inventory_id;
+        IF v_owed > 0 OR EXISTS (
+            SELECT FROM booking.holds AS h
+            WHERE h.inventory_id = v_entry.inventory_id AND h.status IN ('live', 'booked')
+              AND h.expires_at <= (SELECT clock_timestamp())
+        ) THEN
+            PERFORM booking.catch_up_waitlist(v_entry.inventory_id);
+            SELECT * INTO v_entry FROM booking.waitlist_entries AS e WHERE e.entry_id = p_entry_id;
+        END IF;
+    END IF;
+    RETURN QUERY
+    SELECT
+        s.status,
+        CASE WHEN v_entry.status = 'waiting' THEN (
+            SELECT count(*)::int + 1 FROM booking.waitlist_entries AS e
+            WHERE e.inventory_id = v_entry.inventory_id AND e.status = 'waiting' AND e.join_no < v_entry.join_no
+        ) END,
+        s.hold_id,
+        s.offer_expires_at
+    FROM booking.entry_state(v_entry) AS s;
+END;
+$$;
+
+
+ALTER FUNCTION api.waitlist_status(p_entry_id uuid) OWNER TO booking_owner;
+
+--
+-- Name: FUNCTION waitlist_status(p_entry_id uuid); Type: COMMENT; Schema: api; Owner: booking_owner
+--
+
+COMMENT ON FUNCTION api.waitlist_status(p_entry_id uuid) IS 'status (waiting, offered, claimed, lapsed, left), position (waiting entries that joined before it + 1, NULL when not waiting), the offer''s hold and its deadline; makes any offer that is due first. RB005 unknown entry.';
+
+
+--
 -- Name: add_free(uuid, integer); Type: FUNCTION; Schema: booking; Owner: booking_owner
 --
 
@@ -2196,6 +2545,41 @@ $$;
 
 
 ALTER FUNCTION booking.add_free(p_inventory_id uuid, p_units integer) OWNER TO booking_owner;
+
+SET default_tablespace = '';
+
+SET default_table_access_method = heap;
+
+--
+-- Name: queues; Type: TABLE; Schema: booking; Owner: booking_owner
+--
+
+CREATE TABLE booking.queues (
+    inventory_id uuid NOT NULL,
+    opens_at timestamp with time zone NOT NULL,
+    admit_per_minute integer NOT NULL,
+    admission_ttl interval NOT NULL,
+    seed bytea DEFAULT decode((md5((gen_random_uuid())::text) || md5((gen_random_uuid())::text)), 'hex'::text) NOT NULL,
+    CONSTRAINT check_queues_admission_ttl CHECK (((admission_ttl > '00:00:00'::interval) AND (admission_ttl <= '1 day'::interval))),
+    CONSTRAINT check_queues_admit_per_minute CHECK (((admit_per_minute >= 1) AND (admit_per_minute <= 1000000)))
+);
+
+
+ALTER TABLE booking.queues OWNER TO booking_owner;
+
+--
+-- Name: admitted_at(booking.queues, bigint); Type: FUNCTION; Schema: booking; Owner: booking_owner
+--
+
+CREATE FUNCTION booking.admitted_at(p_queue booking.queues, p_position bigint) RETURNS timestamp with time zone
+    LANGUAGE sql IMMUTABLE
+    AS $$
+    -- The contract's formula, as written: no rounding.
+    SELECT p_queue.opens_at + (p_position - 1) * interval '1 minute' / p_queue.admit_per_minute;
+$$;
+
+
+ALTER FUNCTION booking.admitted_at(p_queue booking.queues, p_position bigint) OWNER TO booking_owner;
 
 --
 -- Name: after_booking_change(); Type: FUNCTION; Schema: booking; Owner: booking_owner
@@ -2380,6 +2764,21 @@ $$;
 ALTER FUNCTION booking.apply_event(p_booking_id uuid, p_event text, p_stripe_event_id text, p_detail text, p_if_allowed boolean) OWNER TO booking_owner;
 
 --
+-- Name: available_units(bigint, bigint, integer, boolean); Type: FUNCTION; Schema: booking; Owner: booking_owner
+--
+
+CREATE FUNCTION booking.available_units(p_free bigint, p_dead_units bigint, p_owed integer, p_waits boolean) RETURNS integer
+    LANGUAGE sql IMMUTABLE
+    AS $$
+    -- What a new buyer could take now (of booking.stock): free units, plus dead holds' and
+    -- owed units unless entries wait (then those are theirs: waitlist.sql).
+    SELECT (p_free + CASE WHEN p_waits THEN 0 ELSE p_dead_units + p_owed END)::int;
+$$;
+
+
+ALTER FUNCTION booking.available_units(p_free bigint, p_dead_units bigint, p_owed integer, p_waits boolean) OWNER TO booking_owner;
+
+--
 -- Name: bucket_count_for(integer); Type: FUNCTION; Schema: booking; Owner: booking_owner
 --
 
@@ -2394,6 +2793,28 @@ $$;
 
 
 ALTER FUNCTION booking.bucket_count_for(p_capacity integer) OWNER TO booking_owner;
+
+--
+-- Name: catch_up_waitlist(uuid); Type: FUNCTION; Schema: booking; Owner: booking_owner
+--
+
+CREATE FUNCTION booking.catch_up_waitlist(p_inventory_id uuid) RETURNS void
+    LANGUAGE plpgsql
+    AS $$
+-- The latest moment an offer is made: reclaim the inventory's dead holds (their units
+-- come back through booking.units_returned and are offered), then offer what is owed.
+-- Takes bucket locks before the waitlist row, as everywhere.
+BEGIN
+    PERFORM booking.return_to_buckets(
+        booking.end_holds(booking.dead_open_holds(p_inventory_id, 1000), 'expired')
+    );
+    PERFORM FROM booking.waitlists AS w WHERE w.inventory_id = p_inventory_id FOR UPDATE;
+    PERFORM booking.serve_waitlist(p_inventory_id);
+END;
+$$;
+
+
+ALTER FUNCTION booking.catch_up_waitlist(p_inventory_id uuid) OWNER TO booking_owner;
 
 --
 -- Name: confirmation_message(uuid, text, bigint, text); Type: FUNCTION; Schema: booking; Owner: booking_owner
@@ -2492,6 +2913,40 @@ $$;
 ALTER FUNCTION booking.dead_open_holds(p_inventory_id uuid, p_limit integer) OWNER TO booking_owner;
 
 --
+-- Name: drain_owed(uuid); Type: FUNCTION; Schema: booking; Owner: booking_owner
+--
+
+CREATE FUNCTION booking.drain_owed(p_inventory_id uuid) RETURNS void
+    LANGUAGE plpgsql
+    AS $$
+-- Owed units nobody waits for any more (entries left, or an offer lapsed with nobody
+-- behind it) go back to bucket 0. Called by the slow take path, which holds every bucket
+-- of the inventory.
+BEGIN
+    IF NOT EXISTS (SELECT FROM booking.waitlists AS w WHERE w.inventory_id = p_inventory_id AND w.owed > 0) THEN
+        RETURN;
+    END IF;
+    WITH drained AS (
+        SELECT w.owed FROM booking.waitlists AS w
+        WHERE w.inventory_id = p_inventory_id AND w.waiting = 0 AND w.owed > 0
+        FOR UPDATE
+    ), bucket AS (
+        UPDATE booking.inventory_buckets AS b
+        SET free = b.free + d.owed
+        FROM drained AS d
+        WHERE b.inventory_id = p_inventory_id AND b.bucket_no = 0
+        RETURNING b.bucket_no
+    )
+    UPDATE booking.waitlists AS w
+    SET owed = 0
+    WHERE w.inventory_id = p_inventory_id AND EXISTS (SELECT FROM bucket);
+END;
+$$;
+
+
+ALTER FUNCTION booking.drain_owed(p_inventory_id uuid) OWNER TO booking_owner;
+
+--
 -- Name: end_holds(uuid[], text); Type: FUNCTION; Schema: booking; Owner: booking_owner
 --
 
@@ -2525,6 +2980,67 @@ $$;
 ALTER FUNCTION booking.end_holds(p_hold_ids uuid[], p_status text) OWNER TO booking_owner;
 
 --
+-- Name: waitlist_join_seq; Type: SEQUENCE; Schema: booking; Owner: booking_owner
+--
+
+CREATE SEQUENCE booking.waitlist_join_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1;
+
+
+ALTER TABLE booking.waitlist_join_seq OWNER TO booking_owner;
+
+--
+-- Name: waitlist_entries; Type: TABLE; Schema: booking; Owner: booking_owner
+--
+
+CREATE TABLE booking.waitlist_entries (
+    entry_id uuid DEFAULT gen_random_uuid() NOT NULL,
+    inventory_id uuid NOT NULL,
+    join_no bigint DEFAULT nextval('booking.waitlist_join_seq'::regclass) NOT NULL,
+    quantity booking.hold_quantity NOT NULL,
+    holder core.text_1_200 NOT NULL,
+    entry_key core.text_1_255,
+    status booking.waitlist_entry_status DEFAULT 'waiting'::text NOT NULL,
+    hold_id uuid,
+    joined_at timestamp with time zone DEFAULT clock_timestamp() NOT NULL,
+    offered_at timestamp with time zone,
+    left_at timestamp with time zone
+);
+
+
+ALTER TABLE booking.waitlist_entries OWNER TO booking_owner;
+
+--
+-- Name: entry_state(booking.waitlist_entries); Type: FUNCTION; Schema: booking; Owner: booking_owner
+--
+
+CREATE FUNCTION booking.entry_state(p_entry booking.waitlist_entries) RETURNS TABLE(status text, hold_id uuid, offer_expires_at timestamp with time zone)
+    LANGUAGE sql STABLE
+    AS $$
+    -- An offered entry's state is its hold's: live before its deadline 'offered', booked
+    -- before its deadline or converted 'claimed', otherwise 'lapsed'.
+    SELECT
+        CASE
+            WHEN p_entry.status <> 'offered' THEN p_entry.status::text
+            WHEN h.status = 'converted' THEN 'claimed'
+            WHEN h.status = 'booked' AND h.expires_at > clock_timestamp() THEN 'claimed'
+            WHEN h.status = 'live' AND h.expires_at > clock_timestamp() THEN 'offered'
+            ELSE 'lapsed'
+        END,
+        p_entry.hold_id,
+        CASE WHEN p_entry.status = 'offered' THEN h.expires_at END
+    FROM (SELECT 1) AS one
+    LEFT JOIN booking.holds AS h ON h.hold_id = p_entry.hold_id;
+$$;
+
+
+ALTER FUNCTION booking.entry_state(p_entry booking.waitlist_entries) OWNER TO booking_owner;
+
+--
 -- Name: expire_due_bookings(integer); Type: FUNCTION; Schema: booking; Owner: booking_owner
 --
 
@@ -2555,10 +3071,6 @@ $$;
 
 
 ALTER FUNCTION booking.expire_due_bookings(p_limit integer) OWNER TO booking_owner;
-
-SET default_tablespace = '';
-
-SET default_table_access_method = heap;
 
 --
 -- Name: holds; Type: TABLE; Schema: booking; Owner: booking_owner
@@ -2615,6 +3127,7 @@ CREATE FUNCTION booking.give_back_units(p_booking_id uuid) RETURNS integer
 DECLARE
     v_row record;
     v_total int := 0;
+    v_returns booking.bucket_return[] := ARRAY[]::booking.bucket_return[];
 BEGIN
     FOR v_row IN
         WITH gone AS (
@@ -2641,7 +3154,10 @@ BEGIN
         SET free = free + v_row.units, sold = sold - v_row.unsold
         WHERE inventory_id = v_row.inventory_id AND bucket_no = v_row.bucket_no;
         v_total := v_total + v_row.units;
+        v_returns := v_returns || ROW(v_row.inventory_id, v_row.bucket_no, v_row.units)::booking.bucket_return;
     END LOOP;
+    -- Units returned to these inventories: serve their waitlists first (waitlist.sql).
+    PERFORM booking.units_returned(v_returns);
     RETURN v_total;
 END;
 $$;
@@ -2736,6 +3252,78 @@ $$;
 
 
 ALTER FUNCTION booking.lock_buckets(p_inventory_id uuid) OWNER TO booking_owner;
+
+--
+-- Name: inventory; Type: TABLE; Schema: booking; Owner: booking_owner
+--
+
+CREATE TABLE booking.inventory (
+    inventory_id uuid DEFAULT gen_random_uuid() NOT NULL,
+    sku text NOT NULL,
+    capacity integer NOT NULL,
+    unit_amount bigint NOT NULL,
+    currency text NOT NULL,
+    hold_ttl interval NOT NULL,
+    extension interval NOT NULL,
+    max_extensions integer NOT NULL,
+    bucket_count smallint NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    queued boolean DEFAULT false NOT NULL,
+    CONSTRAINT check_inventory_bucket_count CHECK (((bucket_count >= 1) AND (bucket_count <= 64))),
+    CONSTRAINT check_inventory_capacity CHECK (((capacity >= 0) AND (capacity <= 10000000))),
+    CONSTRAINT check_inventory_extension CHECK (((extension >= '00:00:00'::interval) AND (extension <= '1 day'::interval))),
+    CONSTRAINT check_inventory_hold_ttl CHECK (((hold_ttl > '00:00:00'::interval) AND (hold_ttl <= '1 day'::interval))),
+    CONSTRAINT check_inventory_max_extensions CHECK (((max_extensions >= 0) AND (max_extensions <= 10))),
+    CONSTRAINT check_inventory_sku CHECK (((length(sku) >= 1) AND (length(sku) <= 200))),
+    CONSTRAINT check_inventory_unit_amount CHECK (((unit_amount >= 0) AND (unit_amount <= '100000000000'::bigint)))
+);
+
+
+ALTER TABLE booking.inventory OWNER TO booking_owner;
+
+--
+-- Name: COLUMN inventory.queued; Type: COMMENT; Schema: booking; Owner: booking_owner
+--
+
+COMMENT ON COLUMN booking.inventory.queued IS 'True once api.open_queue ran for it: holds then need an admitted queue ticket (api.place_hold_v2), RB006 otherwise.';
+
+
+--
+-- Name: make_offer(booking.waitlist_entries, booking.inventory); Type: FUNCTION; Schema: booking; Owner: booking_owner
+--
+
+CREATE FUNCTION booking.make_offer(p_entry booking.waitlist_entries, p_inventory booking.inventory) RETURNS uuid
+    LANGUAGE plpgsql
+    AS $$
+-- The entry's offer: a hold of its quantity for its holder with the inventory's hold time
+-- from now, and its e-mail job carrying the message (the worker reads no booking data).
+-- The units are owed units the caller has already taken off the owed counter.
+DECLARE
+    v_hold_id uuid;
+    v_expires_at timestamptz;
+BEGIN
+    INSERT INTO booking.holds AS h (inventory_id, bucket_no, quantity, holder, expires_at)
+    VALUES (p_entry.inventory_id, 0, p_entry.quantity, p_entry.holder, clock_timestamp() + p_inventory.hold_ttl)
+    RETURNING h.hold_id, h.expires_at INTO v_hold_id, v_expires_at;
+    UPDATE booking.waitlist_entries
+    SET status = 'offered', hold_id = v_hold_id, offered_at = clock_timestamp()
+    WHERE entry_id = p_entry.entry_id;
+    PERFORM jobs.enqueue(
+        'email.waitlist_offer',
+        jsonb_build_object(
+            'entry_id', p_entry.entry_id, 'hold_id', v_hold_id, 'holder', p_entry.holder,
+            'sku', p_inventory.sku, 'quantity', p_entry.quantity,
+            'amount', p_inventory.unit_amount * p_entry.quantity, 'currency', p_inventory.currency,
+            'expires_at', v_expires_at
+        ),
+        'waitlist_offer:' || p_entry.entry_id::text
+    );
+    RETURN v_hold_id;
+END;
+$$;
+
+
+ALTER FUNCTION booking.make_offer(p_entry booking.waitlist_entries, p_inventory booking.inventory) OWNER TO booking_owner;
 
 --
 -- Name: note_bucket_crossing(); Type: FUNCTION; Schema: booking; Owner: booking_owner
@@ -2843,6 +3431,115 @@ $$;
 ALTER FUNCTION booking.purge_ended_holds(p_retention interval, p_batch_size integer) OWNER TO booking_owner;
 
 --
+-- Name: queue_arrival_seq; Type: SEQUENCE; Schema: booking; Owner: booking_owner
+--
+
+CREATE SEQUENCE booking.queue_arrival_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 32;
+
+
+ALTER TABLE booking.queue_arrival_seq OWNER TO booking_owner;
+
+--
+-- Name: queue_tickets; Type: TABLE; Schema: booking; Owner: booking_owner
+--
+
+CREATE TABLE booking.queue_tickets (
+    ticket_id uuid DEFAULT gen_random_uuid() NOT NULL,
+    inventory_id uuid NOT NULL,
+    visitor core.text_1_200 NOT NULL,
+    arrival_no bigint DEFAULT nextval('booking.queue_arrival_seq'::regclass) NOT NULL,
+    entered_at timestamp with time zone DEFAULT clock_timestamp() NOT NULL,
+    pre_rank bytea NOT NULL
+);
+
+
+ALTER TABLE booking.queue_tickets OWNER TO booking_owner;
+
+--
+-- Name: queue_position(booking.queue_tickets, booking.queues, timestamp with time zone); Type: FUNCTION; Schema: booking; Owner: booking_owner
+--
+
+CREATE FUNCTION booking.queue_position(p_ticket booking.queue_tickets, p_queue booking.queues, p_at timestamp with time zone) RETURNS bigint
+    LANGUAGE plpgsql STABLE
+    AS $$
+-- The ticket's place in its queue at p_at: NULL before opens_at; the early visitors first,
+-- in their random order, then the others in arrival order.
+DECLARE
+    v_early bigint;
+    v_ahead bigint;
+BEGIN
+    IF p_at < p_queue.opens_at THEN
+        RETURN NULL;
+    END IF;
+    IF p_ticket.entered_at < p_queue.opens_at THEN
+        SELECT count(*) INTO v_ahead
+        FROM booking.queue_tickets AS t
+        WHERE t.inventory_id = p_ticket.inventory_id AND t.pre_rank < p_ticket.pre_rank
+          AND t.entered_at < p_queue.opens_at;
+        RETURN v_ahead + 1;
+    END IF;
+    SELECT count(*) INTO v_early
+    FROM booking.queue_tickets AS t
+    WHERE t.inventory_id = p_ticket.inventory_id AND t.entered_at < p_queue.opens_at;
+    SELECT count(*) INTO v_ahead
+    FROM booking.queue_tickets AS t
+    WHERE t.inventory_id = p_ticket.inventory_id
+      AND t.entered_at >= p_queue.opens_at
+      AND (t.entered_at, t.arrival_no) < (p_ticket.entered_at, p_ticket.arrival_no);
+    RETURN v_early + v_ahead + 1;
+END;
+$$;
+
+
+ALTER FUNCTION booking.queue_position(p_ticket booking.queue_tickets, p_queue booking.queues, p_at timestamp with time zone) OWNER TO booking_owner;
+
+--
+-- Name: require_admission(uuid, text, uuid); Type: FUNCTION; Schema: booking; Owner: booking_owner
+--
+
+CREATE FUNCTION booking.require_admission(p_inventory_id uuid, p_holder text, p_ticket_id uuid) RETURNS void
+    LANGUAGE plpgsql
+    AS $$
+-- RB006 unless p_ticket_id is a ticket of this inventory's queue, of visitor p_holder,
+-- admitted now (between its admission time and the end of its admission window).
+DECLARE
+    v_ticket booking.queue_tickets;
+    v_queue booking.queues;
+    v_at timestamptz := clock_timestamp();
+    v_position bigint;
+    v_admitted_at timestamptz;
+BEGIN
+    IF p_ticket_id IS NULL THEN
+        RAISE EXCEPTION 'inventory % sells through its waiting room', p_inventory_id
+            USING ERRCODE = 'RB006', HINT = 'api.enter_queue, then api.place_hold_v2 with the admitted ticket.';
+    END IF;
+    SELECT * INTO v_ticket FROM booking.queue_tickets AS t WHERE t.ticket_id = p_ticket_id;
+    SELECT * INTO v_queue FROM booking.queues AS q WHERE q.inventory_id = p_inventory_id;
+    IF v_ticket.ticket_id IS NULL OR v_queue.inventory_id IS NULL
+       OR v_ticket.inventory_id <> p_inventory_id OR v_ticket.visitor <> p_holder THEN
+        RAISE EXCEPTION 'ticket % does not admit % to inventory %', p_ticket_id, p_holder, p_inventory_id
+            USING ERRCODE = 'RB006';
+    END IF;
+    v_position := booking.queue_position(v_ticket, v_queue, v_at);
+    v_admitted_at := booking.admitted_at(v_queue, v_position);
+    IF v_position IS NULL OR v_at < v_admitted_at OR v_at >= v_admitted_at + v_queue.admission_ttl THEN
+        RAISE EXCEPTION 'ticket % is not admitted now', p_ticket_id
+            USING ERRCODE = 'RB006',
+                  DETAIL = pg_catalog.format('position %s, admitted from %s for %s',
+                                             v_position, v_admitted_at, v_queue.admission_ttl);
+    END IF;
+END;
+$$;
+
+
+ALTER FUNCTION booking.require_admission(p_inventory_id uuid, p_holder text, p_ticket_id uuid) OWNER TO booking_owner;
+
+--
 -- Name: reserve_for_late_payment(uuid); Type: FUNCTION; Schema: booking; Owner: booking_owner
 --
 
@@ -2936,12 +3633,91 @@ BEGIN
         WHERE inventory_id = v_row.inventory_id AND bucket_no = v_row.bucket_no;
         v_total := v_total + v_row.units;
     END LOOP;
+    -- Units returned to these inventories: serve their waitlists first (waitlist.sql).
+    PERFORM booking.units_returned(p_returns);
     RETURN v_total;
 END;
 $$;
 
 
 ALTER FUNCTION booking.return_to_buckets(p_returns booking.bucket_return[]) OWNER TO booking_owner;
+
+--
+-- Name: serve_waitlist(uuid); Type: FUNCTION; Schema: booking; Owner: booking_owner
+--
+
+CREATE FUNCTION booking.serve_waitlist(p_inventory_id uuid) RETURNS integer
+    LANGUAGE plpgsql
+    AS $$
+-- Offers owed units to the waiting entries in join order, each whole; the first entry
+-- that does not fit stops it (no later entry may pass it). The caller holds the
+-- inventory's waitlist row. Returns the number of offers made.
+DECLARE
+    v_list booking.waitlists;
+    v_inventory booking.inventory;
+    v_entry booking.waitlist_entries;
+    v_offers int := 0;
+BEGIN
+    SELECT * INTO v_list FROM booking.waitlists AS w WHERE w.inventory_id = p_inventory_id;
+    IF v_list.waiting = 0 OR v_list.owed = 0 THEN
+        RETURN 0;
+    END IF;
+    SELECT * INTO v_inventory FROM booking.inventory AS i WHERE i.inventory_id = p_inventory_id;
+    LOOP
+        SELECT * INTO v_entry
+        FROM booking.waitlist_entries AS e
+        WHERE e.inventory_id = p_inventory_id AND e.status = 'waiting'
+        ORDER BY e.join_no
+        LIMIT 1;
+        EXIT WHEN NOT FOUND OR v_entry.quantity > v_list.owed;
+        PERFORM booking.make_offer(v_entry, v_inventory);
+        v_list.owed := v_list.owed - v_entry.quantity;
+        v_list.waiting := v_list.waiting - 1;
+        v_offers := v_offers + 1;
+    END LOOP;
+    IF v_offers > 0 THEN
+        UPDATE booking.waitlists
+        SET owed = v_list.owed, waiting = v_list.waiting
+        WHERE inventory_id = p_inventory_id;
+    END IF;
+    RETURN v_offers;
+END;
+$$;
+
+
+ALTER FUNCTION booking.serve_waitlist(p_inventory_id uuid) OWNER TO booking_owner;
+
+--
+-- Name: stock(uuid); Type: FUNCTION; Schema: booking; Owner: booking_owner
+--
+
+CREATE FUNCTION booking.stock(p_inventory_id uuid) RETURNS TABLE(sold bigint, free bigint, dead_units bigint, owed integer, waits boolean)
+    LANGUAGE sql STABLE
+    AS $$
+    -- What api.availability and api.catalog count, in one place: the bucket sums, the
+    -- units of open holds already past their deadline (dead, not yet swept) and the
+    -- waitlist's owed units. Reads at most 64 bucket rows and the unswept dead holds,
+    -- never the live ones. One SELECT, so the planner inlines it into its caller.
+    SELECT b.sold, b.free, d.units, w.owed, w.waits
+    FROM (
+        SELECT coalesce(sum(x.free), 0) AS free, coalesce(sum(x.sold), 0) AS sold
+        FROM booking.inventory_buckets AS x WHERE x.inventory_id = p_inventory_id
+    ) AS b
+    CROSS JOIN (
+        SELECT coalesce(sum(h.quantity), 0) AS units
+        FROM booking.holds AS h
+        WHERE h.inventory_id = p_inventory_id
+          AND h.status IN ('live', 'booked')
+          AND h.expires_at <= (SELECT clock_timestamp())  -- an InitPlan: indexable
+    ) AS d
+    CROSS JOIN (
+        SELECT coalesce(max(x.owed), 0)::int AS owed, coalesce(bool_or(x.waiting > 0), false) AS waits
+        FROM booking.waitlists AS x WHERE x.inventory_id = p_inventory_id
+    ) AS w;
+$$;
+
+
+ALTER FUNCTION booking.stock(p_inventory_id uuid) OWNER TO booking_owner;
 
 --
 -- Name: sweep_batch(integer); Type: FUNCTION; Schema: booking; Owner: booking_owner
@@ -3168,6 +3944,8 @@ BEGIN
     v_reclaimed := booking.return_to_buckets(
         booking.end_holds(booking.dead_open_holds(p_inventory_id, 10000), 'expired')
     );
+    -- Units owed to a waitlist nobody waits on any more become takeable (waitlist.sql).
+    PERFORM booking.drain_owed(p_inventory_id);
     SELECT sum(b.free) INTO v_free FROM booking.inventory_buckets AS b WHERE b.inventory_id = p_inventory_id;
     IF v_free < p_quantity THEN
         RAISE EXCEPTION 'not enough available: % requested, % available', p_quantity, v_free
@@ -3192,6 +3970,72 @@ $$;
 
 
 ALTER FUNCTION booking.take_units_slowly(p_inventory_id uuid, p_quantity integer) OWNER TO booking_owner;
+
+--
+-- Name: units_returned(booking.bucket_return[]); Type: FUNCTION; Schema: booking; Owner: booking_owner
+--
+
+CREATE FUNCTION booking.units_returned(p_returns booking.bucket_return[]) RETURNS void
+    LANGUAGE plpgsql
+    AS $$
+-- Units returned to inventory X: serve the waitlist first. Called right after units went
+-- back to buckets (whose locks the caller holds): for each inventory with waiting
+-- entries, the units leave those buckets again for the owed counter and are offered.
+-- An inventory that never had a waitlist costs one index probe.
+DECLARE
+    v_inventory record;
+    v_bucket record;
+    v_list booking.waitlists;
+BEGIN
+    IF cardinality(p_returns) = 0 OR NOT EXISTS (
+        SELECT FROM booking.waitlists AS w
+        WHERE w.inventory_id IN (SELECT r.inventory_id FROM unnest(p_returns) AS r)
+    ) THEN
+        RETURN;
+    END IF;
+    FOR v_inventory IN
+        SELECT r.inventory_id, sum(r.units)::int AS units
+        FROM unnest(p_returns) AS r
+        GROUP BY r.inventory_id
+        ORDER BY r.inventory_id
+    LOOP
+        -- Locked even when nobody waits: a join in progress may be about to wait, and it
+        -- must find these units owed, not free.
+        SELECT * INTO v_list FROM booking.waitlists AS w WHERE w.inventory_id = v_inventory.inventory_id FOR UPDATE;
+        CONTINUE WHEN NOT FOUND OR v_list.waiting = 0 OR v_inventory.units <= 0;
+        FOR v_bucket IN
+            SELECT r.bucket_no, sum(r.units)::int AS units
+            FROM unnest(p_returns) AS r
+            WHERE r.inventory_id = v_inventory.inventory_id
+            GROUP BY r.bucket_no
+            ORDER BY r.bucket_no
+        LOOP
+            UPDATE booking.inventory_buckets
+            SET free = free - v_bucket.units
+            WHERE inventory_id = v_inventory.inventory_id AND bucket_no = v_bucket.bucket_no;
+        END LOOP;
+        UPDATE booking.waitlists SET owed = owed + v_inventory.units WHERE inventory_id = v_inventory.inventory_id;
+        PERFORM booking.serve_waitlist(v_inventory.inventory_id);
+    END LOOP;
+END;
+$$;
+
+
+ALTER FUNCTION booking.units_returned(p_returns booking.bucket_return[]) OWNER TO booking_owner;
+
+--
+-- Name: waitlist_waits(uuid); Type: FUNCTION; Schema: booking; Owner: booking_owner
+--
+
+CREATE FUNCTION booking.waitlist_waits(p_inventory_id uuid) RETURNS boolean
+    LANGUAGE sql STABLE
+    AS $$
+    -- Whether entries wait for this inventory (as of this statement).
+    SELECT EXISTS (SELECT FROM booking.waitlists AS w WHERE w.inventory_id = p_inventory_id AND w.waiting > 0);
+$$;
+
+
+ALTER FUNCTION booking.waitlist_waits(p_inventory_id uuid) OWNER TO booking_owner;
 
 --
 -- Name: bump_cache_version(text); Type: FUNCTION; Schema: core; Owner: booking_owner
@@ -4359,7 +5203,7 @@ ALTER FUNCTION stripe.lock_order_key(p_event jsonb) OWNER TO booking_owner;
 --
 
 CREATE FUNCTION stripe.money_amount(p_what text, p_value jsonb, p_errcode text) RETURNS bigint
-    LANGUAGE plpgsql STABLE
+    LANGUAGE plpgsql IMMUTABLE
     AS $_$
 -- The amount of a Stripe object that moves money: a JSON integer of 1 to 100000000000
 -- minor units (what ledger.post accepts). Anything else (absent, null, a string, 0, -5,
@@ -4837,33 +5681,6 @@ CREATE TABLE booking.cache_notes (
 ALTER TABLE booking.cache_notes OWNER TO booking_owner;
 
 --
--- Name: inventory; Type: TABLE; Schema: booking; Owner: booking_owner
---
-
-CREATE TABLE booking.inventory (
-    inventory_id uuid DEFAULT gen_random_uuid() NOT NULL,
-    sku text NOT NULL,
-    capacity integer NOT NULL,
-    unit_amount bigint NOT NULL,
-    currency text NOT NULL,
-    hold_ttl interval NOT NULL,
-    extension interval NOT NULL,
-    max_extensions integer NOT NULL,
-    bucket_count smallint NOT NULL,
-    created_at timestamp with time zone DEFAULT now() NOT NULL,
-    CONSTRAINT check_inventory_bucket_count CHECK (((bucket_count >= 1) AND (bucket_count <= 64))),
-    CONSTRAINT check_inventory_capacity CHECK (((capacity >= 0) AND (capacity <= 10000000))),
-    CONSTRAINT check_inventory_extension CHECK (((extension >= '00:00:00'::interval) AND (extension <= '1 day'::interval))),
-    CONSTRAINT check_inventory_hold_ttl CHECK (((hold_ttl > '00:00:00'::interval) AND (hold_ttl <= '1 day'::interval))),
-    CONSTRAINT check_inventory_max_extensions CHECK (((max_extensions >= 0) AND (max_extensions <= 10))),
-    CONSTRAINT check_inventory_sku CHECK (((length(sku) >= 1) AND (length(sku) <= 200))),
-    CONSTRAINT check_inventory_unit_amount CHECK (((unit_amount >= 0) AND (unit_amount <= '100000000000'::bigint)))
-);
-
-
-ALTER TABLE booking.inventory OWNER TO booking_owner;
-
---
 -- Name: inventory_buckets; Type: TABLE; Schema: booking; Owner: booking_owner
 --
 
@@ -4883,6 +5700,26 @@ ALTER TABLE booking.inventory_buckets OWNER TO booking_owner;
 --
 
 COMMENT ON COLUMN booking.inventory_buckets.sold IS 'This bucket''s share of the units sold (a payment adds to any bucket free of locks); may be negative, only the sum per inventory means anything.';
+
+
+--
+-- Name: waitlists; Type: TABLE; Schema: booking; Owner: booking_owner
+--
+
+CREATE TABLE booking.waitlists (
+    inventory_id uuid NOT NULL,
+    waiting core.count DEFAULT 0 NOT NULL,
+    owed core.count DEFAULT 0 NOT NULL
+);
+
+
+ALTER TABLE booking.waitlists OWNER TO booking_owner;
+
+--
+-- Name: TABLE waitlists; Type: COMMENT; Schema: booking; Owner: booking_owner
+--
+
+COMMENT ON TABLE booking.waitlists IS 'One row per inventory that ever had a waitlist: how many entries wait and how many units are owed to them.';
 
 
 --
@@ -5374,7 +6211,21 @@ UNION ALL
     e.event_id AS row_id,
     'an event waiting for a retry (deferred, failed) has a retry time, no other has'::text AS rule
    FROM stripe.events e
-  WHERE (((e.status)::text = ANY (ARRAY['deferred'::text, 'failed'::text])) IS DISTINCT FROM (e.next_attempt_at IS NOT NULL));
+  WHERE (((e.status)::text = ANY (ARRAY['deferred'::text, 'failed'::text])) IS DISTINCT FROM (e.next_attempt_at IS NOT NULL))
+UNION ALL
+ SELECT 'booking.waitlist_entries'::text AS table_name,
+    (e.entry_id)::text AS row_id,
+    'an offered entry names its hold, a waiting one none'::text AS rule
+   FROM booking.waitlist_entries e
+  WHERE ((((e.status)::text = 'offered'::text) AND (e.hold_id IS NULL)) OR (((e.status)::text = 'waiting'::text) AND (e.hold_id IS NOT NULL)))
+UNION ALL
+ SELECT 'booking.waitlists'::text AS table_name,
+    (w.inventory_id)::text AS row_id,
+    'the waiting counter equals the entries waiting'::text AS rule
+   FROM booking.waitlists w
+  WHERE ((w.waiting)::integer <> ( SELECT count(*) AS count
+           FROM booking.waitlist_entries e
+          WHERE ((e.inventory_id = w.inventory_id) AND ((e.status)::text = 'waiting'::text))));
 
 
 ALTER TABLE ops.broken_rows OWNER TO booking_owner;
@@ -5457,8 +6308,10 @@ CREATE VIEW ops.holds_overview AS
     h.next_deadline,
     (b.free + h.expired_unswept) AS available,
     b.free AS bucket_free,
-    i.bucket_count
-   FROM ((booking.inventory i
+    i.bucket_count,
+    COALESCE((w.owed)::integer, 0) AS waitlist_owed
+   FROM (((booking.inventory i
+     LEFT JOIN booking.waitlists w ON ((i.inventory_id = w.inventory_id)))
      CROSS JOIN LATERAL ( SELECT (sum(x.sold))::integer AS sold,
             (sum((x.free)::integer))::integer AS free
            FROM booking.inventory_buckets x
@@ -5586,9 +6439,10 @@ CREATE VIEW ops.oversold_inventory AS
     holds_overview.expired_unswept,
     holds_overview.bucket_free,
     ((holds_overview.sold + holds_overview.live_held) - holds_overview.capacity) AS oversold_by,
-    ((((holds_overview.bucket_free + holds_overview.sold) + holds_overview.live_held) + holds_overview.expired_unswept) - holds_overview.capacity) AS unaccounted
+    (((((holds_overview.bucket_free + holds_overview.sold) + holds_overview.live_held) + holds_overview.expired_unswept) + holds_overview.waitlist_owed) - holds_overview.capacity) AS unaccounted,
+    holds_overview.waitlist_owed
    FROM ops.holds_overview
-  WHERE (((holds_overview.sold + holds_overview.live_held) > holds_overview.capacity) OR ((((holds_overview.bucket_free + holds_overview.sold) + holds_overview.live_held) + holds_overview.expired_unswept) <> holds_overview.capacity));
+  WHERE (((holds_overview.sold + holds_overview.live_held) > holds_overview.capacity) OR (((((holds_overview.bucket_free + holds_overview.sold) + holds_overview.live_held) + holds_overview.expired_unswept) + holds_overview.waitlist_owed) <> holds_overview.capacity));
 
 
 ALTER TABLE ops.oversold_inventory OWNER TO booking_owner;
@@ -5685,6 +6539,47 @@ ALTER TABLE ops.stripe_events_dead OWNER TO booking_owner;
 --
 
 COMMENT ON VIEW ops.stripe_events_dead IS 'Stripe events that ran out of retries; replay with ops.replay_stripe_event.';
+
+
+--
+-- Name: waitlist_overview; Type: VIEW; Schema: ops; Owner: booking_owner
+--
+
+CREATE VIEW ops.waitlist_overview AS
+ WITH states AS (
+         SELECT x.inventory_id,
+                CASE
+                    WHEN ((x.status)::text = 'left'::text) THEN 'left'::text
+                    WHEN ((h.status)::text = 'converted'::text) THEN 'claimed'::text
+                    WHEN (((h.status)::text = 'booked'::text) AND (h.expires_at > clock_timestamp())) THEN 'claimed'::text
+                    WHEN (((h.status)::text = 'live'::text) AND (h.expires_at > clock_timestamp())) THEN 'offered'::text
+                    ELSE 'lapsed'::text
+                END AS state
+           FROM (booking.waitlist_entries x
+             LEFT JOIN booking.holds h ON ((x.hold_id = h.hold_id)))
+          WHERE ((x.status)::text <> 'waiting'::text)
+        )
+ SELECT w.inventory_id,
+    i.sku,
+    w.waiting,
+    count(*) FILTER (WHERE (s.state = 'offered'::text)) AS offered,
+    count(*) FILTER (WHERE (s.state = 'claimed'::text)) AS claimed,
+    count(*) FILTER (WHERE (s.state = 'lapsed'::text)) AS lapsed,
+    count(*) FILTER (WHERE (s.state = 'left'::text)) AS left_list,
+    w.owed AS units_owed
+   FROM ((booking.waitlists w
+     JOIN booking.inventory i ON ((w.inventory_id = i.inventory_id)))
+     LEFT JOIN states s ON ((w.inventory_id = s.inventory_id)))
+  GROUP BY w.inventory_id, i.sku, w.waiting, w.owed;
+
+
+ALTER TABLE ops.waitlist_overview OWNER TO booking_owner;
+
+--
+-- Name: VIEW waitlist_overview; Type: COMMENT; Schema: ops; Owner: booking_owner
+--
+
+COMMENT ON VIEW ops.waitlist_overview IS 'Per inventory with a waitlist: entries waiting, offers open, claimed (booked), lapsed (expired or released), left, and units owed to the waiting entries.';
 
 
 --
@@ -5791,6 +6686,46 @@ ALTER TABLE ONLY booking.inventory
 
 
 --
+-- Name: queue_tickets queue_tickets_pkey; Type: CONSTRAINT; Schema: booking; Owner: booking_owner
+--
+
+ALTER TABLE ONLY booking.queue_tickets
+    ADD CONSTRAINT queue_tickets_pkey PRIMARY KEY (ticket_id);
+
+
+--
+-- Name: queue_tickets queue_tickets_visitor_key; Type: CONSTRAINT; Schema: booking; Owner: booking_owner
+--
+
+ALTER TABLE ONLY booking.queue_tickets
+    ADD CONSTRAINT queue_tickets_visitor_key UNIQUE (inventory_id, visitor);
+
+
+--
+-- Name: queues queues_pkey; Type: CONSTRAINT; Schema: booking; Owner: booking_owner
+--
+
+ALTER TABLE ONLY booking.queues
+    ADD CONSTRAINT queues_pkey PRIMARY KEY (inventory_id);
+
+
+--
+-- Name: waitlist_entries waitlist_entries_pkey; Type: CONSTRAINT; Schema: booking; Owner: booking_owner
+--
+
+ALTER TABLE ONLY booking.waitlist_entries
+    ADD CONSTRAINT waitlist_entries_pkey PRIMARY KEY (entry_id);
+
+
+--
+-- Name: waitlists waitlists_pkey; Type: CONSTRAINT; Schema: booking; Owner: booking_owner
+--
+
+ALTER TABLE ONLY booking.waitlists
+    ADD CONSTRAINT waitlists_pkey PRIMARY KEY (inventory_id);
+
+
+--
 -- Name: cache_versions cache_versions_pkey; Type: CONSTRAINT; Schema: core; Owner: booking_owner
 --
 
@@ -5868,6 +6803,14 @@ ALTER TABLE ONLY core.reconciliation_runs
 
 ALTER TABLE ONLY core.refresh_tokens
     ADD CONSTRAINT refresh_tokens_pkey PRIMARY KEY (token_hash);
+
+
+--
+-- Name: job_kind job_kind_check; Type: CHECK CONSTRAINT; Schema: jobs; Owner: booking_owner
+--
+
+ALTER DOMAIN jobs.job_kind
+    ADD CONSTRAINT job_kind_check CHECK ((VALUE = ANY (ARRAY['email.booking_confirmed'::text, 'email.waitlist_offer'::text, 'stripe.refund'::text, 'stripe.reconcile'::text, 'alert.notify'::text, 'bench.noop'::text]))) NOT VALID;
 
 
 --
@@ -5989,6 +6932,41 @@ CREATE UNIQUE INDEX holds_open_holder_key_idx ON booking.holds USING btree (hold
 --
 
 CREATE INDEX holds_open_inventory_deadline_idx ON booking.holds USING btree (inventory_id, expires_at) WHERE ((status)::text = ANY (ARRAY['live'::text, 'booked'::text]));
+
+
+--
+-- Name: queue_tickets_arrival_idx; Type: INDEX; Schema: booking; Owner: booking_owner
+--
+
+CREATE INDEX queue_tickets_arrival_idx ON booking.queue_tickets USING btree (inventory_id, entered_at, arrival_no);
+
+
+--
+-- Name: queue_tickets_pre_rank_idx; Type: INDEX; Schema: booking; Owner: booking_owner
+--
+
+CREATE INDEX queue_tickets_pre_rank_idx ON booking.queue_tickets USING btree (inventory_id, pre_rank);
+
+
+--
+-- Name: waitlist_entries_holder_key_idx; Type: INDEX; Schema: booking; Owner: booking_owner
+--
+
+CREATE UNIQUE INDEX waitlist_entries_holder_key_idx ON booking.waitlist_entries USING btree (holder, entry_key) WHERE (entry_key IS NOT NULL);
+
+
+--
+-- Name: waitlist_entries_inventory_idx; Type: INDEX; Schema: booking; Owner: booking_owner
+--
+
+CREATE INDEX waitlist_entries_inventory_idx ON booking.waitlist_entries USING btree (inventory_id, status);
+
+
+--
+-- Name: waitlist_entries_waiting_idx; Type: INDEX; Schema: booking; Owner: booking_owner
+--
+
+CREATE INDEX waitlist_entries_waiting_idx ON booking.waitlist_entries USING btree (inventory_id, join_no) WHERE ((status)::text = 'waiting'::text);
 
 
 --
@@ -6236,6 +7214,30 @@ ALTER TABLE ONLY booking.inventory
 
 
 --
+-- Name: queues queues_inventory_id_fkey; Type: FK CONSTRAINT; Schema: booking; Owner: booking_owner
+--
+
+ALTER TABLE ONLY booking.queues
+    ADD CONSTRAINT queues_inventory_id_fkey FOREIGN KEY (inventory_id) REFERENCES booking.inventory(inventory_id);
+
+
+--
+-- Name: waitlist_entries waitlist_entries_inventory_id_fkey; Type: FK CONSTRAINT; Schema: booking; Owner: booking_owner
+--
+
+ALTER TABLE ONLY booking.waitlist_entries
+    ADD CONSTRAINT waitlist_entries_inventory_id_fkey FOREIGN KEY (inventory_id) REFERENCES booking.waitlists(inventory_id);
+
+
+--
+-- Name: waitlists waitlists_inventory_id_fkey; Type: FK CONSTRAINT; Schema: booking; Owner: booking_owner
+--
+
+ALTER TABLE ONLY booking.waitlists
+    ADD CONSTRAINT waitlists_inventory_id_fkey FOREIGN KEY (inventory_id) REFERENCES booking.inventory(inventory_id);
+
+
+--
 -- Name: cron_runs cron_runs_jobname_fkey; Type: FK CONSTRAINT; Schema: core; Owner: booking_owner
 --
 
@@ -6364,6 +7366,14 @@ GRANT ALL ON FUNCTION api.create_inventory(p_sku text, p_capacity integer, p_uni
 
 
 --
+-- Name: FUNCTION enter_queue(p_inventory_id uuid, p_visitor text); Type: ACL; Schema: api; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION api.enter_queue(p_inventory_id uuid, p_visitor text) FROM PUBLIC;
+GRANT ALL ON FUNCTION api.enter_queue(p_inventory_id uuid, p_visitor text) TO booking_app;
+
+
+--
 -- Name: FUNCTION extend_hold(p_hold_id uuid); Type: ACL; Schema: api; Owner: booking_owner
 --
 
@@ -6457,6 +7467,22 @@ GRANT ALL ON FUNCTION api.issue_refresh_token(p_user_id text, p_token_hash bytea
 
 
 --
+-- Name: FUNCTION join_waitlist(p_inventory_id uuid, p_quantity integer, p_holder text, p_key text); Type: ACL; Schema: api; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION api.join_waitlist(p_inventory_id uuid, p_quantity integer, p_holder text, p_key text) FROM PUBLIC;
+GRANT ALL ON FUNCTION api.join_waitlist(p_inventory_id uuid, p_quantity integer, p_holder text, p_key text) TO booking_app;
+
+
+--
+-- Name: FUNCTION leave_waitlist(p_entry_id uuid); Type: ACL; Schema: api; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION api.leave_waitlist(p_entry_id uuid) FROM PUBLIC;
+GRANT ALL ON FUNCTION api.leave_waitlist(p_entry_id uuid) TO booking_app;
+
+
+--
 -- Name: FUNCTION log_error(p_severity text, p_source text, p_message text, p_detail text, p_context jsonb, p_sqlstate text); Type: ACL; Schema: api; Owner: booking_owner
 --
 
@@ -6464,6 +7490,14 @@ REVOKE ALL ON FUNCTION api.log_error(p_severity text, p_source text, p_message t
 GRANT ALL ON FUNCTION api.log_error(p_severity text, p_source text, p_message text, p_detail text, p_context jsonb, p_sqlstate text) TO booking_app;
 GRANT ALL ON FUNCTION api.log_error(p_severity text, p_source text, p_message text, p_detail text, p_context jsonb, p_sqlstate text) TO booking_shim;
 GRANT ALL ON FUNCTION api.log_error(p_severity text, p_source text, p_message text, p_detail text, p_context jsonb, p_sqlstate text) TO booking_worker;
+
+
+--
+-- Name: FUNCTION open_queue(p_inventory_id uuid, p_opens_at timestamp with time zone, p_admit_per_minute integer, p_admission_ttl interval); Type: ACL; Schema: api; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION api.open_queue(p_inventory_id uuid, p_opens_at timestamp with time zone, p_admit_per_minute integer, p_admission_ttl interval) FROM PUBLIC;
+GRANT ALL ON FUNCTION api.open_queue(p_inventory_id uuid, p_opens_at timestamp with time zone, p_admit_per_minute integer, p_admission_ttl interval) TO booking_app;
 
 
 --
@@ -6480,6 +7514,22 @@ GRANT ALL ON FUNCTION api.payment_intent_params(p_booking_id uuid) TO booking_sh
 
 REVOKE ALL ON FUNCTION api.place_hold(p_inventory_id uuid, p_quantity integer, p_holder text, p_hold_key text) FROM PUBLIC;
 GRANT ALL ON FUNCTION api.place_hold(p_inventory_id uuid, p_quantity integer, p_holder text, p_hold_key text) TO booking_app;
+
+
+--
+-- Name: FUNCTION place_hold_v2(p_inventory_id uuid, p_quantity integer, p_holder text, p_hold_key text, p_queue_ticket uuid); Type: ACL; Schema: api; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION api.place_hold_v2(p_inventory_id uuid, p_quantity integer, p_holder text, p_hold_key text, p_queue_ticket uuid) FROM PUBLIC;
+GRANT ALL ON FUNCTION api.place_hold_v2(p_inventory_id uuid, p_quantity integer, p_holder text, p_hold_key text, p_queue_ticket uuid) TO booking_app;
+
+
+--
+-- Name: FUNCTION queue_status(p_ticket_id uuid); Type: ACL; Schema: api; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION api.queue_status(p_ticket_id uuid) FROM PUBLIC;
+GRANT ALL ON FUNCTION api.queue_status(p_ticket_id uuid) TO booking_app;
 
 
 --
@@ -6563,10 +7613,25 @@ GRANT ALL ON FUNCTION api.set_unit_amount(p_inventory_id uuid, p_unit_amount big
 
 
 --
+-- Name: FUNCTION waitlist_status(p_entry_id uuid); Type: ACL; Schema: api; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION api.waitlist_status(p_entry_id uuid) FROM PUBLIC;
+GRANT ALL ON FUNCTION api.waitlist_status(p_entry_id uuid) TO booking_app;
+
+
+--
 -- Name: FUNCTION add_free(p_inventory_id uuid, p_units integer); Type: ACL; Schema: booking; Owner: booking_owner
 --
 
 REVOKE ALL ON FUNCTION booking.add_free(p_inventory_id uuid, p_units integer) FROM PUBLIC;
+
+
+--
+-- Name: FUNCTION admitted_at(p_queue booking.queues, p_position bigint); Type: ACL; Schema: booking; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION booking.admitted_at(p_queue booking.queues, p_position bigint) FROM PUBLIC;
 
 
 --
@@ -6591,10 +7656,24 @@ REVOKE ALL ON FUNCTION booking.apply_event(p_booking_id uuid, p_event text, p_st
 
 
 --
+-- Name: FUNCTION available_units(p_free bigint, p_dead_units bigint, p_owed integer, p_waits boolean); Type: ACL; Schema: booking; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION booking.available_units(p_free bigint, p_dead_units bigint, p_owed integer, p_waits boolean) FROM PUBLIC;
+
+
+--
 -- Name: FUNCTION bucket_count_for(p_capacity integer); Type: ACL; Schema: booking; Owner: booking_owner
 --
 
 REVOKE ALL ON FUNCTION booking.bucket_count_for(p_capacity integer) FROM PUBLIC;
+
+
+--
+-- Name: FUNCTION catch_up_waitlist(p_inventory_id uuid); Type: ACL; Schema: booking; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION booking.catch_up_waitlist(p_inventory_id uuid) FROM PUBLIC;
 
 
 --
@@ -6619,10 +7698,24 @@ REVOKE ALL ON FUNCTION booking.dead_open_holds(p_inventory_id uuid, p_limit inte
 
 
 --
+-- Name: FUNCTION drain_owed(p_inventory_id uuid); Type: ACL; Schema: booking; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION booking.drain_owed(p_inventory_id uuid) FROM PUBLIC;
+
+
+--
 -- Name: FUNCTION end_holds(p_hold_ids uuid[], p_status text); Type: ACL; Schema: booking; Owner: booking_owner
 --
 
 REVOKE ALL ON FUNCTION booking.end_holds(p_hold_ids uuid[], p_status text) FROM PUBLIC;
+
+
+--
+-- Name: FUNCTION entry_state(p_entry booking.waitlist_entries); Type: ACL; Schema: booking; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION booking.entry_state(p_entry booking.waitlist_entries) FROM PUBLIC;
 
 
 --
@@ -6668,6 +7761,13 @@ REVOKE ALL ON FUNCTION booking.lock_buckets(p_inventory_id uuid) FROM PUBLIC;
 
 
 --
+-- Name: FUNCTION make_offer(p_entry booking.waitlist_entries, p_inventory booking.inventory); Type: ACL; Schema: booking; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION booking.make_offer(p_entry booking.waitlist_entries, p_inventory booking.inventory) FROM PUBLIC;
+
+
+--
 -- Name: FUNCTION note_bucket_crossing(); Type: ACL; Schema: booking; Owner: booking_owner
 --
 
@@ -6703,6 +7803,20 @@ REVOKE ALL ON FUNCTION booking.purge_ended_holds(p_retention interval, p_batch_s
 
 
 --
+-- Name: FUNCTION queue_position(p_ticket booking.queue_tickets, p_queue booking.queues, p_at timestamp with time zone); Type: ACL; Schema: booking; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION booking.queue_position(p_ticket booking.queue_tickets, p_queue booking.queues, p_at timestamp with time zone) FROM PUBLIC;
+
+
+--
+-- Name: FUNCTION require_admission(p_inventory_id uuid, p_holder text, p_ticket_id uuid); Type: ACL; Schema: booking; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION booking.require_admission(p_inventory_id uuid, p_holder text, p_ticket_id uuid) FROM PUBLIC;
+
+
+--
 -- Name: FUNCTION reserve_for_late_payment(p_booking_id uuid); Type: ACL; Schema: booking; Owner: booking_owner
 --
 
@@ -6721,6 +7835,20 @@ REVOKE ALL ON FUNCTION booking.retake_expired_holds(p_booking_id uuid) FROM PUBL
 --
 
 REVOKE ALL ON FUNCTION booking.return_to_buckets(p_returns booking.bucket_return[]) FROM PUBLIC;
+
+
+--
+-- Name: FUNCTION serve_waitlist(p_inventory_id uuid); Type: ACL; Schema: booking; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION booking.serve_waitlist(p_inventory_id uuid) FROM PUBLIC;
+
+
+--
+-- Name: FUNCTION stock(p_inventory_id uuid); Type: ACL; Schema: booking; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION booking.stock(p_inventory_id uuid) FROM PUBLIC;
 
 
 --
@@ -6763,6 +7891,20 @@ REVOKE ALL ON FUNCTION booking.take_units(p_inventory_id uuid, p_units integer, 
 --
 
 REVOKE ALL ON FUNCTION booking.take_units_slowly(p_inventory_id uuid, p_quantity integer) FROM PUBLIC;
+
+
+--
+-- Name: FUNCTION units_returned(p_returns booking.bucket_return[]); Type: ACL; Schema: booking; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION booking.units_returned(p_returns booking.bucket_return[]) FROM PUBLIC;
+
+
+--
+-- Name: FUNCTION waitlist_waits(p_inventory_id uuid); Type: ACL; Schema: booking; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION booking.waitlist_waits(p_inventory_id uuid) FROM PUBLIC;
 
 
 --
@@ -7235,6 +8377,13 @@ GRANT SELECT ON TABLE ops.stripe_events TO booking_ops;
 --
 
 GRANT SELECT ON TABLE ops.stripe_events_dead TO booking_ops;
+
+
+--
+-- Name: TABLE waitlist_overview; Type: ACL; Schema: ops; Owner: booking_owner
+--
+
+GRANT SELECT ON TABLE ops.waitlist_overview TO booking_ops;
 
 
 --
