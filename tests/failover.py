@@ -31,6 +31,7 @@ from tests.stripe_events import encode, sign
 
 SECRET = "whsec_failover_0123456789abcdef"
 SHIM_LOGIN = "ha_shim"
+APP_LOGIN = "ha_app"  # makes the bookings, as an application server would
 DELIVERY_DEADLINE_S = 180  # a delivery not answered 200 by then counts as not acknowledged
 RETRY_PAUSE_S = 0.2  # Stripe waits longer (minutes to hours); the test only needs "later"
 
@@ -105,7 +106,8 @@ def run(f: Formation, *, deliveries_target: int, seed: int, kill_after: float = 
     rng = random.Random(seed)
     with connect(f.url()) as admin:
         create_login(admin, SHIM_LOGIN, "shim")
-        with connect(f.url(user=SHIM_LOGIN)) as app:
+        create_login(admin, APP_LOGIN, "app")
+        with connect(f.url(user=APP_LOGIN)) as app:
             bookings = make_bookings(app, admin, rng, deliveries_target)
     plan = chaos_deliveries(bookings, rng)
     result = Result(bookings=bookings, deliveries=sum(len(g) for g in plan))

@@ -32,11 +32,11 @@ DBNAME = "booking"
 START_TIMEOUT_S = 120
 
 # The role each test login holds (CONTRACT.md, Roles).
-DUTY_ROLES = {"shim": "booking_shim", "worker": "booking_worker"}
+DUTY_ROLES = {"app": "booking_app", "shim": "booking_shim", "worker": "booking_worker"}
 
 
 def create_login(conn: psycopg.Connection, login: str, duty: str) -> None:
-    """A login role for one duty (shim, worker) holding that duty's role."""
+    """A login role for one duty (app, shim, worker) holding that duty's role."""
     conn.execute(f'CREATE ROLE "{login}" LOGIN')
     conn.execute(f'GRANT {DUTY_ROLES[duty]} TO "{login}"')
 

@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from tests.pg import connect, database_from_template
+from tests.pg import connect, database_from_template, wait_until
 from tests.shim.server import shim
 from tests.stripe_events import encode, event, sign
 
@@ -246,7 +246,20 @@ def test_a_burst_is_applied_in_batches_and_a_bad_event_answers_for_itself_only(w
     log = tmp_path / "shim.log"
     with shim(webhook_db.shim_url, SECRET, extra_env={"WEBHOOK_BATCH_CONCURRENCY": "1"}, log=log) as base:
         events = [event() for _ in range(40)]
-        answers = burst(base, [encode(e) for e in events])
+        # The first batch waits in the database (a lock taken here) until the others have
+        # arrived, however slowly a busy machine sends them; they then go together.
+        answers = []
+        with connect(webhook_db.url) as blocker:
+            blocker.execute("BEGIN")
+            blocker.execute("LOCK TABLE stripe.events IN SHARE MODE")
+            sender = threading.Thread(target=lambda: answers.extend(burst(base, [encode(e) for e in events])))
+            sender.start()
+            assert wait_until(lambda: webhook_db.one(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pyshim' AND wait_event_type = 'Lock'"
+            ) >= 1, seconds=30)
+            time.sleep(2)
+            blocker.execute("COMMIT")
+            sender.join(timeout=60)
         assert [(a.status_code, a.json()) for a in answers] == [(200, {"outcome": "ignored"})] * 40
         ids = [e["id"] for e in events]
         rows = webhook_db.rows("SELECT xmin::text, correlation_id FROM stripe.events WHERE event_id = ANY(%s)", (ids,))

@@ -188,6 +188,11 @@ LOCKS_ON_EXISTING_TABLES = {
     },
     # An UPDATE of queued jobs' payloads: row locks only.
     "V0008__confirmation_jobs_carry_their_message.sql": {},
+    # ADD COLUMN unit_amount (nullable, no rewrite: a catalog change, held for an instant);
+    # the new tables' foreign keys onto booking.inventory.
+    "V0013__cache_versions.sql": {"booking.holds": "AccessExclusiveLock", "booking.inventory": "ShareRowExclusiveLock"},
+    # ADD COLUMN queued (a default of false, no rewrite in PostgreSQL 11 and later).
+    "V0014__waitlist_and_waiting_room.sql": {"booking.inventory": "AccessExclusiveLock"},
 }
 
 STRONGEST_LOCK = """
