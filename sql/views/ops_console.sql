@@ -1,0 +1,327 @@
+-- What the on-call console (GET /ops) and the Prometheus gauges (GET /metrics) read, one
+-- view or function per panel, as a login holding only booking_ops. Nothing here returns a
+-- payload, a client secret, a token hash or an error's detail/context (they may carry
+-- customer data): only ids, states, counts, times and messages. Applied after ops.sql
+-- (file order), whose views some of these read.
+
+-- Each cron job's lateness, as api.health() judges it: 'late' once the job has been
+-- silent for longer than its max_silence (a job never run counts from its registration).
+CREATE OR REPLACE VIEW ops.cron_lateness AS
+SELECT
+    j.jobname,
+    j.schedule,
+    j.max_silence,
+    j.last_started_at,
+    j.last_finished_at,
+    j.last_status,
+    j.last_error,
+    j.runs,
+    j.failures,
+    round(j.silent_seconds, 1) AS seconds_since_last_run,
+    round(greatest(0, j.silent_seconds - extract(EPOCH FROM j.max_silence)), 1) AS late_by_seconds,
+    CASE
+        WHEN j.last_status = 'failed' THEN 'failed'
+        WHEN j.silent_seconds > extract(EPOCH FROM j.max_silence) THEN 'late'
+        WHEN j.last_started_at IS NULL THEN 'not_run_yet'
+        ELSE 'ok'
+    END AS status
+FROM (
+    SELECT
+        c.jobname,
+        c.schedule,
+        c.max_silence,
+        r.last_started_at,
+        r.last_finished_at,
+        r.last_status,
+        r.last_error,
+        coalesce(r.runs, 0) AS runs,
+        coalesce(r.failures, 0) AS failures,
+        extract(EPOCH FROM now() - coalesce(r.last_started_at, c.registered_at)) AS silent_seconds
+    FROM core.cron_jobs AS c
+    LEFT JOIN core.cron_runs AS r ON c.jobname = r.jobname
+) AS j;
+COMMENT ON VIEW ops.cron_lateness IS
+'Each cron job: its last run, seconds since it, how late it is past max_silence, and ok | late | failed | not_run_yet.';
+
+-- Failed (retrying) and dead (out of retries) Stripe events: no payload, only the state.
+CREATE OR REPLACE VIEW ops.stripe_events_failing AS
+SELECT
+    e.event_id,
+    e.type,
+    e.status,
+    e.attempts,
+    e.last_sqlstate,
+    e.last_error,
+    e.received_at,
+    e.next_attempt_at
+FROM stripe.events AS e
+WHERE e.status IN ('failed', 'dead');
+COMMENT ON VIEW ops.stripe_events_failing IS
+'Stripe events failing (retried with backoff) or dead (replay with ops.replay_stripe_event); no payloads.';
+
+-- The planning document's success measures, measured live from what the database records.
+-- One row each: value over its window, the target in words, whether it is met.
+CREATE OR REPLACE VIEW ops.success_metrics AS
+WITH
+-- Money arriving for bookings, by the state the booking was in when it arrived.
+payments AS (
+    SELECT
+        count(*) AS total,
+        count(*) FILTER (
+            WHERE hst.from_status = 'expired'
+            OR (hst.event = 'payment_succeeded_without_capacity' AND hst.from_status <> 'cancelled')
+        ) AS late
+    FROM booking.booking_history AS hst
+    WHERE
+        hst.at > now() - interval '7 days'
+        AND hst.event IN ('payment_succeeded', 'payment_succeeded_without_capacity')
+),
+
+charges AS (
+    SELECT
+        t.booking_id,
+        t.payment_intent_id,
+        (
+            SELECT count(*) FROM booking.bookings AS b
+            WHERE b.payment_intent_id = t.payment_intent_id
+        ) > 0 AS recorded
+    FROM ledger.transactions AS t
+    WHERE t.kind = 'charge' AND t.posted_at > now() - interval '30 days'
+),
+
+sweeper AS (
+    SELECT
+        l.seconds_since_last_run,
+        l.status,
+        extract(EPOCH FROM l.max_silence) AS max_silence_seconds
+    FROM ops.cron_lateness AS l
+    WHERE l.jobname = 'booking-sweep-holds'
+),
+
+keys AS (
+    SELECT
+        count(*) AS total,
+        count(*) FILTER (WHERE k.attempts > 1) AS reused
+    FROM core.idempotency_keys AS k
+    WHERE k.created_at > now() - interval '7 days'
+),
+
+-- An alert job is enqueued in the transaction that logs the critical error: its age when
+-- done (or now, while it is not) is how long the alert took.
+alerts AS (
+    SELECT
+        max(extract(EPOCH FROM CASE WHEN j.status = 'done' THEN j.finished_at ELSE now() END - j.created_at))
+            AS slowest_seconds
+    FROM jobs.jobs AS j
+    WHERE j.kind = 'alert.notify' AND j.created_at > now() - interval '7 days'
+),
+
+resolution AS (
+    SELECT avg(extract(EPOCH FROM coalesce(g.resolved_at, now()) - g.first_seen) / 3600) AS mean_hours
+    FROM core.error_groups AS g
+    WHERE g.severity IN ('error', 'critical') AND g.first_seen > now() - interval '7 days'
+),
+
+error_rate AS (
+    SELECT
+        count(*) FILTER (WHERE e.at > now() - interval '30 days') / 30.0 AS last_per_day,
+        count(*) FILTER (WHERE e.at <= now() - interval '30 days') / 30.0 AS previous_per_day
+    FROM core.errors AS e
+    WHERE e.at > now() - interval '60 days'
+),
+
+measures (metric, value, target, ok, period, position) AS (
+    SELECT
+        'zombie_holds',
+        count(*)::numeric,
+        '= 0',
+        count(*) = 0,
+        'now: open holds 20 minutes past their deadline',
+        1
+    FROM booking.holds AS h
+    WHERE h.status IN ('live', 'booked') AND h.expires_at < now() - interval '20 minutes'
+    UNION ALL
+    SELECT
+        'sweeper_seconds_since_run',
+        coalesce(max(s.seconds_since_last_run), -1),
+        '<= ' || coalesce(max(s.max_silence_seconds)::text, '?') || ' s, last run ok',
+        coalesce(bool_and(s.status IN ('ok', 'not_run_yet')), FALSE),
+        'now: booking-sweep-holds (scheduled every minute)',
+        2
+    FROM sweeper AS s
+    UNION ALL
+    SELECT
+        'late_payments_pct',
+        CASE WHEN p.total = 0 THEN 0 ELSE round(100.0 * p.late / p.total, 3) END,
+        '< 1 %',
+        p.total = 0 OR 100.0 * p.late / p.total < 1,
+        'last 7 days: payments arriving after the booking''s holds expired',
+        3
+    FROM payments AS p
+    UNION ALL
+    SELECT
+        'duplicate_charges',
+        count(*)::numeric,
+        '= 0',
+        count(*) = 0,
+        'last 30 days: bookings charged more than once',
+        4
+    FROM (
+        SELECT c.booking_id
+        FROM charges AS c
+        WHERE c.booking_id IS NOT NULL
+        GROUP BY c.booking_id
+        HAVING count(*) > 1
+    ) AS d
+    UNION ALL
+    SELECT
+        'payment_intents_recorded_pct',
+        CASE WHEN count(*) = 0 THEN 100 ELSE round(100.0 * count(*) FILTER (WHERE c.recorded) / count(*), 3) END,
+        '= 100 %',
+        bool_and(c.recorded) IS NOT FALSE,
+        'last 30 days: charges whose PaymentIntent a booking recorded',
+        5
+    FROM charges AS c
+    UNION ALL
+    SELECT
+        'events_applied_twice',
+        count(*)::numeric,
+        '= 0',
+        count(*) = 0,
+        'last 30 days: (event, booking, transition) recorded more than once',
+        6
+    FROM (
+        SELECT hst.stripe_event_id
+        FROM booking.booking_history AS hst
+        WHERE hst.at > now() - interval '30 days' AND hst.stripe_event_id IS NOT NULL
+        GROUP BY hst.stripe_event_id, hst.booking_id, hst.event
+        HAVING count(*) > 1
+    ) AS twice
+    UNION ALL
+    SELECT
+        'idempotency_key_reuse_pct',
+        CASE WHEN k.total = 0 THEN 0 ELSE round(100.0 * k.reused / k.total, 3) END,
+        '< 0.1 %',
+        k.total = 0 OR 100.0 * k.reused / k.total < 0.1,
+        'last 7 days: idempotency keys whose work was started more than once',
+        7
+    FROM keys AS k
+    UNION ALL
+    SELECT
+        'critical_alert_latency_seconds',
+        coalesce(round(a.slowest_seconds, 1), 0),
+        '<= 60 s',
+        coalesce(a.slowest_seconds <= 60, TRUE),
+        'last 7 days: slowest critical-error alert (alert.notify job done, or still waiting)',
+        8
+    FROM alerts AS a
+    UNION ALL
+    SELECT
+        'error_resolution_hours',
+        coalesce(round(r.mean_hours, 2), 0),
+        '< 4 h',
+        coalesce(r.mean_hours < 4, TRUE),
+        'errors first seen in the last 7 days: mean hours to resolve (open ones count until now)',
+        9
+    FROM resolution AS r
+    UNION ALL
+    SELECT
+        'errors_per_day',
+        round(er.last_per_day, 2),
+        '<= ' || round(er.previous_per_day, 2)::text || ' (the 30 days before)',
+        er.last_per_day <= er.previous_per_day,
+        'last 30 days against the 30 days before: trending down or flat',
+        10
+    FROM error_rate AS er
+)
+
+SELECT
+    m.metric,
+    m.value,
+    m.target,
+    m.ok,
+    m.period
+FROM measures AS m
+ORDER BY m.position;
+COMMENT ON VIEW ops.success_metrics IS
+'The planning document''s success measures, live: metric, value (numeric), target (in words), ok, period (the window and what is counted).';
+
+-- The console's charts: holds placed, bookings created, webhooks received and errors logged
+-- in each of the last 24 hours (the current one included), each an index range count.
+CREATE OR REPLACE FUNCTION ops.activity_per_hour()
+RETURNS TABLE (hour timestamptz, holds bigint, bookings bigint, webhooks bigint, errors bigint)
+LANGUAGE sql
+STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT
+        hr.hour,
+        (SELECT count(*) FROM booking.holds AS x
+         WHERE x.created_at >= hr.hour AND x.created_at < hr.hour + interval '1 hour'),
+        (SELECT count(*) FROM booking.bookings AS x
+         WHERE x.created_at >= hr.hour AND x.created_at < hr.hour + interval '1 hour'),
+        (SELECT count(*) FROM stripe.events AS x
+         WHERE x.received_at >= hr.hour AND x.received_at < hr.hour + interval '1 hour'),
+        (SELECT count(*) FROM core.errors AS x
+         WHERE x.at >= hr.hour AND x.at < hr.hour + interval '1 hour')
+    FROM generate_series(
+        date_trunc('hour', now()) - interval '23 hours', date_trunc('hour', now()), interval '1 hour'
+    ) AS hr (hour)
+    ORDER BY hr.hour;
+$$;
+COMMENT ON FUNCTION ops.activity_per_hour() IS
+'24 rows, oldest first: holds placed, bookings created, Stripe events received and errors logged per hour.';
+
+-- The gauges GET /metrics exports (the shim caches them for a few seconds). label is ''
+-- or the cron job's name.
+CREATE OR REPLACE FUNCTION ops.metrics_gauges()
+RETURNS TABLE (metric text, label text, value double precision)
+LANGUAGE sql
+STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT 'live_holds', '', count(*)::float8
+    FROM booking.holds AS h
+    WHERE h.status IN ('live', 'booked') AND h.expires_at > clock_timestamp()
+    UNION ALL
+    SELECT 'expired_unswept_holds', '', count(*)::float8
+    FROM booking.holds AS h
+    WHERE h.status IN ('live', 'booked') AND h.expires_at <= clock_timestamp()
+    UNION ALL
+    SELECT 'oldest_unswept_hold_seconds', '', coalesce(extract(EPOCH FROM clock_timestamp() - min(h.expires_at)), 0)::float8
+    FROM booking.holds AS h
+    WHERE h.status IN ('live', 'booked') AND h.expires_at <= clock_timestamp()
+    UNION ALL
+    SELECT 'jobs_due', '', count(*)::float8
+    FROM jobs.jobs AS j
+    WHERE j.status IN ('queued', 'failed') AND j.run_at <= now()
+    UNION ALL
+    SELECT 'jobs_dead', '', count(*)::float8
+    FROM jobs.jobs AS j
+    WHERE j.status = 'dead'
+    UNION ALL
+    SELECT 'stripe_events_failed', '', count(*)::float8
+    FROM stripe.events AS e
+    WHERE e.status = 'failed'
+    UNION ALL
+    SELECT 'stripe_events_dead', '', count(*)::float8
+    FROM stripe.events AS e
+    WHERE e.status = 'dead'
+    UNION ALL
+    SELECT 'open_critical_errors', '', count(*)::float8
+    FROM core.error_groups AS g
+    WHERE g.resolved_at IS NULL AND g.severity = 'critical'
+    UNION ALL
+    SELECT 'cron_seconds_since_last_run', c.jobname,
+           extract(EPOCH FROM now() - coalesce(r.last_started_at, c.registered_at))::float8
+    FROM core.cron_jobs AS c
+    LEFT JOIN core.cron_runs AS r ON c.jobname = r.jobname
+    UNION ALL
+    SELECT 'cron_last_run_failed', c.jobname, (r.last_status IS NOT DISTINCT FROM 'failed')::int::float8
+    FROM core.cron_jobs AS c
+    LEFT JOIN core.cron_runs AS r ON c.jobname = r.jobname;
+$$;
+COMMENT ON FUNCTION ops.metrics_gauges() IS
+'The database gauges of GET /metrics: live and unswept holds, jobs due and dead, Stripe events failed and dead, open critical errors, per cron job the seconds since its last run and whether it failed.';
