@@ -10,6 +10,9 @@ command -v psql >/dev/null || missing+=(postgresql-client-15)
 command -v setpriv >/dev/null || missing+=(util-linux)
 command -v openssl >/dev/null || missing+=(openssl)
 command -v curl >/dev/null || missing+=(curl)
+# The console's browser test (tests/shim/test_console_browser.py) drives Debian's chromium.
+command -v chromium >/dev/null || missing+=(chromium)
+command -v chromedriver >/dev/null || missing+=(chromium-driver)
 # The HTTP load generator of `make bench` (BENCH=1): light enough not to compete with the shim.
 [[ -z ${BENCH:-} ]] || command -v wrk >/dev/null || missing+=(wrk)
 if ((${#missing[@]} == 0)); then exit 0; fi
