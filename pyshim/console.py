@@ -41,7 +41,7 @@ PANELS: dict[str, str] = {
         FROM ops.holds_overview
         ORDER BY live_held + expired_unswept DESC, sku
         LIMIT {PANEL_ROWS_MAX}""",
-    "jobs": "SELECT kind, status, count, oldest_due_at FROM ops.jobs_overview ORDER BY kind, status",
+    "jobs": "SELECT kind, status, count, oldest_due_at FROM ops.job_queue ORDER BY kind, status",
     "cron": """
         SELECT jobname, schedule, status, last_started_at, seconds_since_last_run, late_by_seconds,
                runs, failures, last_error
@@ -77,8 +77,12 @@ async def read_panels(pool: AsyncConnectionPool) -> dict[str, list[tuple]]:
     async with pool.connection() as conn:
         async with conn.transaction():
             await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            # A console that is slow must not hold a snapshot (and vacuum) for long.
+            # A console that is slow must not hold a snapshot (and vacuum) for long. Its
+            # queries are many small index reads: compiling them (JIT) or starting parallel
+            # workers for them costs more than it saves, on cores the webhooks need.
             await conn.execute("SET LOCAL statement_timeout = '5s'")
+            await conn.execute("SET LOCAL jit = off")
+            await conn.execute("SET LOCAL max_parallel_workers_per_gather = 0")
             out = {}
             for name, sql in PANELS.items():
                 cur = await conn.execute(sql)
@@ -143,7 +147,7 @@ def bar_chart(title: str, hours: list[dt.datetime], values: list[int]) -> str:
         label = f"{hour.astimezone(dt.timezone.utc):%H}:00 UTC: {v}"
         bars.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{bar_w - 1:.1f}" height="{h:.1f}">'
                     f'<title>{e(label)}</title></rect>')
-    first = f"{hours[0].astimezone(dt.timezone.utc):%H}:00" if hours else ""
+    first = f"{hours[0].astimezone(dt.timezone.utc):%H}:00 UTC" if hours else ""
     total = sum(values)
     return (
         f'<figure><figcaption>{e(title)} <span class="note">{e(total)} in 24 h, peak {e(max(values, default=0))}/h'
@@ -158,7 +162,7 @@ def bar_chart(title: str, hours: list[dt.datetime], values: list[int]) -> str:
 
 SEVERITY = {"critical": "bad", "error": "bad", "warning": "warn", "info": "info", "debug": "info"}
 CRON = {"ok": "good", "not_run_yet": "info", "late": "bad", "failed": "bad"}
-JOB = {"queued": "info", "running": "info", "done": "good", "failed": "warn", "dead": "bad"}
+JOB = {"queued": "info", "running": "info", "done in 24 h": "good", "failed": "warn", "dead": "bad"}
 EVENT = {"failed": "warn", "dead": "bad"}
 
 

@@ -60,6 +60,8 @@ def booking(su, status="pending_payment", pi=None):
 
 
 def history(su, booking_id, event, from_status, to_status, stripe_event_id=None, ago="1 hour"):
+    """A transition caused by a Stripe event (its own one unless given)."""
+    stripe_event_id = stripe_event_id or "evt_" + uuid.uuid4().hex
     su.execute(
         "INSERT INTO booking.booking_history (booking_id, event, from_status, to_status, stripe_event_id, at)"
         " VALUES (%s, %s, %s, %s, %s, now() - %s::interval)",
