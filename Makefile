@@ -61,6 +61,7 @@ bench: deps
 	$(VENV)/bin/python -m tests.bench.ingest_bench
 	$(VENV)/bin/python -m tests.bench.webhook_bench
 	$(VENV)/bin/python -m tests.bench.queue_bench
+	$(VENV)/bin/python -m tests.bench.console_bench
 
 # Rewrite sql/schema.sql from the embedded cluster's migrated database.
 snapshot:
