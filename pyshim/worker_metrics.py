@@ -1,8 +1,10 @@
 """The worker's own Prometheus metrics, on a port of its own (WORKER_METRICS_PORT).
 
 The worker calls job_started(kind) when it starts a job and job_finished(kind, outcome,
-seconds) when the job is done (outcome: done, retry, dead, lost: the lease was gone when
-it completed); start_server(port) once at start-up. Kinds and outcomes are closed sets
+seconds) when it is over (outcome: done; failed: recorded as failed, the database retries
+it or declares it dead; lost: its completion could not be recorded or the lease had been
+taken over; given_back: the worker stopped before it ended); start_server() once at
+start-up. Kinds and outcomes are closed sets
 (jobs.jobs' CHECK; the four outcomes), so the series stay few.
 
 The port serves the default registry's text format at any path, without a token: bind it
@@ -21,7 +23,7 @@ DURATION = Histogram("booking_worker_job_duration_seconds", "Time the worker spe
                      ["kind"], buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120))
 IN_FLIGHT = Gauge("booking_worker_jobs_in_flight", "Jobs the worker is running now, by kind", ["kind"])
 
-OUTCOMES = ("done", "retry", "dead", "lost")
+OUTCOMES = ("done", "failed", "lost", "given_back")
 _server = None  # (WSGIServer, thread) while serving
 
 

@@ -43,11 +43,11 @@ def check(port: int) -> None:
     if any(s.labels.get("kind") == "alert.notify" for s in m["booking_worker_jobs"].samples):
         before = value(m["booking_worker_jobs"], "booking_worker_jobs_total", kind="alert.notify", outcome="done")
     worker_metrics.job_finished("alert.notify", "done", 0.2)
-    worker_metrics.job_finished("stripe.refund", "retry", 3.0)
+    worker_metrics.job_finished("stripe.refund", "failed", 3.0)
     m = scrape(port)
     assert m["booking_worker_jobs"].type == "counter"
     assert value(m["booking_worker_jobs"], "booking_worker_jobs_total", kind="alert.notify", outcome="done") == before + 1
-    assert value(m["booking_worker_jobs"], "booking_worker_jobs_total", kind="stripe.refund", outcome="retry") >= 1
+    assert value(m["booking_worker_jobs"], "booking_worker_jobs_total", kind="stripe.refund", outcome="failed") >= 1
     assert value(m["booking_worker_jobs_in_flight"], "booking_worker_jobs_in_flight", kind="alert.notify") == 0
     duration = m["booking_worker_job_duration_seconds"]
     assert duration.type == "histogram"
