@@ -84,15 +84,17 @@ class GaugeCache:
 
     def __init__(self, ttl_s: float):
         self.ttl_s = ttl_s
-        self.read_at = float("-inf")
+        self.read_at = float("-inf")  # the last read that worked (booking_db_gauges_age_seconds)
+        self.tried_at = float("-inf")  # the last attempt: a database that is down is tried once per ttl too
         self.lock = asyncio.Lock()
 
     async def refresh(self, pool) -> None:
-        if time.monotonic() - self.read_at < self.ttl_s:
+        if time.monotonic() - self.tried_at < self.ttl_s:
             return
         async with self.lock:
-            if time.monotonic() - self.read_at < self.ttl_s:
-                return  # another scrape read them while this one waited
+            if time.monotonic() - self.tried_at < self.ttl_s:
+                return  # another scrape read them (or tried) while this one waited
+            self.tried_at = time.monotonic()
             try:
                 async with pool.connection() as conn:
                     cur = await conn.execute("SELECT metric, label, value FROM ops.metrics_gauges()")

@@ -240,3 +240,15 @@ def test_the_database_gauges_are_cached_between_scrapes(server, console_db):
         assert time.monotonic() < deadline + 10, "the gauges never refreshed"
         time.sleep(0.2)
     assert scrape(server)["booking_open_critical_errors"].samples[0].value == first + 1
+
+
+def test_metrics_still_answer_when_the_ops_database_is_unreachable(console_db):
+    down = f"postgresql://ops_login@127.0.0.1:{free_port()}/nothing?connect_timeout=1"
+    env = {"OPS_TOKEN": TOKEN, "OPS_DATABASE_URL": down, "METRICS_DB_CACHE_S": "30"}
+    with shim(console_db.shim_url, WEBHOOK, extra_env=env) as base:
+        m = scrape(base)  # waits for the pool's timeout once, then answers
+        assert m["booking_db_gauges_ok"].samples[0].value == 0
+        assert m["booking_db_gauges_age_seconds"].samples[0].value == -1  # never read
+        assert m["booking_http_requests"].samples  # the process metrics are still there
+        assert scrape(base)["booking_db_gauges_ok"].samples[0].value == 0
+        assert httpx.get(base + "/ops", headers=BEARER, timeout=30).status_code == 503
