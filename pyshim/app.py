@@ -66,7 +66,7 @@ async def payment_intents(request: Request) -> JSONResponse:
 async def bench_select1(request: Request) -> JSONResponse:
     """The bare baseline for make bench: the same server and pool, one SELECT 1."""
     async with request.app.state.db.pool.connection() as conn:
-        cur = await conn.execute("SELECT 1", prepare=True)
+        cur = await conn.execute("SELECT 1", prepare=request.app.state.db.prepare)
         await cur.fetchone()
     return JSONResponse({"ok": True})
 

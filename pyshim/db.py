@@ -30,25 +30,41 @@ QUERIES = {
 }
 
 
-async def fetch_all(pool: AsyncConnectionPool, sql: str, params: list[Any], correlation_id: str | None) -> list[tuple]:
+def connection_kwargs(application_name: str, prepared_statements: bool) -> dict[str, Any]:
+    """The arguments of every pooled connection. Without prepared statements (behind a
+    pooler in transaction mode) psycopg's automatic preparation is off too:
+    prepare_threshold=None; the calls then pass prepare=False."""
+    kwargs: dict[str, Any] = {"autocommit": True, "application_name": application_name}
+    if not prepared_statements:
+        kwargs["prepare_threshold"] = None
+    return kwargs
+
+
+async def fetch_all(pool: AsyncConnectionPool, sql: str, params: list[Any], correlation_id: str | None,
+                    prepare: bool = True) -> list[tuple]:
     """Runs sql in a transaction that first sets app.correlation_id (when there is one);
-    returns its rows. Used by the shim's named calls and by the worker."""
+    returns its rows. Used by the shim's named calls and by the worker. The setting is
+    transaction-local (set_config(..., true)), so nothing outlives the transaction: safe
+    behind a pooler in transaction mode."""
     async with pool.connection() as conn:
         async with conn.transaction():
             if correlation_id:
-                await conn.execute("SELECT pg_catalog.set_config('app.correlation_id', %s, true)", [correlation_id])
-            cur = await conn.execute(sql, params, prepare=True)
+                await conn.execute("SELECT pg_catalog.set_config('app.correlation_id', %s, true)", [correlation_id],
+                                   prepare=None if prepare else False)
+            cur = await conn.execute(sql, params, prepare=prepare)
             return await cur.fetchall()
 
 
 class Database:
     def __init__(self, settings: Settings):
+        # Whether the calls prepare their statements (DB_PREPARED_STATEMENTS).
+        self.prepare = settings.prepared_statements
         self.pool = AsyncConnectionPool(
             str(settings.database_url),
             min_size=settings.pool_min_size,
             max_size=settings.pool_max_size,
             timeout=settings.pool_timeout_s,
-            kwargs={"autocommit": True, "application_name": "pyshim"},
+            kwargs=connection_kwargs("pyshim", settings.prepared_statements),
             open=False,
         )
 
@@ -62,13 +78,13 @@ class Database:
 
     async def call_rows(self, name: str, params: list[Any], correlation_id: str) -> list[tuple]:
         """Runs a set-returning call (SELECT * FROM ...); returns its rows."""
-        return await fetch_all(self.pool, f"SELECT * FROM {QUERIES[name]}", params, correlation_id)
+        return await fetch_all(self.pool, f"SELECT * FROM {QUERIES[name]}", params, correlation_id, self.prepare)
 
     async def call(self, name: str, params: list[Any], correlation_id: str) -> Any:
         """Runs the named function call; returns the first column of its one row."""
         sql = _WITH_CORRELATION.format(call=QUERIES[name])
         async with self.pool.connection() as conn:
             # The call's placeholders come first in the text, the correlation id last.
-            cur = await conn.execute(sql, [*params, correlation_id], prepare=True)
+            cur = await conn.execute(sql, [*params, correlation_id], prepare=self.prepare)
             row = await cur.fetchone()
         return row[0]

@@ -20,6 +20,14 @@ def _required(env: Mapping[str, str], name: str, why: str) -> str:
     return value
 
 
+def flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    """A 'true' or 'false' setting; anything else is refused (a typo must not flip it)."""
+    value = env.get(name, "").strip().lower() or ("true" if default else "false")
+    if value not in ("true", "false"):
+        raise ConfigError(f"{name} must be 'true' or 'false', not {value!r}")
+    return value == "true"
+
+
 def _positive_int(env: Mapping[str, str], name: str, default: int, most: int) -> int:
     value = env.get(name, "").strip() or str(default)
     if not value.isdigit() or not 1 <= int(value) <= most:
@@ -59,6 +67,10 @@ class Settings:
     # How long GET /metrics reuses the gauges read from the database: a scrape storm makes
     # one query per this many seconds, not one per scrape.
     metrics_db_cache_s: float = 5.0
+    # False behind a pooler in transaction mode that keeps no prepared statements
+    # (pgbouncer before 1.21): successive transactions of one client land on different
+    # server connections, so a statement prepared on one is missing on the next.
+    prepared_statements: bool = True
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -106,4 +118,5 @@ class Settings:
             ops_token=Secret(ops_token) if ops_token else None,
             ops_database_url=Secret(ops_database_url) if ops_database_url else None,
             metrics_db_cache_s=metrics_db_cache_s,
+            prepared_statements=flag(env, "DB_PREPARED_STATEMENTS", True),
         )

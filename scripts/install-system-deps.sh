@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the project needs when they are missing:
-# PostgreSQL 15 with pg_cron, and the small tools the scripts use.
+# PostgreSQL 15 with pg_cron, pgbouncer for the pooler tests, and the small tools the scripts use.
 set -euo pipefail
 PGBIN=/usr/lib/postgresql/15/bin
 missing=()
@@ -13,6 +13,8 @@ command -v curl >/dev/null || missing+=(curl)
 # The console's browser test (tests/shim/test_console_browser.py) drives Debian's chromium.
 command -v chromium >/dev/null || missing+=(chromium)
 command -v chromedriver >/dev/null || missing+=(chromium-driver)
+# tests/e2e/test_pgbouncer.py runs the shim and the worker behind Debian's pgbouncer (1.18).
+[[ -x /usr/sbin/pgbouncer ]] || command -v pgbouncer >/dev/null || missing+=(pgbouncer)
 # The HTTP load generator of `make bench` (BENCH=1): light enough not to compete with the shim.
 [[ -z ${BENCH:-} ]] || command -v wrk >/dev/null || missing+=(wrk)
 if ((${#missing[@]} == 0)); then exit 0; fi
