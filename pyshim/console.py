@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
 from . import ops_auth
+from .db import connection_kwargs
 from .settings import Settings
 
 # How many rows a panel shows at most (the count of all is shown beside it).
@@ -69,11 +70,11 @@ def ops_pool(settings: Settings) -> AsyncConnectionPool | None:
     url = settings.ops_database_url or settings.database_url
     return AsyncConnectionPool(
         str(url), min_size=1, max_size=settings.ops_pool_max_size, timeout=settings.pool_timeout_s,
-        kwargs={"autocommit": True, "application_name": "pyshim-ops"}, open=False,
+        kwargs=connection_kwargs("pyshim-ops", settings.prepared_statements), open=False,
     )
 
 
-async def read_panels(pool: AsyncConnectionPool) -> dict[str, list[tuple]]:
+async def read_panels(pool: AsyncConnectionPool, prepare: bool = True) -> dict[str, list[tuple]]:
     async with pool.connection() as conn:
         async with conn.transaction():
             await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
@@ -86,7 +87,7 @@ async def read_panels(pool: AsyncConnectionPool) -> dict[str, list[tuple]]:
             out = {}
             for name, sql in PANELS.items():
                 # Prepared: the success metrics' view alone takes milliseconds to plan.
-                cur = await conn.execute(sql, prepare=True)
+                cur = await conn.execute(sql, prepare=prepare)
                 out[name] = await cur.fetchall()
             return out
 
@@ -272,6 +273,6 @@ async def ops_console(request: Request) -> Response:
     if denied is not None:
         return denied
     started = time.perf_counter()
-    panels = await read_panels(request.app.state.ops_pool)
+    panels = await read_panels(request.app.state.ops_pool, request.app.state.settings.prepared_statements)
     page = render(panels, (time.perf_counter() - started) * 1000)
     return HTMLResponse(page, headers=ops_auth.SECURITY_HEADERS)
