@@ -84,6 +84,7 @@ bench: deps
 	$(VENV)/bin/python -m tests.bench.onsale_bench
 	$(VENV)/bin/python -m tests.bench.failover_bench
 	$(VENV)/bin/python -m tests.bench.cache_bench
+	$(VENV)/bin/python -m tests.bench.console_bench
 
 # Rewrite sql/schema.sql from the embedded cluster's migrated database.
 snapshot:

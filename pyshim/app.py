@@ -14,10 +14,13 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from .auth import refresh
+from .console import ops_console, ops_pool
 from .db import Database
 from .errors import HANDLERS, ApiError, is_unavailable
+from .metrics import MetricsMiddleware, metrics
 from .monitoring import init_sentry
 from .openapi import openapi
+from .ops_auth import login, login_page
 from .payments import create_payment_intent, stripe_client
 from .request_id import RequestIdMiddleware, request_id_of
 from .settings import ConfigError, Settings
@@ -83,10 +86,15 @@ def create_app(settings: Settings | None = None) -> Starlette:
         app.state.stripe = stripe_client(app.state.settings)
         if app.state.stripe is None:
             log.warning("POST /payment-intents answers 503: STRIPE_API_KEY is not set")
+        app.state.ops_pool = ops_pool(app.state.settings)  # None while OPS_TOKEN is unset
         await app.state.db.open()
+        if app.state.ops_pool is not None:
+            await app.state.ops_pool.open(wait=False)
         try:
             yield
         finally:
+            if app.state.ops_pool is not None:
+                await app.state.ops_pool.close()
             await app.state.db.close()
 
     routes = [
@@ -96,12 +104,16 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
+        Route("/ops", ops_console, methods=["GET"]),
+        Route("/ops/login", login_page, methods=["GET"]),
+        Route("/ops/login", login, methods=["POST"]),
+        Route("/metrics", metrics, methods=["GET"]),
     ]
     if os.environ.get("PYSHIM_BENCH_ENDPOINT") == "1":
         routes.append(Route("/bench/select1", bench_select1, methods=["GET"]))
     return Starlette(
         routes=routes,
-        middleware=[Middleware(RequestIdMiddleware)],
+        middleware=[Middleware(RequestIdMiddleware), Middleware(MetricsMiddleware, routes=[r.path for r in routes])],
         exception_handlers=HANDLERS,
         lifespan=lifespan,
     )

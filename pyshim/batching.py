@@ -30,11 +30,13 @@ class GroupCommit(Generic[Item]):
         *,
         max_size: int,
         concurrency: int,
+        observe: Callable[[int], None] | None = None,
     ):
         if max_size < 1 or concurrency < 1:
             raise ValueError("max_size and concurrency must be at least 1")
         self._run_batch, self._run_one = run_batch, run_one
         self.max_size, self.concurrency = max_size, concurrency
+        self._observe = observe  # told the size of each batch taken (GET /metrics)
         self._queue: list[tuple[Item, asyncio.Future]] = []
         self._running = 0
         self._tasks: set[asyncio.Task] = set()
@@ -60,6 +62,8 @@ class GroupCommit(Generic[Item]):
             self._running -= 1
 
     async def _run(self, taken: list[tuple[Item, asyncio.Future]]) -> None:
+        if self._observe is not None:
+            self._observe(len(taken))
         if len(taken) == 1:
             await self._settle_one(*taken[0])
             return

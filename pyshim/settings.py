@@ -63,6 +63,15 @@ class Settings:
     # events in flight, each with at most webhook_batch_max events.
     webhook_batch_concurrency: int = 4
     webhook_batch_max: int = 32
+    # GET /ops and GET /metrics (pyshim/console.py, pyshim/metrics.py): off (404) without a
+    # token; they read the database as OPS_DATABASE_URL's login (booking_ops), in a pool of
+    # their own so that an on-call page never takes a webhook's connection.
+    ops_token: Secret | None = None
+    ops_database_url: Secret | None = None
+    ops_pool_max_size: int = 2
+    # How long GET /metrics reuses the gauges read from the database: a scrape storm makes
+    # one query per this many seconds, not one per scrape.
+    metrics_db_cache_s: float = 5.0
     # False behind a pooler in transaction mode that keeps no prepared statements
     # (pgbouncer before 1.21): successive transactions of one client land on different
     # server connections, so a statement prepared on one is missing on the next.
@@ -89,6 +98,17 @@ class Settings:
             if value and len(value.encode()) < 32:
                 raise ConfigError(f"{name} must be at least 32 bytes (it signs or peppers tokens)")
             auth[field] = Secret(value) if value else None
+        ops_token = env.get("OPS_TOKEN", "")
+        if ops_token and len(ops_token.encode()) < 32:
+            raise ConfigError("OPS_TOKEN must be at least 32 bytes (it guards GET /ops and GET /metrics)")
+        ops_database_url = env.get("OPS_DATABASE_URL", "").strip()
+        cache_s = env.get("METRICS_DB_CACHE_S", "").strip() or "5"
+        try:
+            metrics_db_cache_s = float(cache_s)
+        except ValueError:
+            metrics_db_cache_s = -1.0
+        if not 0 <= metrics_db_cache_s <= 300:
+            raise ConfigError(f"METRICS_DB_CACHE_S must be a number of seconds from 0 to 300, not {cache_s!r}")
         return cls(
             **auth,
             database_url=Secret(database_url),
@@ -100,5 +120,8 @@ class Settings:
             pool_max_size=int(env.get("DB_POOL_MAX_SIZE", "10")),
             webhook_batch_concurrency=_positive_int(env, "WEBHOOK_BATCH_CONCURRENCY", 4, 1000),
             webhook_batch_max=_positive_int(env, "WEBHOOK_BATCH_MAX", 32, 100),
+            ops_token=Secret(ops_token) if ops_token else None,
+            ops_database_url=Secret(ops_database_url) if ops_database_url else None,
+            metrics_db_cache_s=metrics_db_cache_s,
             prepared_statements=flag(env, "DB_PREPARED_STATEMENTS", True),
         )

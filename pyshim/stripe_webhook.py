@@ -13,6 +13,7 @@ from starlette.responses import JSONResponse
 
 from .batching import GroupCommit
 from .errors import ApiError, is_unavailable
+from .metrics import BATCH_SIZE, WEBHOOKS
 from .monitoring import capture
 from .request_id import request_id_of
 
@@ -124,12 +125,17 @@ def event_batcher(db, settings) -> GroupCommit[tuple[str, str]]:
         return await ingest_one(db, *item)
 
     return GroupCommit(run_batch, run_one, max_size=settings.webhook_batch_max,
-                       concurrency=settings.webhook_batch_concurrency)
+                       concurrency=settings.webhook_batch_concurrency, observe=BATCH_SIZE.observe)
 
 
 async def stripe_webhook(request: Request) -> JSONResponse:
     settings = request.app.state.settings
-    body = await read_body(request, settings.webhook_body_max_bytes)
-    verify(body, request.headers.get("stripe-signature"), settings.webhook_secrets, settings.webhook_tolerance_s)
-    outcome = await request.app.state.webhooks.submit((body.decode("utf-8"), request_id_of(request.scope)))
+    try:
+        body = await read_body(request, settings.webhook_body_max_bytes)
+        verify(body, request.headers.get("stripe-signature"), settings.webhook_secrets, settings.webhook_tolerance_s)
+        outcome = await request.app.state.webhooks.submit((body.decode("utf-8"), request_id_of(request.scope)))
+    except BaseException as exc:
+        WEBHOOKS.labels("rejected" if isinstance(exc, ApiError) and exc.status < 500 else "failed").inc()
+        raise
+    WEBHOOKS.labels(str(outcome)).inc()
     return JSONResponse({"outcome": outcome})

@@ -43,6 +43,7 @@ from .db import connection_kwargs, fetch_all
 from .monitoring import capture, init_sentry
 from .payments import new_stripe_client
 from .settings import ConfigError, flag
+from . import worker_metrics
 
 log = logging.getLogger("pyshim.worker")
 
@@ -376,11 +377,13 @@ class Worker:
             log.error("job failed", extra=extra, exc_info=True)
             capture(exc, job.correlation_id)
             ok = await self.record_failure(job, f"{type(exc).__name__}: {exc}")
+            job.outcome = "failed" if ok else "lost"
             if ok is False:
                 log.warning("the failed job's lease was already lost", extra=extra)
             return
         job.phase = "recording"
         ok = await self.complete(job, result)
+        job.outcome = "done" if ok else "lost"
         if ok:
             if job.kind != "bench.noop":
                 log.info("job done", extra=extra)
@@ -403,8 +406,11 @@ class Worker:
     def start_job(self, job: Job) -> None:
         task = asyncio.create_task(self.run_job(job))
         self.running[task] = job
+        worker_metrics.job_started(job.kind)
+        started = time.monotonic()
 
         def finished(t: asyncio.Task) -> None:
+            worker_metrics.job_finished(job.kind, getattr(job, "outcome", "given_back"), time.monotonic() - started)
             self.running.pop(t, None)
             self.slot_freed.set()
 
@@ -525,6 +531,7 @@ def main(argv: list[str]) -> int:
     init_sentry("pyshim-worker")
     try:
         worker = Worker()
+        worker_metrics.start_server()  # WORKER_METRICS_PORT; none when unset
     except ConfigError as exc:
         log.error("refusing to start: %s", exc)
         return 2

@@ -14,6 +14,9 @@ command -v openssl >/dev/null || missing+=(openssl)
 command -v curl >/dev/null || missing+=(curl)
 # The versioned-cache test and bench start their own Redis (tests/cache/test_catalog_cache_redis.py).
 command -v redis-server >/dev/null || missing+=(redis-server)
+# The console's browser test (tests/shim/test_console_browser.py) drives Debian's chromium.
+command -v chromium >/dev/null || missing+=(chromium)
+command -v chromedriver >/dev/null || missing+=(chromium-driver)
 # tests/e2e/test_pgbouncer.py runs the shim and the worker behind Debian's pgbouncer (1.18).
 [[ -x /usr/sbin/pgbouncer ]] || command -v pgbouncer >/dev/null || missing+=(pgbouncer)
 # The high-availability formation (make ha-run, the failover test and bench): Patroni with

@@ -4778,6 +4778,102 @@ $$;
 ALTER FUNCTION migrate.record(p_kind text, p_name text, p_checksum text) OWNER TO booking_owner;
 
 --
+-- Name: activity_per_hour(); Type: FUNCTION; Schema: ops; Owner: booking_owner
+--
+
+CREATE FUNCTION ops.activity_per_hour() RETURNS TABLE(hour timestamp with time zone, holds bigint, bookings bigint, webhooks bigint, errors bigint)
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    SET jit TO 'off'
+    AS $$
+    SELECT
+        hr.hour,
+        (SELECT count(*) FROM booking.holds AS x
+         WHERE x.created_at >= hr.hour AND x.created_at < hr.hour + interval '1 hour'),
+        (SELECT count(*) FROM booking.bookings AS x
+         WHERE x.created_at >= hr.hour AND x.created_at < hr.hour + interval '1 hour'),
+        (SELECT count(*) FROM stripe.events AS x
+         WHERE x.received_at >= hr.hour AND x.received_at < hr.hour + interval '1 hour'),
+        (SELECT count(*) FROM core.errors AS x
+         WHERE x.at >= hr.hour AND x.at < hr.hour + interval '1 hour')
+    FROM generate_series(
+        date_trunc('hour', now()) - interval '23 hours', date_trunc('hour', now()), interval '1 hour'
+    ) AS hr (hour)
+    ORDER BY hr.hour;
+$$;
+
+
+ALTER FUNCTION ops.activity_per_hour() OWNER TO booking_owner;
+
+--
+-- Name: FUNCTION activity_per_hour(); Type: COMMENT; Schema: ops; Owner: booking_owner
+--
+
+COMMENT ON FUNCTION ops.activity_per_hour() IS '24 rows, oldest first: holds placed, bookings created, Stripe events received and errors logged per hour.';
+
+
+--
+-- Name: metrics_gauges(); Type: FUNCTION; Schema: ops; Owner: booking_owner
+--
+
+CREATE FUNCTION ops.metrics_gauges() RETURNS TABLE(metric text, label text, value double precision)
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    SET jit TO 'off'
+    AS $$
+    SELECT 'live_holds', '', count(*)::float8
+    FROM booking.holds AS h
+    WHERE h.status IN ('live', 'booked') AND h.expires_at > clock_timestamp()
+    UNION ALL
+    SELECT 'expired_unswept_holds', '', count(*)::float8
+    FROM booking.holds AS h
+    WHERE h.status IN ('live', 'booked') AND h.expires_at <= clock_timestamp()
+    UNION ALL
+    SELECT 'oldest_unswept_hold_seconds', '', coalesce(extract(EPOCH FROM clock_timestamp() - min(h.expires_at)), 0)::float8
+    FROM booking.holds AS h
+    WHERE h.status IN ('live', 'booked') AND h.expires_at <= clock_timestamp()
+    UNION ALL
+    SELECT 'jobs_due', '', count(*)::float8
+    FROM jobs.jobs AS j
+    WHERE j.status IN ('queued', 'failed') AND j.run_at <= now()
+    UNION ALL
+    SELECT 'jobs_dead', '', count(*)::float8
+    FROM jobs.jobs AS j
+    WHERE j.status = 'dead'
+    UNION ALL
+    SELECT 'stripe_events_failed', '', count(*)::float8
+    FROM stripe.events AS e
+    WHERE e.status = 'failed'
+    UNION ALL
+    SELECT 'stripe_events_dead', '', count(*)::float8
+    FROM stripe.events AS e
+    WHERE e.status = 'dead'
+    UNION ALL
+    SELECT 'open_critical_errors', '', count(*)::float8
+    FROM core.error_groups AS g
+    WHERE g.resolved_at IS NULL AND g.severity = 'critical'
+    UNION ALL
+    SELECT 'cron_seconds_since_last_run', c.jobname,
+           extract(EPOCH FROM now() - coalesce(r.last_started_at, c.registered_at))::float8
+    FROM core.cron_jobs AS c
+    LEFT JOIN core.cron_runs AS r ON c.jobname = r.jobname
+    UNION ALL
+    SELECT 'cron_last_run_failed', c.jobname, (r.last_status IS NOT DISTINCT FROM 'failed')::int::float8
+    FROM core.cron_jobs AS c
+    LEFT JOIN core.cron_runs AS r ON c.jobname = r.jobname;
+$$;
+
+
+ALTER FUNCTION ops.metrics_gauges() OWNER TO booking_owner;
+
+--
+-- Name: FUNCTION metrics_gauges(); Type: COMMENT; Schema: ops; Owner: booking_owner
+--
+
+COMMENT ON FUNCTION ops.metrics_gauges() IS 'The database gauges of GET /metrics: live and unswept holds, jobs due and dead, Stripe events failed and dead, open critical errors, per cron job the seconds since its last run and whether it failed.';
+
+
+--
 -- Name: replay_stripe_event(text); Type: FUNCTION; Schema: ops; Owner: booking_owner
 --
 
@@ -6268,6 +6364,51 @@ COMMENT ON VIEW ops.cron_jobs IS 'Each scheduled job and its last run, as record
 
 
 --
+-- Name: cron_lateness; Type: VIEW; Schema: ops; Owner: booking_owner
+--
+
+CREATE VIEW ops.cron_lateness AS
+ SELECT j.jobname,
+    j.schedule,
+    j.max_silence,
+    j.last_started_at,
+    j.last_finished_at,
+    j.last_status,
+    j.last_error,
+    j.runs,
+    j.failures,
+    round(j.silent_seconds, 1) AS seconds_since_last_run,
+    round(GREATEST((0)::numeric, (j.silent_seconds - EXTRACT(epoch FROM j.max_silence))), 1) AS late_by_seconds,
+        CASE
+            WHEN (j.last_status = 'failed'::text) THEN 'failed'::text
+            WHEN (j.silent_seconds > EXTRACT(epoch FROM j.max_silence)) THEN 'late'::text
+            WHEN (j.last_started_at IS NULL) THEN 'not_run_yet'::text
+            ELSE 'ok'::text
+        END AS status
+   FROM ( SELECT c.jobname,
+            c.schedule,
+            c.max_silence,
+            r.last_started_at,
+            r.last_finished_at,
+            r.last_status,
+            r.last_error,
+            COALESCE(r.runs, (0)::bigint) AS runs,
+            COALESCE(r.failures, (0)::bigint) AS failures,
+            EXTRACT(epoch FROM (now() - COALESCE(r.last_started_at, c.registered_at))) AS silent_seconds
+           FROM (core.cron_jobs c
+             LEFT JOIN core.cron_runs r ON ((c.jobname = r.jobname)))) j;
+
+
+ALTER TABLE ops.cron_lateness OWNER TO booking_owner;
+
+--
+-- Name: VIEW cron_lateness; Type: COMMENT; Schema: ops; Owner: booking_owner
+--
+
+COMMENT ON VIEW ops.cron_lateness IS 'Each cron job: its last run, seconds since it, how late it is past max_silence, and ok | late | failed | not_run_yet.';
+
+
+--
 -- Name: errors; Type: VIEW; Schema: ops; Owner: booking_owner
 --
 
@@ -6330,6 +6471,53 @@ ALTER TABLE ops.holds_overview OWNER TO booking_owner;
 --
 
 COMMENT ON VIEW ops.holds_overview IS 'Per inventory: capacity, sold, units in holds before their deadline, units in dead holds not yet swept, the next deadline.';
+
+
+--
+-- Name: job_queue; Type: VIEW; Schema: ops; Owner: booking_owner
+--
+
+CREATE VIEW ops.job_queue AS
+ SELECT j.kind,
+    j.status,
+    count(*) AS count,
+    min(j.run_at) AS oldest_due_at
+   FROM jobs.jobs j
+  WHERE ((j.status)::text = ANY (ARRAY['queued'::text, 'failed'::text]))
+  GROUP BY j.kind, j.status
+UNION ALL
+ SELECT j.kind,
+    j.status,
+    count(*) AS count,
+    NULL::timestamp with time zone AS oldest_due_at
+   FROM jobs.jobs j
+  WHERE ((j.status)::text = 'running'::text)
+  GROUP BY j.kind, j.status
+UNION ALL
+ SELECT j.kind,
+    j.status,
+    count(*) AS count,
+    NULL::timestamp with time zone AS oldest_due_at
+   FROM jobs.jobs j
+  WHERE ((j.status)::text = 'dead'::text)
+  GROUP BY j.kind, j.status
+UNION ALL
+ SELECT j.kind,
+    'done in 24 h'::text AS status,
+    count(*) AS count,
+    NULL::timestamp with time zone AS oldest_due_at
+   FROM jobs.jobs j
+  WHERE ((j.created_at > (now() - '24:00:00'::interval)) AND ((j.status)::text = 'done'::text))
+  GROUP BY j.kind;
+
+
+ALTER TABLE ops.job_queue OWNER TO booking_owner;
+
+--
+-- Name: VIEW job_queue; Type: COMMENT; Schema: ops; Owner: booking_owner
+--
+
+COMMENT ON VIEW ops.job_queue IS 'Jobs queued, failed, running or dead per kind (with the oldest run time of those waiting), and those done in the last 24 hours.';
 
 
 --
@@ -6539,6 +6727,196 @@ ALTER TABLE ops.stripe_events_dead OWNER TO booking_owner;
 --
 
 COMMENT ON VIEW ops.stripe_events_dead IS 'Stripe events that ran out of retries; replay with ops.replay_stripe_event.';
+
+
+--
+-- Name: stripe_events_failing; Type: VIEW; Schema: ops; Owner: booking_owner
+--
+
+CREATE VIEW ops.stripe_events_failing AS
+ SELECT e.event_id,
+    e.type,
+    e.status,
+    e.attempts,
+    e.last_sqlstate,
+    e.last_error,
+    e.received_at,
+    e.next_attempt_at
+   FROM stripe.events e
+  WHERE ((e.status)::text = ANY (ARRAY['failed'::text, 'dead'::text]));
+
+
+ALTER TABLE ops.stripe_events_failing OWNER TO booking_owner;
+
+--
+-- Name: VIEW stripe_events_failing; Type: COMMENT; Schema: ops; Owner: booking_owner
+--
+
+COMMENT ON VIEW ops.stripe_events_failing IS 'Stripe events failing (retried with backoff) or dead (replay with ops.replay_stripe_event); no payloads.';
+
+
+--
+-- Name: success_metrics; Type: VIEW; Schema: ops; Owner: booking_owner
+--
+
+CREATE VIEW ops.success_metrics AS
+ WITH payments AS (
+         SELECT count(*) AS total,
+            count(*) FILTER (WHERE ((hst.from_status = 'expired'::text) OR ((hst.event = 'payment_succeeded_without_capacity'::text) AND (hst.from_status <> 'cancelled'::text)))) AS late
+           FROM booking.booking_history hst
+          WHERE ((hst.at > (now() - '7 days'::interval)) AND (hst.stripe_event_id IS NOT NULL) AND (hst.event = ANY (ARRAY['payment_succeeded'::text, 'payment_succeeded_without_capacity'::text])))
+        ), charges AS (
+         SELECT t.booking_id,
+            (( SELECT count(*) AS count
+                   FROM booking.bookings b
+                  WHERE ((b.payment_intent_id)::text = t.payment_intent_id)) > 0) AS recorded
+           FROM ledger.transactions t
+          WHERE (((t.kind)::text = 'charge'::text) AND (t.posted_at > (now() - '7 days'::interval)))
+        ), sweeper AS (
+         SELECT l.seconds_since_last_run,
+            l.status,
+            EXTRACT(epoch FROM l.max_silence) AS max_silence_seconds
+           FROM ops.cron_lateness l
+          WHERE (l.jobname = 'booking-sweep-holds'::text)
+        ), keys AS (
+         SELECT count(*) AS total,
+            count(*) FILTER (WHERE (k.attempts > 1)) AS reused
+           FROM core.idempotency_keys k
+          WHERE (k.created_at > (now() - '7 days'::interval))
+        ), alerts AS (
+         SELECT max(EXTRACT(epoch FROM (
+                CASE
+                    WHEN ((j.status)::text = 'done'::text) THEN j.finished_at
+                    ELSE now()
+                END - j.created_at))) AS slowest_seconds
+           FROM jobs.jobs j
+          WHERE (((j.kind)::text = 'alert.notify'::text) AND (j.created_at > (now() - '7 days'::interval)))
+        ), resolution AS (
+         SELECT avg((EXTRACT(epoch FROM (COALESCE(g.resolved_at, now()) - g.first_seen)) / (3600)::numeric)) AS mean_hours
+           FROM core.error_groups g
+          WHERE ((g.severity = ANY (ARRAY['error'::text, 'critical'::text])) AND (g.first_seen > (now() - '7 days'::interval)))
+        ), error_rate AS (
+         SELECT ((( SELECT count(*) AS count
+                   FROM core.errors e
+                  WHERE (e.at > (now() - '30 days'::interval))))::numeric / 30.0) AS last_per_day,
+            ((( SELECT count(*) AS count
+                   FROM core.errors e
+                  WHERE ((e.at > (now() - '60 days'::interval)) AND (e.at <= (now() - '30 days'::interval)))))::numeric / 30.0) AS previous_per_day
+        ), measures(metric, value, target, ok, period, "position") AS (
+         SELECT 'zombie_holds'::text AS "?column?",
+            (count(*))::numeric AS count,
+            '= 0'::text AS "?column?",
+            (count(*) = 0) AS "?column?",
+            'now: open holds 20 minutes past their deadline'::text AS "?column?",
+            1 AS "?column?"
+           FROM booking.holds h
+          WHERE (((h.status)::text = ANY (ARRAY['live'::text, 'booked'::text])) AND (h.expires_at < (now() - '00:20:00'::interval)))
+        UNION ALL
+         SELECT 'sweeper_seconds_since_run'::text,
+            COALESCE(max(s.seconds_since_last_run), ('-1'::integer)::numeric) AS "coalesce",
+            (('<= '::text || COALESCE(((max(s.max_silence_seconds))::bigint)::text, '?'::text)) || ' s, last run ok'::text),
+            COALESCE(bool_and((s.status = ANY (ARRAY['ok'::text, 'not_run_yet'::text]))), false) AS "coalesce",
+            'now: booking-sweep-holds (scheduled every minute)'::text,
+            2
+           FROM sweeper s
+        UNION ALL
+         SELECT 'late_payments_pct'::text,
+                CASE
+                    WHEN (p.total = 0) THEN (0)::numeric
+                    ELSE round(((100.0 * (p.late)::numeric) / (p.total)::numeric), 3)
+                END AS round,
+            '< 1 %'::text,
+            ((p.total = 0) OR (((100.0 * (p.late)::numeric) / (p.total)::numeric) < (1)::numeric)),
+            'last 7 days: payments arriving after the booking''s holds expired'::text,
+            3
+           FROM payments p
+        UNION ALL
+         SELECT 'duplicate_charges'::text,
+            (count(*))::numeric AS count,
+            '= 0'::text,
+            (count(*) = 0),
+            'last 7 days: bookings charged more than once'::text,
+            4
+           FROM ( SELECT c.booking_id
+                   FROM charges c
+                  WHERE (c.booking_id IS NOT NULL)
+                  GROUP BY c.booking_id
+                 HAVING (count(*) > 1)) d
+        UNION ALL
+         SELECT 'payment_intents_recorded_pct'::text,
+                CASE
+                    WHEN (count(*) = 0) THEN (100)::numeric
+                    ELSE round(((100.0 * (count(*) FILTER (WHERE c.recorded))::numeric) / (count(*))::numeric), 3)
+                END AS round,
+            '= 100 %'::text,
+            (bool_and(c.recorded) IS NOT FALSE),
+            'last 7 days: charges whose PaymentIntent a booking recorded'::text,
+            5
+           FROM charges c
+        UNION ALL
+         SELECT 'events_applied_twice'::text,
+            (count(*))::numeric AS count,
+            '= 0'::text,
+            (count(*) = 0),
+            'last 7 days: (event, booking, transition) recorded more than once'::text,
+            6
+           FROM ( SELECT hst.stripe_event_id
+                   FROM booking.booking_history hst
+                  WHERE ((hst.at > (now() - '7 days'::interval)) AND (hst.stripe_event_id IS NOT NULL))
+                  GROUP BY hst.stripe_event_id, hst.booking_id, hst.event
+                 HAVING (count(*) > 1)) twice
+        UNION ALL
+         SELECT 'idempotency_key_reuse_pct'::text,
+                CASE
+                    WHEN (k.total = 0) THEN (0)::numeric
+                    ELSE round(((100.0 * (k.reused)::numeric) / (k.total)::numeric), 3)
+                END AS round,
+            '< 0.1 %'::text,
+            ((k.total = 0) OR (((100.0 * (k.reused)::numeric) / (k.total)::numeric) < 0.1)),
+            'last 7 days: idempotency keys whose work was started more than once'::text,
+            7
+           FROM keys k
+        UNION ALL
+         SELECT 'critical_alert_latency_seconds'::text,
+            COALESCE(round(a.slowest_seconds, 1), (0)::numeric) AS "coalesce",
+            '<= 60 s'::text,
+            COALESCE((a.slowest_seconds <= (60)::numeric), true) AS "coalesce",
+            'last 7 days: slowest critical-error alert (alert.notify job done, or still waiting)'::text,
+            8
+           FROM alerts a
+        UNION ALL
+         SELECT 'error_resolution_hours'::text,
+            COALESCE(round(r.mean_hours, 2), (0)::numeric) AS "coalesce",
+            '< 4 h'::text,
+            COALESCE((r.mean_hours < (4)::numeric), true) AS "coalesce",
+            'errors first seen in the last 7 days: mean hours to resolve (open ones count until now)'::text,
+            9
+           FROM resolution r
+        UNION ALL
+         SELECT 'errors_per_day'::text,
+            round(er.last_per_day, 2) AS round,
+            (('<= '::text || (round(er.previous_per_day, 2))::text) || ' (the 30 days before)'::text),
+            (er.last_per_day <= er.previous_per_day),
+            'last 30 days against the 30 days before: trending down or flat'::text,
+            10
+           FROM error_rate er
+        )
+ SELECT m.metric,
+    m.value,
+    m.target,
+    m.ok,
+    m.period
+   FROM measures m
+  ORDER BY m."position";
+
+
+ALTER TABLE ops.success_metrics OWNER TO booking_owner;
+
+--
+-- Name: VIEW success_metrics; Type: COMMENT; Schema: ops; Owner: booking_owner
+--
+
+COMMENT ON VIEW ops.success_metrics IS 'The planning document''s success measures, live: metric, value (numeric), target (in words), ok, period (the window and what is counted).';
 
 
 --
@@ -6893,6 +7271,20 @@ CREATE INDEX booking_history_booking_idx ON booking.booking_history USING btree 
 
 
 --
+-- Name: booking_history_stripe_at_idx; Type: INDEX; Schema: booking; Owner: booking_owner
+--
+
+CREATE INDEX booking_history_stripe_at_idx ON booking.booking_history USING btree (at) INCLUDE (stripe_event_id, booking_id, event, from_status) WHERE (stripe_event_id IS NOT NULL);
+
+
+--
+-- Name: bookings_created_at_idx; Type: INDEX; Schema: booking; Owner: booking_owner
+--
+
+CREATE INDEX bookings_created_at_idx ON booking.bookings USING btree (created_at);
+
+
+--
 -- Name: bookings_open_expiry_idx; Type: INDEX; Schema: booking; Owner: booking_owner
 --
 
@@ -6904,6 +7296,13 @@ CREATE INDEX bookings_open_expiry_idx ON booking.bookings USING btree (expires_a
 --
 
 CREATE INDEX holds_booking_idx ON booking.holds USING btree (booking_id, status) WHERE (booking_id IS NOT NULL);
+
+
+--
+-- Name: holds_created_at_idx; Type: INDEX; Schema: booking; Owner: booking_owner
+--
+
+CREATE INDEX holds_created_at_idx ON booking.holds USING btree (created_at);
 
 
 --
@@ -6928,10 +7327,10 @@ CREATE UNIQUE INDEX holds_open_holder_key_idx ON booking.holds USING btree (hold
 
 
 --
--- Name: holds_open_inventory_deadline_idx; Type: INDEX; Schema: booking; Owner: booking_owner
+-- Name: holds_open_inventory_deadline_qty_idx; Type: INDEX; Schema: booking; Owner: booking_owner
 --
 
-CREATE INDEX holds_open_inventory_deadline_idx ON booking.holds USING btree (inventory_id, expires_at) WHERE ((status)::text = ANY (ARRAY['live'::text, 'booked'::text]));
+CREATE INDEX holds_open_inventory_deadline_qty_idx ON booking.holds USING btree (inventory_id, expires_at) INCLUDE (quantity) WHERE ((status)::text = ANY (ARRAY['live'::text, 'booked'::text]));
 
 
 --
@@ -7026,6 +7425,27 @@ CREATE INDEX refresh_tokens_user_idx ON core.refresh_tokens USING btree (user_id
 
 
 --
+-- Name: jobs_alerts_created_idx; Type: INDEX; Schema: jobs; Owner: booking_owner
+--
+
+CREATE INDEX jobs_alerts_created_idx ON jobs.jobs USING btree (created_at) WHERE ((kind)::text = 'alert.notify'::text);
+
+
+--
+-- Name: jobs_created_idx; Type: INDEX; Schema: jobs; Owner: booking_owner
+--
+
+CREATE INDEX jobs_created_idx ON jobs.jobs USING btree (created_at) INCLUDE (kind, status);
+
+
+--
+-- Name: jobs_dead_idx; Type: INDEX; Schema: jobs; Owner: booking_owner
+--
+
+CREATE INDEX jobs_dead_idx ON jobs.jobs USING btree (kind) WHERE ((status)::text = 'dead'::text);
+
+
+--
 -- Name: jobs_due_idx; Type: INDEX; Schema: jobs; Owner: booking_owner
 --
 
@@ -7058,6 +7478,20 @@ CREATE INDEX transactions_booking_idx ON ledger.transactions USING btree (bookin
 --
 
 CREATE INDEX transactions_payment_intent_idx ON ledger.transactions USING btree (payment_intent_id);
+
+
+--
+-- Name: transactions_posted_at_idx; Type: INDEX; Schema: ledger; Owner: booking_owner
+--
+
+CREATE INDEX transactions_posted_at_idx ON ledger.transactions USING btree (posted_at);
+
+
+--
+-- Name: events_failing_idx; Type: INDEX; Schema: stripe; Owner: booking_owner
+--
+
+CREATE INDEX events_failing_idx ON stripe.events USING btree (status, received_at) WHERE ((status)::text = ANY (ARRAY['failed'::text, 'dead'::text]));
 
 
 --
@@ -8111,6 +8545,22 @@ REVOKE ALL ON FUNCTION migrate.record(p_kind text, p_name text, p_checksum text)
 
 
 --
+-- Name: FUNCTION activity_per_hour(); Type: ACL; Schema: ops; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION ops.activity_per_hour() FROM PUBLIC;
+GRANT ALL ON FUNCTION ops.activity_per_hour() TO booking_ops;
+
+
+--
+-- Name: FUNCTION metrics_gauges(); Type: ACL; Schema: ops; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION ops.metrics_gauges() FROM PUBLIC;
+GRANT ALL ON FUNCTION ops.metrics_gauges() TO booking_ops;
+
+
+--
 -- Name: FUNCTION replay_stripe_event(p_event_id text); Type: ACL; Schema: ops; Owner: booking_owner
 --
 
@@ -8310,6 +8760,13 @@ GRANT SELECT ON TABLE ops.cron_jobs TO booking_ops;
 
 
 --
+-- Name: TABLE cron_lateness; Type: ACL; Schema: ops; Owner: booking_owner
+--
+
+GRANT SELECT ON TABLE ops.cron_lateness TO booking_ops;
+
+
+--
 -- Name: TABLE errors; Type: ACL; Schema: ops; Owner: booking_owner
 --
 
@@ -8321,6 +8778,13 @@ GRANT SELECT ON TABLE ops.errors TO booking_ops;
 --
 
 GRANT SELECT ON TABLE ops.holds_overview TO booking_ops;
+
+
+--
+-- Name: TABLE job_queue; Type: ACL; Schema: ops; Owner: booking_owner
+--
+
+GRANT SELECT ON TABLE ops.job_queue TO booking_ops;
 
 
 --
@@ -8377,6 +8841,20 @@ GRANT SELECT ON TABLE ops.stripe_events TO booking_ops;
 --
 
 GRANT SELECT ON TABLE ops.stripe_events_dead TO booking_ops;
+
+
+--
+-- Name: TABLE stripe_events_failing; Type: ACL; Schema: ops; Owner: booking_owner
+--
+
+GRANT SELECT ON TABLE ops.stripe_events_failing TO booking_ops;
+
+
+--
+-- Name: TABLE success_metrics; Type: ACL; Schema: ops; Owner: booking_owner
+--
+
+GRANT SELECT ON TABLE ops.success_metrics TO booking_ops;
 
 
 --

@@ -188,6 +188,13 @@ LOCKS_ON_EXISTING_TABLES = {
     },
     # An UPDATE of queued jobs' payloads: row locks only.
     "V0008__confirmation_jobs_carry_their_message.sql": {},
+    # CREATE INDEX (SHARE: writes wait while it builds) on each table the console reads;
+    # DROP INDEX of the index its new one replaces (ACCESS EXCLUSIVE on booking.holds).
+    "V0012__console_indexes.sql": {
+        "booking.holds": "AccessExclusiveLock",
+        **{t: "ShareLock" for t in ("booking.bookings", "booking.booking_history", "ledger.transactions",
+                                    "jobs.jobs", "stripe.events")},
+    },
     # ADD COLUMN unit_amount (nullable, no rewrite: a catalog change, held for an instant);
     # the new tables' foreign keys onto booking.inventory.
     "V0013__cache_versions.sql": {"booking.holds": "AccessExclusiveLock", "booking.inventory": "ShareRowExclusiveLock"},
