@@ -245,6 +245,17 @@ BEGIN
         END IF;
     END IF;
     INSERT INTO booking.waitlists (inventory_id) VALUES (p_inventory_id) ON CONFLICT (inventory_id) DO NOTHING;
+    IF FOUND THEN
+        -- The inventory's first join. A return committing meanwhile saw no waitlist row
+        -- and put its units in a bucket, where an outsider could take them while this
+        -- entry waits. Wait for every bucket (in order, before the waitlist row: lock
+        -- order) so that such a return has committed and the take below sees its units;
+        -- a later return waits for this commit and then finds the row. Once per inventory.
+        PERFORM FROM booking.inventory_buckets AS b
+        WHERE b.inventory_id = p_inventory_id
+        ORDER BY b.bucket_no
+        FOR UPDATE;
+    END IF;
 
     -- Nobody waits (as far as this snapshot shows) and the owed units are not enough:
     -- take the units from the buckets before locking the waitlist row (lock order). They

@@ -3,10 +3,13 @@ order, each served whole; nobody else can take them; offers lapse and move on.""
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 
 from psycopg.types.json import Jsonb
 
+from tests.pg import connect
 from tests.sql.helpers import new_inventory, on_connections, place, sqlstate_of, wait_past
 from tests.stripe_events import event, payment_intent
 
@@ -264,4 +267,24 @@ def test_ten_expired_holds_polled_from_ten_connections_offer_the_first_ten_entri
     # The offers (two seconds long) may be dead by now: read who got them from the table.
     offered = {e for (e,) in db.rows("SELECT entry_id FROM booking.waitlist_entries WHERE status = 'offered'")}
     assert offered == set(entries[:10])
+    assert_invariants(db)
+
+
+def test_the_first_join_and_a_return_at_the_same_moment_leave_no_unit_to_an_outsider(db, app):
+    # The first join of an inventory creates its waitlist row; a return committing at the
+    # same moment saw no row and put its unit in a bucket. The join must then find that
+    # unit (and take it), or an outsider could buy it while the entry waits.
+    inventory = new_inventory(app, 1)
+    hold, _ = place(app, inventory, 1, holder="bob")
+    with connect(db.app_url) as releaser, connect(db.app_url) as joiner:
+        releaser.execute("BEGIN")
+        assert releaser.execute("SELECT api.release_hold(%s)", (hold,)).fetchone()[0] is True
+        entry = {}
+        t = threading.Thread(target=lambda: entry.update(id=join(joiner, inventory, 1, "carol")))
+        t.start()
+        time.sleep(1)  # the join runs (or waits for the release) while the release is open
+        releaser.execute("COMMIT")
+        t.join(timeout=30)
+    assert status(app, entry["id"])[0] == "offered"
+    assert sqlstate_of(app, "SELECT * FROM api.place_hold(%s, 1, 'outsider')", (inventory,)) == "RB001"
     assert_invariants(db)
