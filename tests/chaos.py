@@ -5,6 +5,8 @@ two concurrent copies, and the check that the database ends as the final Stripe 
 
 from __future__ import annotations
 
+import threading
+
 import random
 import uuid
 
@@ -150,3 +152,16 @@ def broken_invariants(admin_conn) -> dict[str, list]:
         if rows:
             found[view] = rows
     return found
+
+
+def send_group(deliver, group) -> None:
+    """Sends one planned group of deliveries: a single one as it is, concurrent copies of
+    one event each from its own thread at once."""
+    if len(group) == 1:
+        deliver(group[0])
+        return
+    threads = [threading.Thread(target=deliver, args=(e,)) for e in group]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()

@@ -22,7 +22,7 @@ import psycopg
 
 from tests.chaos import (
     broken_invariants, deliveries as chaos_deliveries, drain_retries, expected_ledger_transactions, make_bookings,
-    wrong_bookings,
+    send_group, wrong_bookings,
 )
 from tests.ha import Formation, Kill, create_login
 from tests.pg import connect
@@ -144,14 +144,7 @@ def run(f: Formation, *, deliveries_target: int, seed: int, kill_after: float = 
                 time.sleep(RETRY_PAUSE_S)
 
         def deliver_group(group):
-            if len(group) == 1:
-                deliver(group[0])
-                return
-            threads = [threading.Thread(target=deliver, args=(e,)) for e in group]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
+            send_group(deliver, group)
 
         def kill_primary():
             if not enough.wait(timeout=DELIVERY_DEADLINE_S):

@@ -14,7 +14,7 @@ import pytest
 
 from tests.chaos import (
     broken_invariants, deliveries as chaos_deliveries, drain_retries, expected_ledger_transactions, make_bookings,
-    wrong_bookings,
+    send_group, wrong_bookings,
 )
 from tests.pg import connect, database_from_template
 from tests.shim.server import shim
@@ -51,14 +51,7 @@ def test_chaos_deliveries_end_in_the_state_stripe_says(chaos_db, tmp_path):
                 statuses.append(resp.status_code)
 
         def deliver_group(group):
-            if len(group) == 1:
-                deliver(group[0])
-                return
-            threads = [threading.Thread(target=deliver, args=(e,)) for e in group]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
+            send_group(deliver, group)
 
         with ThreadPoolExecutor(max_workers=8) as pool:
             list(pool.map(deliver_group, deliveries))

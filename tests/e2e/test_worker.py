@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import asyncio
 import signal
 import subprocess
@@ -41,9 +43,9 @@ class Inbox:
         return "250 OK"
 
 
-@pytest.fixture
-def inbox():
-    box = Inbox()
+@contextmanager
+def smtp_server(box):
+    """A real aiosmtpd server on 127.0.0.1 delivering to `box` (its url set), stopped after."""
     controller = Controller(box, hostname="127.0.0.1", port=free_port())
     controller.start()
     box.url = f"smtp://127.0.0.1:{controller.port}"
@@ -52,6 +54,12 @@ def inbox():
     finally:
         box.release.set()
         controller.stop()
+
+
+@pytest.fixture
+def inbox():
+    with smtp_server(Inbox()) as box:
+        yield box
 
 
 def confirmed_booking(db) -> str:

@@ -20,6 +20,7 @@ from aiosmtpd.controller import Controller
 
 from tests.pg import LOGINS, ROOT, connect, env_with, migrate, start_cluster, url_for, wait_until
 from tests.shim.server import free_port
+from tests.e2e.test_worker import smtp_server
 from tests.sql.helpers import new_inventory, place
 
 MESSAGE_ID = re.compile(r"^Message-ID:\s*(<booking-[0-9a-f-]+-confirmed@booking-core>)", re.MULTILINE)  # may be folded
@@ -53,15 +54,8 @@ class StallingInbox:
 
 @pytest.fixture
 def stalling_inbox():
-    box = StallingInbox()
-    controller = Controller(box, hostname="127.0.0.1", port=free_port())
-    controller.start()
-    box.url = f"smtp://127.0.0.1:{controller.port}"
-    try:
+    with smtp_server(StallingInbox()) as box:
         yield box
-    finally:
-        box.release.set()
-        controller.stop()
 
 
 def confirmed_bookings(app_url: str, superuser_url: str, n: int) -> list[str]:

@@ -10,7 +10,6 @@ import uuid
 import pytest
 from psycopg.types.json import Jsonb
 
-from tests.pg import connect
 from tests.sql.helpers import new_inventory, place, sqlstate_of
 from tests.stripe_events import dispute, event, payment_intent, refund
 
@@ -20,18 +19,6 @@ TABLES = ("stripe.events", "ledger.transactions", "ledger.lines", "booking.booki
 
 def counts(db) -> dict:
     return {t: db.one(f"SELECT count(*) FROM {t}") for t in TABLES}
-
-
-@pytest.fixture
-def shim(db):
-    with connect(db.shim_url) as conn:
-        yield conn
-
-
-@pytest.fixture
-def worker(db):
-    with connect(db.worker_url) as conn:
-        yield conn
 
 
 def ingest(conn, evt):
