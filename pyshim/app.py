@@ -1,4 +1,4 @@
-"""The ASGI app: `uvicorn pyshim.app:app`, configured from the environment."""
+"""The ASGI app, configured from the environment; `python -m pyshim serve` runs it (pyshim/serve.py)."""
 
 from __future__ import annotations
 

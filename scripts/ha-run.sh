@@ -46,4 +46,4 @@ Try a failover, in another terminal:
 Ctrl-C stops the shim; 'make ha-stop' stops the formation.
 
 MSG
-exec .venv/bin/uvicorn pyshim.app:app --host "$HOST" --port "$PORT" --no-access-log
+exec .venv/bin/python -m pyshim serve --host "$HOST" --port "$PORT" --no-access-log

@@ -56,4 +56,4 @@ Try it, in another terminal:
 Ctrl-C stops the shim; 'make stop' stops the database cluster.
 
 MSG
-exec .venv/bin/uvicorn pyshim.app:app --host "$HOST" --port "$PORT" --no-access-log
+exec .venv/bin/python -m pyshim serve --host "$HOST" --port "$PORT" --no-access-log

@@ -16,7 +16,6 @@ import os
 import queue
 import signal
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -31,7 +30,7 @@ from tests.bench.common import make_bookings, payment_event
 from tests.pg import (
     LOGINS, ROOT, Database, connect, database_from_template, env_with, migrate, start_cluster, url_for,
 )
-from tests.shim.server import free_port
+from tests.shim.server import SHIM_COMMAND, free_port
 from tests.stripe_events import encode, sign
 
 TEMPLATE = "crash_template"
@@ -102,7 +101,7 @@ class Shim:
                  graceful_shutdown_s: float | None = None):
         self.port = port or free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        cmd = [sys.executable, "-m", "uvicorn", "pyshim.app:app", "--host", "127.0.0.1", "--port", str(self.port),
+        cmd = [*SHIM_COMMAND, "--host", "127.0.0.1", "--port", str(self.port),
                "--no-access-log"]
         if graceful_shutdown_s is not None:
             cmd += ["--timeout-graceful-shutdown", str(graceful_shutdown_s)]

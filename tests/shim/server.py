@@ -13,6 +13,9 @@ import httpx
 
 from tests.pg import ROOT, env_with
 
+# How every test and benchmark starts the shim: the way make run does (pyshim/serve.py).
+SHIM_COMMAND = [sys.executable, "-m", "pyshim", "serve"]
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -35,7 +38,7 @@ def shim_process(database_url: str, webhook_secret: str, *, extra_env: dict[str,
     env = env_with(DATABASE_URL=database_url, STRIPE_WEBHOOK_SECRET=webhook_secret, **(extra_env or {}))
     out = open(log, "wb") if log else subprocess.DEVNULL
     proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "pyshim.app:app", "--host", "127.0.0.1", "--port", str(port),
+        [*SHIM_COMMAND, "--host", "127.0.0.1", "--port", str(port),
          "--no-access-log"],
         cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
     )

@@ -5,14 +5,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import subprocess
-import sys
 
 import httpx
 import jwt
 import pytest
 
 from tests.pg import ROOT, connect, database_from_template, env_with
-from tests.shim.server import free_port, shim
+from tests.shim.server import SHIM_COMMAND, free_port, shim
 
 JWT_SECRET = "j" * 40
 PEPPER = "pepper-" + "x" * 40
@@ -93,7 +92,7 @@ def test_a_shim_with_another_pepper_knows_no_token(auth_db):
 
 def test_short_secrets_refuse_to_start():
     proc = subprocess.run(
-        [sys.executable, "-m", "uvicorn", "pyshim.app:app", "--host", "127.0.0.1", "--port", str(free_port())],
+        [*SHIM_COMMAND, "--host", "127.0.0.1", "--port", str(free_port())],
         cwd=ROOT, env=env_with(DATABASE_URL="postgresql://127.0.0.1:1/x", STRIPE_WEBHOOK_SECRET="whsec_x",
                                JWT_SECRET="short", REFRESH_TOKEN_PEPPER=PEPPER),
         capture_output=True, text=True, timeout=60)

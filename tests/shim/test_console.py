@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
 import uuid
 
@@ -15,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from pyshim.settings import ConfigError, Settings
 from tests.pg import ROOT, connect, database_from_template, env_with
-from tests.shim.server import free_port, shim
+from tests.shim.server import SHIM_COMMAND, free_port, shim
 from tests.stripe_events import encode, event, sign
 from tests.sql.helpers import new_inventory, place
 
@@ -107,7 +106,7 @@ def test_a_token_shorter_than_32_bytes_refuses_to_start(token):
     with pytest.raises(ConfigError, match="OPS_TOKEN must be at least 32 bytes"):
         Settings.from_env(env)
     proc = subprocess.run(
-        [sys.executable, "-m", "uvicorn", "pyshim.app:app", "--host", "127.0.0.1", "--port", str(free_port())],
+        [*SHIM_COMMAND, "--host", "127.0.0.1", "--port", str(free_port())],
         cwd=ROOT, env=env_with(**env), capture_output=True, text=True, timeout=60,
     )
     assert proc.returncode != 0 and "OPS_TOKEN must be at least 32 bytes" in proc.stderr

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 
 import httpx
 import pytest
 
 from tests.pg import ROOT, env_with
-from tests.shim.server import free_port, shim
+from tests.shim.server import SHIM_COMMAND, free_port, shim
 from tests.stripe_events import encode, event, sign
 
 
@@ -24,7 +23,7 @@ from tests.stripe_events import encode, event, sign
 def test_refuses_to_start_naming_the_missing_setting(env, missing):
     secret = env.get("STRIPE_WEBHOOK_SECRET", "")
     proc = subprocess.run(
-        [sys.executable, "-m", "uvicorn", "pyshim.app:app", "--host", "127.0.0.1", "--port", str(free_port())],
+        [*SHIM_COMMAND, "--host", "127.0.0.1", "--port", str(free_port())],
         cwd=ROOT, env=env_with(**env), capture_output=True, text=True, timeout=60,
     )
     assert proc.returncode != 0
