@@ -33,6 +33,7 @@ import threading
 import time
 import urllib.request
 import uuid
+from collections.abc import Callable
 from email.message import EmailMessage
 from urllib.parse import urlparse
 
@@ -196,21 +197,7 @@ class Worker:
         self.poll_s = float(env.get("WORKER_POLL_S", "1"))
         self.name = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.alert_url = env.get("ALERT_WEBHOOK_URL", "").strip() or None
-        self.handlers = {}
-        if self.smtp_url:
-            self.handlers["email.booking_confirmed"] = self.email_booking_confirmed
-            self.handlers["email.waitlist_offer"] = lambda p, c, j=None: in_thread(send_waitlist_offer, self.smtp_url, self.sender, p, 30.0)
-        if self.alert_url:
-            self.handlers["alert.notify"] = self.alert_notify
-        stripe_key = env.get("STRIPE_API_KEY", "").strip()
-        if stripe_key:
-            self.stripe = new_stripe_client(stripe_key, env.get("STRIPE_API_BASE", "").strip() or None, 2)
-            self.handlers["stripe.refund"] = self.stripe_refund
-            self.handlers["stripe.reconcile"] = self.stripe_reconcile
-        if env.get("WORKER_NOOP") == "1":  # for make bench: jobs that do nothing
-            self.handlers["bench.noop"] = self.noop
-        # Fault injection for tests: pause after an outside side effect, before recording it.
-        self.fault_pause_s = float(env.get("WORKER_FAULT_PAUSE_AFTER_SIDE_EFFECT_S", "0"))
+        self.handlers = self.handlers_configured(env)
         if not self.handlers:
             raise ConfigError("nothing to do: set SMTP_URL (email.booking_confirmed), ALERT_WEBHOOK_URL "
                               "(alert.notify) or STRIPE_API_KEY (stripe.refund)")
@@ -234,6 +221,22 @@ class Worker:
         self.completions: list[Completion] = []
         self.completion_wakeup = asyncio.Event()
 
+    def handlers_configured(self, env) -> dict:
+        """The kinds this worker does, each with its handler (claimed by these names): those
+        whose outside service is configured."""
+        handlers = {}
+        if self.smtp_url:
+            handlers["email.booking_confirmed"] = self.email_booking_confirmed
+            handlers["email.waitlist_offer"] = self.email_waitlist_offer
+        if self.alert_url:
+            handlers["alert.notify"] = self.alert_notify
+        stripe_key = env.get("STRIPE_API_KEY", "").strip()
+        if stripe_key:
+            self.stripe = new_stripe_client(stripe_key, env.get("STRIPE_API_BASE", "").strip() or None, 2)
+            handlers["stripe.refund"] = self.stripe_refund
+            handlers["stripe.reconcile"] = self.stripe_reconcile
+        return handlers
+
     async def call(self, name: str, params: list, correlation_id: str | None = None):
         return await fetch_all(self.pool, QUERIES[name], params, correlation_id, self.prepare)
 
@@ -254,8 +257,6 @@ class Worker:
                         "metadata": {"booking_id": payload["booking_id"], "job_id": str(job_id)}},
                 options={"idempotency_key": f"booking-core-refund-{job_id}-{payment_intent_id}"},
             )
-            if self.fault_pause_s:
-                await asyncio.sleep(self.fault_pause_s)
             outcome = await self.call("record_stripe_refund", [json.dumps(refund.to_dict())], correlation_id)
             done.append({"refund_id": refund.id, "payment_intent_id": payment_intent_id, "amount": amount,
                          "recorded": outcome[0][0], "reused": bool(mine)})
@@ -286,8 +287,8 @@ class Worker:
     async def email_booking_confirmed(self, payload: dict, correlation_id: str | None, job_id=None) -> dict:
         return await in_thread(send_confirmation, self.smtp_url, self.sender, payload, 30.0)
 
-    async def noop(self, payload: dict, correlation_id: str | None, job_id=None) -> dict:
-        return {}
+    async def email_waitlist_offer(self, payload: dict, correlation_id: str | None, job_id=None) -> dict:
+        return await in_thread(send_waitlist_offer, self.smtp_url, self.sender, payload, 30.0)
 
     async def alert_notify(self, payload: dict, correlation_id: str | None, job_id=None) -> dict:
         return await in_thread(post_alert, self.alert_url, payload, 10.0)
@@ -366,8 +367,7 @@ class Worker:
 
     async def run_job(self, job: Job) -> None:
         extra = job.log_extra
-        if job.kind != "bench.noop":
-            log.info("job started", extra=extra)
+        log.info("job started", extra=extra)
         try:
             result = await self.handlers[job.kind](job.payload, job.correlation_id, job.job_id)
         except asyncio.CancelledError:
@@ -385,8 +385,7 @@ class Worker:
         ok = await self.complete(job, result)
         job.outcome = "done" if ok else "lost"
         if ok:
-            if job.kind != "bench.noop":
-                log.info("job done", extra=extra)
+            log.info("job done", extra=extra)
         elif ok is None:
             log.error("job done but not recorded; its lease hands it over when it ends (it will run again)",
                       extra=extra)
@@ -524,13 +523,14 @@ class Worker:
         await asyncio.gather(*(one(job) for job in jobs))
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str], make_worker: Callable[[], Worker] = Worker) -> int:
+    """make_worker: the worker to run (a Worker; a test or benchmark passes a subclass)."""
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(JsonFormatter())
     logging.basicConfig(level=logging.INFO, handlers=[handler])
     init_sentry("pyshim-worker")
     try:
-        worker = Worker()
+        worker = make_worker()
         worker_metrics.start_server()  # WORKER_METRICS_PORT; none when unset
     except ConfigError as exc:
         log.error("refusing to start: %s", exc)

@@ -13,8 +13,11 @@ import stripe
 from psycopg.types.json import Jsonb
 
 from tests.conftest import LOCALSTRIPE_API_KEY
+from tests.e2e import fault_worker
 from tests.pg import ROOT, connect, env_with, wait_until
 from tests.stripe_events import event
+
+WORKER_COMMAND = [sys.executable, "-m", "pyshim", "worker"]
 
 
 def paid_then_cancelled(db, client) -> tuple[str, str, int]:
@@ -42,9 +45,9 @@ def paid_then_cancelled(db, client) -> tuple[str, str, int]:
     return booking["booking_id"], intent.id, booking["amount"]
 
 
-def worker(db, localstripe, **env):
+def worker(db, localstripe, command=WORKER_COMMAND, **env):
     return subprocess.Popen(
-        [sys.executable, "-m", "pyshim", "worker"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         text=True, env=env_with(DATABASE_URL=db.worker_url, STRIPE_API_KEY=LOCALSTRIPE_API_KEY,
                                 STRIPE_API_BASE=localstripe, WORKER_POLL_S="0.2", **env))
 
@@ -56,7 +59,8 @@ def test_a_worker_killed_after_stripe_refunded_is_taken_over_and_refunds_once(db
     def refunds():
         return client.v1.refunds.list(params={"payment_intent": intent_id}).data
 
-    first = worker(db, localstripe, WORKER_LEASE_S="2", WORKER_FAULT_PAUSE_AFTER_SIDE_EFFECT_S="30")
+    # Paused after Stripe refunded, before the database records it.
+    first = worker(db, localstripe, command=[*fault_worker.COMMAND, "30"], WORKER_LEASE_S="2")
     try:
         assert wait_until(lambda: len(refunds()) == 1, 30), "the first worker never refunded"
         first.send_signal(signal.SIGKILL)  # Stripe refunded; the database does not know yet
