@@ -8,14 +8,12 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 
-from tests.pg import ROOT, env_with
+from tests.pg import ROOT, env_with, wait_until_up
 
 # How every test and benchmark starts the shim: the way make run does (pyshim/serve.py).
 SHIM_COMMAND = [sys.executable, "-m", "pyshim", "serve"]
@@ -25,24 +23,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def wait_until_up(is_up: Callable[[], bool], proc: subprocess.Popen, what: str, seconds: float = 30,
-                  interval: float = 0.05) -> None:
-    """Polls is_up() until it is true; raises if proc exits first or `seconds` pass. A
-    connection error while polling counts as not up yet."""
-    deadline = time.monotonic() + seconds
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with {proc.returncode}")
-        try:
-            if is_up():
-                return
-        except (OSError, httpx.TransportError):
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{what} did not start within {seconds:g} s")
-        time.sleep(interval)
 
 
 class ShimProcess:
@@ -66,7 +46,7 @@ class ShimProcess:
         self.pid = self.proc.pid
         try:
             wait_until_up(lambda: httpx.get(self.base + "/healthz", timeout=1).status_code == 200, self.proc,
-                          "the shim")
+                          "the shim", not_yet=(httpx.TransportError,))
         except BaseException:
             self.stop()
             raise
