@@ -2,7 +2,7 @@
 payment webhooks delivered as Stripe delivers them (resent until answered 200), and the
 checks that must hold afterwards (the shim process they kill: tests/shim/server.py).
 
-Kept in one module so that the failover test (tests/failover.py) can share it later.
+The failover test (tests/failover.py) records its answers as Attempts too.
 
 The session cluster (tests/conftest.py) is shared by every test: never crash it. A
 CrashableCluster is a second one, started by testing.postgresql like the first, whose
@@ -97,6 +97,18 @@ class Attempt:
     error: str = ""  # for status 0: the transport error (refused, closed, timeout ...)
 
 
+def seconds_unavailable(attempts: list[Attempt], since: float) -> float | None:
+    """From the first answer after `since` that was not 200 (a request in flight at `since`
+    counts) to the first 200 of a request sent after it; 0.0 if every answer since was 200,
+    None if no 200 came after."""
+    failed = [a.received for a in attempts if a.status != 200 and a.received > since]
+    if not failed:
+        return 0.0
+    first_failed = min(failed)
+    ok = [a.received for a in attempts if a.status == 200 and a.sent > first_failed]
+    return min(ok) - first_failed if ok else None
+
+
 @dataclass
 class Load:
     """Payment events for `bookings`, each delivered until answered 200 (Stripe resends a
@@ -122,14 +134,11 @@ class Load:
         return [e for e in self.bookings.values() if e["id"] not in self.acknowledged]
 
     def seconds_unavailable(self, since: float) -> float | None:
-        """From the first attempt after `since` that was not answered 200 to the first
-        200 of an attempt sent after that one (None if none came)."""
-        failed = [a for a in self.attempts if a.status != 200 and a.sent >= since]
-        if not failed:
-            return 0.0
-        first = min(a.received for a in failed)
-        ok = [a.received for a in self.attempts if a.status == 200 and a.sent >= first]
-        return min(ok) - first if ok else None
+        return seconds_unavailable(self.attempts, since)
+
+    def first_200_since(self, since: float) -> float:
+        """When the first answer 200 received at or after `since` came (time.monotonic())."""
+        return min(a.received for a in self.attempts if a.status == 200 and a.received >= since)
 
     def summary(self) -> str:
         return (f"{len(self.bookings)} events, {len(self.attempts)} attempts, {len(self.acknowledged)} acknowledged, "

@@ -81,7 +81,7 @@ def test_a_database_crash_mid_load_is_503_then_the_same_shim_serves_again(crash_
             assert load.statuses[503] > 0, load.summary()
             findings = check(db, load)
             assert findings.problems() == {}
-            first_ok = min(a.received for a in load.attempts if a.status == 200 and a.received >= up)
+            first_ok = load.first_200_since(up)
             print(f"\ndatabase crash: down {up - down:.2f} s (immediate stop to accepting connections); "
                   f"no webhook answered 200 for {first_ok - down:.2f} s, the first {first_ok - up:.2f} s "
                   f"after the database was up; {load.summary()}")
@@ -153,7 +153,7 @@ def test_c_database_down_when_the_shim_starts_then_up_without_a_restart(crash_cl
             assert set(load.statuses) <= {200, 503}, load.summary()
             findings = check(db, load)
             assert findings.problems() == {}
-            first_ok = min(a.received for a in load.attempts if a.status == 200 and a.received >= up)
+            first_ok = load.first_200_since(up)
             print(f"\ndatabase down at shim start: first 200 {first_ok - up:.2f} s after the database was up; "
                   f"{load.summary()}")
         finally:
@@ -192,7 +192,7 @@ def test_d_shim_stopped_during_a_group_commit(crash_cluster, tmp_path, grace):
         load = make_load(db, deliveries)
         env = {"WEBHOOK_BATCH_CONCURRENCY": "1", "DB_POOL_MAX_SIZE": "4"}
         shim = ShimProcess(db.shim_url, SECRET, extra_env=env, log=tmp_path / "shim.log",
-                    graceful_shutdown_s=30 if grace == "finishes" else 1)
+                           graceful_shutdown_s=30 if grace == "finishes" else 1)
         second = None
         sender = None
         blocker = _block_event_inserts(db)

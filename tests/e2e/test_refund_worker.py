@@ -4,8 +4,6 @@ between Stripe's answer and the database's."""
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 import time
 import uuid
 
@@ -14,10 +12,9 @@ from psycopg.types.json import Jsonb
 
 from tests.conftest import LOCALSTRIPE_API_KEY
 from tests.e2e import fault_worker
-from tests.pg import ROOT, connect, env_with, wait_until
+from tests.e2e.workers import start_worker
+from tests.pg import connect, wait_until
 from tests.stripe_events import event
-
-WORKER_COMMAND = [sys.executable, "-m", "pyshim", "worker"]
 
 
 def paid_then_cancelled(db, client) -> tuple[str, str, int]:
@@ -45,11 +42,8 @@ def paid_then_cancelled(db, client) -> tuple[str, str, int]:
     return booking["booking_id"], intent.id, booking["amount"]
 
 
-def worker(db, localstripe, command=WORKER_COMMAND, **env):
-    return subprocess.Popen(
-        command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True, env=env_with(DATABASE_URL=db.worker_url, STRIPE_API_KEY=LOCALSTRIPE_API_KEY,
-                                STRIPE_API_BASE=localstripe, WORKER_POLL_S="0.2", **env))
+def worker(db, localstripe, **options):
+    return start_worker(db.worker_url, STRIPE_API_KEY=LOCALSTRIPE_API_KEY, STRIPE_API_BASE=localstripe, **options)
 
 
 def test_a_worker_killed_after_stripe_refunded_is_taken_over_and_refunds_once(db, localstripe):

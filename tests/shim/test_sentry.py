@@ -8,9 +8,10 @@ import sys
 import httpx
 import pytest
 
-from tests.pg import ROOT, connect, database_from_template, env_with, wait_until
+from tests.pg import ROOT, database_from_template, env_with, wait_until
 from tests.shim.receiver import post_receiver
 from tests.shim.server import shim
+from tests.shim.test_webhook import plant_apply_failure
 from tests.stripe_events import encode, event, sign
 
 SECRET = "whsec_sentry_tests"
@@ -26,18 +27,7 @@ def receiver():
 def broken_db(migrated):
     """A database where applying any event fails (a simulated bug)."""
     with database_from_template(migrated) as db:
-        with connect(db.url) as conn:
-            conn.execute("""
-                CREATE FUNCTION stripe.test_explode() RETURNS trigger LANGUAGE plpgsql AS $$
-                BEGIN
-                    IF NEW.status <> 'failed' THEN
-                        RAISE EXCEPTION 'simulated bug for sentry' USING ERRCODE = 'XX000';
-                    END IF;
-                    RETURN NEW;
-                END $$;
-                CREATE TRIGGER test_explode BEFORE INSERT OR UPDATE ON stripe.events
-                    FOR EACH ROW EXECUTE FUNCTION stripe.test_explode();
-            """)
+        plant_apply_failure(db, "NEW.status <> 'failed'", "simulated bug for sentry")
         yield db
 
 

@@ -25,6 +25,28 @@ def server(module_db, tmp_path_factory):
         yield base
 
 
+def plant_apply_failure(db, when: str, message: str) -> None:
+    """A simulated bug: applying an event raises XX000 `message` when the SQL condition
+    `when` (on NEW, the stripe.events row) holds. remove_apply_failure takes it away."""
+    with connect(db.url) as conn:
+        conn.execute(f"""
+            CREATE FUNCTION stripe.test_explode() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF {when} THEN
+                    RAISE EXCEPTION '{message}' USING ERRCODE = 'XX000';
+                END IF;
+                RETURN NEW;
+            END $$;
+            CREATE TRIGGER test_explode BEFORE INSERT OR UPDATE ON stripe.events
+                FOR EACH ROW EXECUTE FUNCTION stripe.test_explode();
+        """)
+
+
+def remove_apply_failure(db) -> None:
+    with connect(db.url) as conn:
+        conn.execute("DROP TRIGGER test_explode ON stripe.events; DROP FUNCTION stripe.test_explode()")
+
+
 def post(base: str, body: bytes, signature: str | None, **headers) -> httpx.Response:
     if signature is not None:
         headers["Stripe-Signature"] = signature
@@ -162,20 +184,8 @@ def test_a_failure_to_apply_is_500_and_recorded_for_retry(server, module_db):
     records the failure in a fresh transaction, and a redelivery applies it once fixed."""
     evt = event("test.explodes")
     body = encode(evt)
-    with connect(module_db.url) as conn:
-        conn.execute(
-            """
-            CREATE FUNCTION stripe.test_explode() RETURNS trigger LANGUAGE plpgsql AS $$
-            BEGIN
-                IF NEW.type = 'test.explodes' AND NEW.status = 'ignored' THEN
-                    RAISE EXCEPTION 'simulated bug while applying' USING ERRCODE = 'XX000';
-                END IF;
-                RETURN NEW;
-            END $$;
-            CREATE TRIGGER test_explode BEFORE INSERT OR UPDATE ON stripe.events
-                FOR EACH ROW EXECUTE FUNCTION stripe.test_explode();
-            """
-        )
+    plant_apply_failure(module_db, "NEW.type = 'test.explodes' AND NEW.status = 'ignored'",
+                        "simulated bug while applying")
     try:
         resp = post(server, body, sign(body, SECRET), **{"X-Request-ID": "req-explode"})
         assert_error(resp, 500, "XX000")
@@ -193,8 +203,7 @@ def test_a_failure_to_apply_is_500_and_recorded_for_retry(server, module_db):
         assert module_db.rows("SELECT source, sqlstate, correlation_id FROM ops.errors "
                                "WHERE message LIKE '%%simulated bug%%'") == [("webhook", "XX000", "req-explode")]
     finally:
-        with connect(module_db.url) as conn:
-            conn.execute("DROP TRIGGER test_explode ON stripe.events; DROP FUNCTION stripe.test_explode()")
+        remove_apply_failure(module_db)
     resp = post(server, body, sign(body, SECRET))
     assert (resp.status_code, resp.json()) == (200, {"outcome": "ignored"})
     assert module_db.rows("SELECT status, attempts FROM stripe.events WHERE event_id = %s", (evt["id"],)) == [
