@@ -40,7 +40,7 @@ from urllib.parse import urlparse
 import sentry_sdk
 from psycopg_pool import AsyncConnectionPool
 
-from .db import connection_kwargs, fetch_all
+from .db import WORKER_QUERIES, connection_kwargs, fetch_all
 from .monitoring import capture, init_sentry
 from .payments import new_stripe_client
 from .settings import ConfigError, flag
@@ -96,17 +96,6 @@ def post_alert(url: str, payload: dict, timeout_s: float) -> dict:
         return {"status": resp.status}
 
 
-# The worker's calls, one SQL function each (as pyshim/db.py QUERIES for the shim).
-QUERIES = {
-    "claim_jobs": "SELECT * FROM api.claim_jobs(%s, %s, %s, make_interval(secs => %s))",
-    "complete_jobs": "SELECT api.complete_jobs(%s::uuid[], %s::uuid[], %s::jsonb[])",
-    "fail_job": "SELECT api.fail_job(%s, %s, %s, %s)",
-    "refunds_due": "SELECT * FROM api.refunds_due(%s::uuid, %s)",
-    "record_stripe_refund": "SELECT api.record_stripe_refund(%s::jsonb)",
-    "reconcile": "SELECT api.reconcile(%s::timestamptz, %s::timestamptz, %s::jsonb)",
-    "window_epochs": "SELECT jsonb_build_object('start', extract(epoch FROM %s::timestamptz), "
-                     "'end', extract(epoch FROM %s::timestamptz))",
-}
 # Pauses between database retries: doubling from the first, at most the last (each with
 # jitter, so workers that lost the same database do not come back in lockstep).
 BACKOFF_FIRST_S = 0.2
@@ -238,7 +227,7 @@ class Worker:
         return handlers
 
     async def call(self, name: str, params: list, correlation_id: str | None = None):
-        return await fetch_all(self.pool, QUERIES[name], params, correlation_id, self.prepare)
+        return await fetch_all(self.pool, WORKER_QUERIES[name], params, correlation_id, self.prepare)
 
     async def stripe_refund(self, payload: dict, correlation_id: str | None, job_id) -> dict:
         """Refunds what the ledger says is still due. Stripe's idempotency key is derived from

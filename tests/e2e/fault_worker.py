@@ -12,7 +12,7 @@ import sys
 
 from pyshim.worker import Worker, main
 
-# The call that records a side effect already made (pyshim/worker.py QUERIES).
+# The call that records a side effect already made (pyshim/db.py WORKER_QUERIES).
 RECORDING_CALL = "record_stripe_refund"
 COMMAND = [sys.executable, "-m", "tests.e2e.fault_worker"]
 
