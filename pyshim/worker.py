@@ -186,7 +186,10 @@ class Worker:
         self.poll_s = float(env.get("WORKER_POLL_S", "1"))
         self.name = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.alert_url = env.get("ALERT_WEBHOOK_URL", "").strip() or None
-        self.handlers = self.handlers_configured(env)
+        stripe_key = env.get("STRIPE_API_KEY", "").strip()
+        self.stripe = (new_stripe_client(stripe_key, env.get("STRIPE_API_BASE", "").strip() or None, 2)
+                       if stripe_key else None)
+        self.handlers = self.handlers_configured()
         if not self.handlers:
             raise ConfigError("nothing to do: set SMTP_URL (email.booking_confirmed), ALERT_WEBHOOK_URL "
                               "(alert.notify) or STRIPE_API_KEY (stripe.refund)")
@@ -210,7 +213,7 @@ class Worker:
         self.completions: list[Completion] = []
         self.completion_wakeup = asyncio.Event()
 
-    def handlers_configured(self, env) -> dict:
+    def handlers_configured(self) -> dict:
         """The kinds this worker does, each with its handler (claimed by these names): those
         whose outside service is configured."""
         handlers = {}
@@ -219,9 +222,7 @@ class Worker:
             handlers["email.waitlist_offer"] = self.email_waitlist_offer
         if self.alert_url:
             handlers["alert.notify"] = self.alert_notify
-        stripe_key = env.get("STRIPE_API_KEY", "").strip()
-        if stripe_key:
-            self.stripe = new_stripe_client(stripe_key, env.get("STRIPE_API_BASE", "").strip() or None, 2)
+        if self.stripe is not None:
             handlers["stripe.refund"] = self.stripe_refund
             handlers["stripe.reconcile"] = self.stripe_reconcile
         return handlers

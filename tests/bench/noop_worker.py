@@ -33,8 +33,8 @@ def allow_noop_kind(conn) -> None:
 
 
 class NoopWorker(Worker):
-    def handlers_configured(self, env) -> dict:
-        return {**super().handlers_configured(env), NOOP_KIND: self.noop}
+    def handlers_configured(self) -> dict:
+        return {**super().handlers_configured(), NOOP_KIND: self.noop}
 
     async def noop(self, payload: dict, correlation_id: str | None, job_id=None) -> dict:
         return {}
