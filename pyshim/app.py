@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 
 import psycopg
 from starlette.applications import Starlette
@@ -64,14 +63,6 @@ async def payment_intents(request: Request) -> JSONResponse:
     return await create_payment_intent(request)
 
 
-async def bench_select1(request: Request) -> JSONResponse:
-    """The bare baseline for make bench: the same server and pool, one SELECT 1."""
-    async with request.app.state.db.pool.connection() as conn:
-        cur = await conn.execute("SELECT 1", prepare=request.app.state.db.prepare)
-        await cur.fetchone()
-    return JSONResponse({"ok": True})
-
-
 def create_app(settings: Settings | None = None) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
@@ -109,8 +100,6 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/ops/login", login, methods=["POST"]),
         Route("/metrics", metrics, methods=["GET"]),
     ]
-    if os.environ.get("PYSHIM_BENCH_ENDPOINT") == "1":
-        routes.append(Route("/bench/select1", bench_select1, methods=["GET"]))
     return Starlette(
         routes=routes,
         middleware=[Middleware(RequestIdMiddleware), Middleware(MetricsMiddleware, routes=[r.path for r in routes])],

@@ -15,8 +15,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from .errors import ApiError, error_response
+from .http_body import read_json
 from .request_id import request_id_of
-from .stripe_webhook import read_json
 
 
 def is_utf8_encodable(text: str) -> bool:

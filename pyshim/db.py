@@ -1,4 +1,5 @@
-"""The pool, and the short list of named calls the shim makes (one SQL function each)."""
+"""The pool, and the short lists of named calls the shim and the worker make (one SQL
+function each)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ _WITH_CORRELATION = (
     "SELECT {call} FROM (SELECT pg_catalog.set_config('app.correlation_id', %s, true)) AS ctx"
 )
 
+# The shim's calls (Database.call and call_rows): the function call alone, put in a
+# statement that sets the correlation id.
 QUERIES = {
     "ingest_stripe_event": "api.ingest_stripe_event(%s::jsonb)",
     "ingest_stripe_events": "api.ingest_stripe_events(%s::jsonb, %s::text[])",
@@ -27,6 +30,19 @@ QUERIES = {
     "record_payment_intent": "api.record_payment_intent(%s::uuid, %s, %s, %s)",
     "rotate_refresh_token": "api.rotate_refresh_token(%s, %s)",
     "log_error": "api.log_error(%s, %s, %s, %s, %s::jsonb, %s)",
+}
+
+# The worker's calls (pyshim/worker.py), one SQL function each: whole statements, run by
+# fetch_all in a transaction that sets the job's correlation id first.
+WORKER_QUERIES = {
+    "claim_jobs": "SELECT * FROM api.claim_jobs(%s, %s, %s, make_interval(secs => %s))",
+    "complete_jobs": "SELECT api.complete_jobs(%s::uuid[], %s::uuid[], %s::jsonb[])",
+    "fail_job": "SELECT api.fail_job(%s, %s, %s, %s)",
+    "refunds_due": "SELECT * FROM api.refunds_due(%s::uuid, %s)",
+    "record_stripe_refund": "SELECT api.record_stripe_refund(%s::jsonb)",
+    "reconcile": "SELECT api.reconcile(%s::timestamptz, %s::timestamptz, %s::jsonb)",
+    "window_epochs": "SELECT jsonb_build_object('start', extract(epoch FROM %s::timestamptz), "
+                     "'end', extract(epoch FROM %s::timestamptz))",
 }
 
 

@@ -15,8 +15,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from .errors import ApiError, error_body, http_status_for
+from .http_body import read_json
 from .request_id import request_id_of
-from .stripe_webhook import read_json
 
 log = logging.getLogger("pyshim.payments")
 SCOPE = "payment_intent"

@@ -1,6 +1,7 @@
 """`python -m pyshim serve [uvicorn options]`: uvicorn serving the shim's app, with the
 limits the shim's promises need set in one place for every way it is started (make run,
-make ha-run, the tests and the benchmarks)."""
+make ha-run, the tests and the benchmarks; a benchmark's own app is served through main's
+`app` so that it runs under the same limits)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from uvicorn.main import main as uvicorn_command
 MAX_REQUEST_HEAD_BYTES = 1 << 20
 
 
-def main(argv: list[str]) -> int:
-    args = ["pyshim.app:app", "--h11-max-incomplete-event-size", str(MAX_REQUEST_HEAD_BYTES), *argv]
+def main(argv: list[str], app: str = "pyshim.app:app") -> int:
+    """app: the ASGI app to serve, as uvicorn's "module:attribute"."""
+    args = [app, "--h11-max-incomplete-event-size", str(MAX_REQUEST_HEAD_BYTES), *argv]
     return uvicorn_command.main(args=args, prog_name="python -m pyshim serve")

@@ -33,13 +33,14 @@ import threading
 import time
 import urllib.request
 import uuid
+from collections.abc import Callable
 from email.message import EmailMessage
 from urllib.parse import urlparse
 
 import sentry_sdk
 from psycopg_pool import AsyncConnectionPool
 
-from .db import connection_kwargs, fetch_all
+from .db import WORKER_QUERIES, connection_kwargs, fetch_all
 from .monitoring import capture, init_sentry
 from .payments import new_stripe_client
 from .settings import ConfigError, flag
@@ -95,17 +96,6 @@ def post_alert(url: str, payload: dict, timeout_s: float) -> dict:
         return {"status": resp.status}
 
 
-# The worker's calls, one SQL function each (as pyshim/db.py QUERIES for the shim).
-QUERIES = {
-    "claim_jobs": "SELECT * FROM api.claim_jobs(%s, %s, %s, make_interval(secs => %s))",
-    "complete_jobs": "SELECT api.complete_jobs(%s::uuid[], %s::uuid[], %s::jsonb[])",
-    "fail_job": "SELECT api.fail_job(%s, %s, %s, %s)",
-    "refunds_due": "SELECT * FROM api.refunds_due(%s::uuid, %s)",
-    "record_stripe_refund": "SELECT api.record_stripe_refund(%s::jsonb)",
-    "reconcile": "SELECT api.reconcile(%s::timestamptz, %s::timestamptz, %s::jsonb)",
-    "window_epochs": "SELECT jsonb_build_object('start', extract(epoch FROM %s::timestamptz), "
-                     "'end', extract(epoch FROM %s::timestamptz))",
-}
 # Pauses between database retries: doubling from the first, at most the last (each with
 # jitter, so workers that lost the same database do not come back in lockstep).
 BACKOFF_FIRST_S = 0.2
@@ -196,21 +186,10 @@ class Worker:
         self.poll_s = float(env.get("WORKER_POLL_S", "1"))
         self.name = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.alert_url = env.get("ALERT_WEBHOOK_URL", "").strip() or None
-        self.handlers = {}
-        if self.smtp_url:
-            self.handlers["email.booking_confirmed"] = self.email_booking_confirmed
-            self.handlers["email.waitlist_offer"] = lambda p, c, j=None: in_thread(send_waitlist_offer, self.smtp_url, self.sender, p, 30.0)
-        if self.alert_url:
-            self.handlers["alert.notify"] = self.alert_notify
         stripe_key = env.get("STRIPE_API_KEY", "").strip()
-        if stripe_key:
-            self.stripe = new_stripe_client(stripe_key, env.get("STRIPE_API_BASE", "").strip() or None, 2)
-            self.handlers["stripe.refund"] = self.stripe_refund
-            self.handlers["stripe.reconcile"] = self.stripe_reconcile
-        if env.get("WORKER_NOOP") == "1":  # for make bench: jobs that do nothing
-            self.handlers["bench.noop"] = self.noop
-        # Fault injection for tests: pause after an outside side effect, before recording it.
-        self.fault_pause_s = float(env.get("WORKER_FAULT_PAUSE_AFTER_SIDE_EFFECT_S", "0"))
+        self.stripe = (new_stripe_client(stripe_key, env.get("STRIPE_API_BASE", "").strip() or None, 2)
+                       if stripe_key else None)
+        self.handlers = self.handlers_configured()
         if not self.handlers:
             raise ConfigError("nothing to do: set SMTP_URL (email.booking_confirmed), ALERT_WEBHOOK_URL "
                               "(alert.notify) or STRIPE_API_KEY (stripe.refund)")
@@ -234,8 +213,22 @@ class Worker:
         self.completions: list[Completion] = []
         self.completion_wakeup = asyncio.Event()
 
+    def handlers_configured(self) -> dict:
+        """The kinds this worker does, each with its handler (claimed by these names): those
+        whose outside service is configured."""
+        handlers = {}
+        if self.smtp_url:
+            handlers["email.booking_confirmed"] = self.email_booking_confirmed
+            handlers["email.waitlist_offer"] = self.email_waitlist_offer
+        if self.alert_url:
+            handlers["alert.notify"] = self.alert_notify
+        if self.stripe is not None:
+            handlers["stripe.refund"] = self.stripe_refund
+            handlers["stripe.reconcile"] = self.stripe_reconcile
+        return handlers
+
     async def call(self, name: str, params: list, correlation_id: str | None = None):
-        return await fetch_all(self.pool, QUERIES[name], params, correlation_id, self.prepare)
+        return await fetch_all(self.pool, WORKER_QUERIES[name], params, correlation_id, self.prepare)
 
     async def stripe_refund(self, payload: dict, correlation_id: str | None, job_id) -> dict:
         """Refunds what the ledger says is still due. Stripe's idempotency key is derived from
@@ -254,8 +247,6 @@ class Worker:
                         "metadata": {"booking_id": payload["booking_id"], "job_id": str(job_id)}},
                 options={"idempotency_key": f"booking-core-refund-{job_id}-{payment_intent_id}"},
             )
-            if self.fault_pause_s:
-                await asyncio.sleep(self.fault_pause_s)
             outcome = await self.call("record_stripe_refund", [json.dumps(refund.to_dict())], correlation_id)
             done.append({"refund_id": refund.id, "payment_intent_id": payment_intent_id, "amount": amount,
                          "recorded": outcome[0][0], "reused": bool(mine)})
@@ -286,8 +277,8 @@ class Worker:
     async def email_booking_confirmed(self, payload: dict, correlation_id: str | None, job_id=None) -> dict:
         return await in_thread(send_confirmation, self.smtp_url, self.sender, payload, 30.0)
 
-    async def noop(self, payload: dict, correlation_id: str | None, job_id=None) -> dict:
-        return {}
+    async def email_waitlist_offer(self, payload: dict, correlation_id: str | None, job_id=None) -> dict:
+        return await in_thread(send_waitlist_offer, self.smtp_url, self.sender, payload, 30.0)
 
     async def alert_notify(self, payload: dict, correlation_id: str | None, job_id=None) -> dict:
         return await in_thread(post_alert, self.alert_url, payload, 10.0)
@@ -366,8 +357,7 @@ class Worker:
 
     async def run_job(self, job: Job) -> None:
         extra = job.log_extra
-        if job.kind != "bench.noop":
-            log.info("job started", extra=extra)
+        log.info("job started", extra=extra)
         try:
             result = await self.handlers[job.kind](job.payload, job.correlation_id, job.job_id)
         except asyncio.CancelledError:
@@ -385,8 +375,7 @@ class Worker:
         ok = await self.complete(job, result)
         job.outcome = "done" if ok else "lost"
         if ok:
-            if job.kind != "bench.noop":
-                log.info("job done", extra=extra)
+            log.info("job done", extra=extra)
         elif ok is None:
             log.error("job done but not recorded; its lease hands it over when it ends (it will run again)",
                       extra=extra)
@@ -524,13 +513,14 @@ class Worker:
         await asyncio.gather(*(one(job) for job in jobs))
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str], make_worker: Callable[[], Worker] = Worker) -> int:
+    """make_worker: the worker to run (a Worker; a test or benchmark passes a subclass)."""
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(JsonFormatter())
     logging.basicConfig(level=logging.INFO, handlers=[handler])
     init_sentry("pyshim-worker")
     try:
-        worker = Worker()
+        worker = make_worker()
         worker_metrics.start_server()  # WORKER_METRICS_PORT; none when unset
     except ConfigError as exc:
         log.error("refusing to start: %s", exc)

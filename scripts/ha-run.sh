@@ -2,29 +2,15 @@
 # `make ha-run`: the Patroni formation (scripts/ha.sh), migrations and cron schedules applied
 # on its primary, then the shim on HOST:PORT with a DATABASE_URL naming every node.
 set -euo pipefail
-root=$(cd "$(dirname "$0")/.." && pwd)
-cd "$root"
-HOST=${HOST:-127.0.0.1}
-PORT=${PORT:-8000}
-state=${RUN_STATE_DIR:-$root/.local}
-mkdir -p "$state"
+source "$(dirname "$0")/lib/serve-common.sh"
 
 scripts/ha.sh start
 admin_url=$(scripts/ha.sh url)
 # libpq (psql) follows target_session_attrs=read-write to the primary, whatever its port.
 sql/migrate.sh "$admin_url"
 
-# The shim's login, holding its duty's role only.
-psql "$admin_url" -X -q -v ON_ERROR_STOP=1 <<'SQL'
-SELECT 'CREATE ROLE shim_login LOGIN' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'shim_login') \gexec
-GRANT booking_shim TO shim_login;
-SQL
-secret_file=$state/webhook-secret
-if [[ ! -s $secret_file ]]; then
-  (umask 077 && printf 'whsec_%s\n' "$(openssl rand -hex 24)" > "$secret_file")
-fi
-export STRIPE_WEBHOOK_SECRET
-STRIPE_WEBHOOK_SECRET=$(cat "$secret_file")
+create_logins "$admin_url" shim_login:booking_shim
+use_webhook_secret
 export DATABASE_URL=${admin_url/postgres@/shim_login@}
 
 cat <<MSG
@@ -46,4 +32,4 @@ Try a failover, in another terminal:
 Ctrl-C stops the shim; 'make ha-stop' stops the formation.
 
 MSG
-exec .venv/bin/python -m pyshim serve --host "$HOST" --port "$PORT" --no-access-log
+serve_shim

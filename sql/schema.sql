@@ -336,7 +336,8 @@ ALTER DOMAIN core.text_1_255 OWNER TO booking_owner;
 -- Name: job_kind; Type: DOMAIN; Schema: jobs; Owner: booking_owner
 --
 
-CREATE DOMAIN jobs.job_kind AS text;
+CREATE DOMAIN jobs.job_kind AS text
+	CONSTRAINT job_kind_check CHECK ((VALUE = ANY (ARRAY['email.booking_confirmed'::text, 'email.waitlist_offer'::text, 'stripe.refund'::text, 'stripe.reconcile'::text, 'alert.notify'::text])));
 
 
 ALTER DOMAIN jobs.job_kind OWNER TO booking_owner;
@@ -7192,14 +7193,6 @@ ALTER TABLE ONLY core.reconciliation_runs
 
 ALTER TABLE ONLY core.refresh_tokens
     ADD CONSTRAINT refresh_tokens_pkey PRIMARY KEY (token_hash);
-
-
---
--- Name: job_kind job_kind_check; Type: CHECK CONSTRAINT; Schema: jobs; Owner: booking_owner
---
-
-ALTER DOMAIN jobs.job_kind
-    ADD CONSTRAINT job_kind_check CHECK ((VALUE = ANY (ARRAY['email.booking_confirmed'::text, 'email.waitlist_offer'::text, 'stripe.refund'::text, 'stripe.reconcile'::text, 'alert.notify'::text, 'bench.noop'::text]))) NOT VALID;
 
 
 --

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 
 import httpx
 import pytest
@@ -12,7 +11,7 @@ import pytest
 from tests.shim.server import free_port
 from tests.pg import (
     LOGINS, TEMPLATE_DB, Database, CRON_DB, connect, database_from_template, empty_database,
-    ROOT, migrate, start_cluster, url_for,
+    ROOT, migrate, start_cluster, url_for, wait_until_up,
 )
 
 LOCALSTRIPE_API_KEY = "sk_test_booking_core"
@@ -49,6 +48,14 @@ def db(migrated) -> Database:
         yield database
 
 
+@pytest.fixture(scope="module")
+def module_db(migrated) -> Database:
+    """A fresh migrated database shared by one module's tests (a shim process serving it
+    is started once per module): each test keeps to its own rows."""
+    with database_from_template(migrated) as database:
+        yield database
+
+
 @pytest.fixture
 def cron_db(migrated) -> Database:
     """The database pg_cron runs in; shared by the whole run, so tests keep to their own rows."""
@@ -68,15 +75,11 @@ def localstripe():
     proc = subprocess.Popen([sys.executable, "-m", "tests.localstripe_server", str(port)], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            httpx.get(base + "/v1/customers", headers={"Authorization": f"Bearer {LOCALSTRIPE_API_KEY}"}, timeout=1)
-            break
-        except httpx.TransportError:
-            assert proc.poll() is None and time.monotonic() < deadline, "localstripe did not start"
-            time.sleep(0.1)
     try:
+        # Any HTTP answer: it is up.
+        wait_until_up(lambda: httpx.get(base + "/v1/customers", timeout=1,
+                                        headers={"Authorization": f"Bearer {LOCALSTRIPE_API_KEY}"}) is not None,
+                      proc, "localstripe", interval=0.1, not_yet=(httpx.TransportError,))
         yield base
     finally:
         proc.terminate()

@@ -25,6 +25,7 @@ from tests.chaos import (
     send_group, wrong_bookings,
 )
 from tests.ha import Formation, Kill, create_login
+from tests.load import Attempt, seconds_unavailable
 from tests.pg import connect
 from tests.shim.server import shim_process
 from tests.stripe_events import encode, sign
@@ -37,19 +38,12 @@ RETRY_PAUSE_S = 0.2  # Stripe waits longer (minutes to hours); the test only nee
 
 
 @dataclass
-class Answer:
-    sent: float  # time.monotonic() when the request went out
-    received: float
-    status: int  # 0: no HTTP answer (connection refused, reset, timeout)
-
-
-@dataclass
 class Result:
     bookings: dict
     deliveries: int  # deliveries planned (a concurrent copy counts as one more)
     acknowledged: int = 0  # deliveries answered 200
     acknowledged_events: set[str] = field(default_factory=set)
-    answers: list[Answer] = field(default_factory=list)
+    answers: list[Attempt] = field(default_factory=list)
     kill: Kill | None = None
     new_primary: int | None = None
     promoted_wall: float | None = None  # time.time() when the new primary accepted writes
@@ -79,12 +73,7 @@ class Result:
     @property
     def seconds_refused(self) -> float | None:
         """From the first answer that was not 200 after the kill to the first 200 after that."""
-        failed = [a.received for a in self.answers if a.status != 200 and a.received > self.kill.at]
-        if not failed:
-            return 0.0
-        first_failed = min(failed)
-        ok = [a.received for a in self.answers if a.status == 200 and a.sent > first_failed]
-        return min(ok) - first_failed if ok else None
+        return seconds_unavailable(self.answers, self.kill.at)
 
     @property
     def seconds_to_promotion(self) -> float:
@@ -127,13 +116,14 @@ def run(f: Formation, *, deliveries_target: int, seed: int, kill_after: float = 
             deadline = time.monotonic() + DELIVERY_DEADLINE_S
             while time.monotonic() < deadline:
                 sent = time.monotonic()
+                error = ""
                 try:
                     status = client.post(base + "/webhooks/stripe", content=body,
                                          headers={"Stripe-Signature": sign(body, SECRET)}).status_code
-                except httpx.TransportError:
-                    status = 0
+                except httpx.TransportError as exc:
+                    status, error = 0, type(exc).__name__
                 with lock:
-                    result.answers.append(Answer(sent, time.monotonic(), status))
+                    result.answers.append(Attempt(evt["id"], sent, time.monotonic(), status, error))
                     if status == 200:
                         result.acknowledged += 1
                         result.acknowledged_events.add(evt["id"])

@@ -1,8 +1,8 @@
-"""Crash tests' shared parts: a cluster of their own that may be crashed, a shim process
-that may be killed, a load of signed payment webhooks delivered as Stripe delivers them
-(resent until answered 200), and the checks that must hold afterwards.
+"""Crash tests' shared parts: a cluster of their own that may be crashed, a load of signed
+payment webhooks delivered as Stripe delivers them (resent until answered 200), and the
+checks that must hold afterwards (the shim process they kill: tests/shim/server.py).
 
-Kept in one module so that the failover test (tests/failover.py) can share it later.
+The failover test (tests/failover.py) records its answers as Attempts too.
 
 The session cluster (tests/conftest.py) is shared by every test: never crash it. A
 CrashableCluster is a second one, started by testing.postgresql like the first, whose
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import queue
-import signal
 import subprocess
 import threading
 import time
@@ -22,15 +21,13 @@ import uuid
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import httpx
 
 from tests.bench.common import make_bookings, payment_event
 from tests.pg import (
-    LOGINS, ROOT, Database, connect, database_from_template, env_with, migrate, start_cluster, url_for,
+    LOGINS, ROOT, Database, connect, database_from_template, migrate, start_cluster, url_for,
 )
-from tests.shim.server import SHIM_COMMAND, free_port
 from tests.stripe_events import encode, sign
 
 TEMPLATE = "crash_template"
@@ -91,62 +88,6 @@ class CrashableCluster:
         self.pg.stop()
 
 
-class Shim:
-    """The shim as a uvicorn process on 127.0.0.1 whose pid the test keeps, to kill it, to
-    check it is still the same process, or to start another one on the same port (the
-    address Stripe sends to)."""
-
-    def __init__(self, database_url: str, secret: str, *, port: int | None = None,
-                 extra_env: dict[str, str] | None = None, log: Path | None = None,
-                 graceful_shutdown_s: float | None = None):
-        self.port = port or free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        cmd = [*SHIM_COMMAND, "--host", "127.0.0.1", "--port", str(self.port),
-               "--no-access-log"]
-        if graceful_shutdown_s is not None:
-            cmd += ["--timeout-graceful-shutdown", str(graceful_shutdown_s)]
-        env = env_with(DATABASE_URL=database_url, STRIPE_WEBHOOK_SECRET=secret, **(extra_env or {}))
-        self._log = open(log, "ab") if log else subprocess.DEVNULL
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT)
-        self.pid = self.proc.pid
-        deadline = time.monotonic() + 30
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the shim exited with {self.proc.returncode}")
-            try:
-                if httpx.get(self.base + "/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError("the shim did not start within 30 s")
-            time.sleep(0.05)
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def signal(self, sig: int) -> None:
-        if self.alive():
-            os.kill(self.pid, sig)
-
-    def wait(self, timeout: float) -> int | None:
-        try:
-            return self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            return None
-
-    def stop(self) -> None:
-        """SIGTERM, then SIGKILL after 10 s; by pid."""
-        if self.alive():
-            self.signal(signal.SIGTERM)
-            if self.wait(10) is None:
-                self.signal(signal.SIGKILL)
-                self.wait(10)
-        if self._log is not subprocess.DEVNULL and not self._log.closed:
-            self._log.close()
-
-
 @dataclass
 class Attempt:
     event_id: str
@@ -154,6 +95,18 @@ class Attempt:
     received: float  # when its answer (or the error) came back
     status: int  # the HTTP status, or 0: no HTTP answer
     error: str = ""  # for status 0: the transport error (refused, closed, timeout ...)
+
+
+def seconds_unavailable(attempts: list[Attempt], since: float) -> float | None:
+    """From the first answer after `since` that was not 200 (a request in flight at `since`
+    counts) to the first 200 of a request sent after it; 0.0 if every answer since was 200,
+    None if no 200 came after."""
+    failed = [a.received for a in attempts if a.status != 200 and a.received > since]
+    if not failed:
+        return 0.0
+    first_failed = min(failed)
+    ok = [a.received for a in attempts if a.status == 200 and a.sent > first_failed]
+    return min(ok) - first_failed if ok else None
 
 
 @dataclass
@@ -181,14 +134,11 @@ class Load:
         return [e for e in self.bookings.values() if e["id"] not in self.acknowledged]
 
     def seconds_unavailable(self, since: float) -> float | None:
-        """From the first attempt after `since` that was not answered 200 to the first
-        200 of an attempt sent after that one (None if none came)."""
-        failed = [a for a in self.attempts if a.status != 200 and a.sent >= since]
-        if not failed:
-            return 0.0
-        first = min(a.received for a in failed)
-        ok = [a.received for a in self.attempts if a.status == 200 and a.sent >= first]
-        return min(ok) - first if ok else None
+        return seconds_unavailable(self.attempts, since)
+
+    def first_200_since(self, since: float) -> float:
+        """When the first answer 200 received at or after `since` came (time.monotonic())."""
+        return min(a.received for a in self.attempts if a.status == 200 and a.received >= since)
 
     def summary(self) -> str:
         return (f"{len(self.bookings)} events, {len(self.attempts)} attempts, {len(self.acknowledged)} acknowledged, "

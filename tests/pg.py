@@ -125,6 +125,24 @@ def wait_until(predicate, seconds: float = 20, interval: float = 0.1) -> bool:
     return bool(predicate())
 
 
+def wait_until_up(is_up, proc: subprocess.Popen, what: str, seconds: float = 30, interval: float = 0.05,
+                  not_yet: tuple[type[BaseException], ...] = (OSError,)) -> None:
+    """Polls is_up() until it is true: a server `proc` started. Raises if proc exits first or
+    `seconds` pass; an error of not_yet (connection refused ...) counts as not up yet."""
+    deadline = time.monotonic() + seconds
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}")
+        try:
+            if is_up():
+                return
+        except not_yet:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not start within {seconds:g} s")
+        time.sleep(interval)
+
+
 def env_with(**overrides: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("STRIPE_", "DATABASE_URL", "JWT_", "REFRESH_"))}
     env.update(overrides)

@@ -9,12 +9,11 @@ import signal
 import socket
 import subprocess
 import tempfile
-import time
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlparse
 
-from tests.pg import LOGINS
+from tests.pg import LOGINS, wait_until_up
 from tests.shim.server import free_port
 
 PGBOUNCER = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
@@ -78,19 +77,15 @@ def pgbouncer(server_url: str, *, pool_size: int = 8, extra_databases: dict[str,
         cmd = ["setpriv", f"--reuid={RUN_AS}", f"--regid={RUN_AS}", "--init-groups", "--", *cmd]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 15
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"pgbouncer exited with {proc.returncode}: "
-                                   f"{proc.stdout.read().decode(errors='replace')}"
-                                   f"{(workdir / 'pgbouncer.log').read_text(errors='replace') if (workdir / 'pgbouncer.log').exists() else ''}")
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("pgbouncer did not listen within 15 s") from None
-                time.sleep(0.05)
+        try:
+            wait_until_up(lambda: socket.create_connection(("127.0.0.1", port), timeout=0.5).close() is None, proc,
+                          "pgbouncer", seconds=15)
+        except RuntimeError as exc:
+            if proc.poll() is None:
+                raise
+            log = workdir / "pgbouncer.log"
+            raise RuntimeError(f"{exc}: {proc.stdout.read().decode(errors='replace')}"
+                               f"{log.read_text(errors='replace') if log.exists() else ''}") from None
         yield Bouncer(port, workdir, proc)
     finally:
         if proc.poll() is None:

@@ -1,5 +1,6 @@
-"""make bench (queue): no-op jobs claimed and completed per second by python -m pyshim worker
-(lease tokens checked on every completion) beside procrastinate and pgqueuer draining the
+"""make bench (queue): no-op jobs claimed and completed per second by python -m pyshim worker's
+Worker (lease tokens checked on every completion; the no-op kind is the bench's own,
+tests/bench/noop_worker.py) beside procrastinate and pgqueuer draining the
 same number of jobs on the same database, in the same run.
 
     .venv/bin/python -m tests.bench.queue_bench [--jobs N] [--concurrency N]
@@ -16,6 +17,7 @@ import time
 import psycopg
 
 from tests.bench.common import bench_cluster, table
+from tests.bench.noop_worker import NOOP_KIND, allow_noop_kind
 from tests.pg import ROOT, connect, env_with
 
 
@@ -23,18 +25,20 @@ def ours(url: str, jobs: int, concurrency: int) -> float:
     with connect(url) as conn:
         conn.execute("CREATE ROLE bench_worker LOGIN")
         conn.execute("GRANT booking_worker TO bench_worker")
+        allow_noop_kind(conn)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pyshim", "worker"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-        env=env_with(DATABASE_URL=url.replace("postgres@", "bench_worker@"), WORKER_NOOP="1",
+        [sys.executable, "-m", "tests.bench.noop_worker"], cwd=ROOT, stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+        env=env_with(DATABASE_URL=url.replace("postgres@", "bench_worker@"),
                      WORKER_CONCURRENCY=str(concurrency), WORKER_POLL_S="0.05", WORKER_POOL_SIZE="16"))
     try:
         time.sleep(2)  # started and idle
         with connect(url) as conn:
-            conn.execute("INSERT INTO jobs.jobs (kind, payload) SELECT 'bench.noop', '{}' FROM generate_series(1, %s)",
-                         (jobs,))
+            conn.execute("INSERT INTO jobs.jobs (kind, payload) SELECT %s, '{}' FROM generate_series(1, %s)",
+                         (NOOP_KIND, jobs))
             started = time.perf_counter()
-            while conn.execute("SELECT count(*) FROM jobs.jobs WHERE kind = 'bench.noop' AND status = 'done'"
-                               ).fetchone()[0] < jobs:
+            while conn.execute("SELECT count(*) FROM jobs.jobs WHERE kind = %s AND status = 'done'",
+                               (NOOP_KIND,)).fetchone()[0] < jobs:
                 time.sleep(0.05)
             return jobs / (time.perf_counter() - started)
     finally:

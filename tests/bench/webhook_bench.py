@@ -1,8 +1,10 @@
 """make bench (webhooks): signed Stripe webhooks per second and p99 latency through the
-shim (verify, store, apply: each one confirms a booking), beside a bare endpoint on the
-same server and pool doing SELECT 1, measured in the same run. Deliveries that arrive
-while others are in the database are stored and applied together, in one transaction
-(group commit, pyshim/batching.py); the run prints how many went together on average.
+shim (verify, store, apply: each one confirms a booking), beside a bare endpoint doing
+SELECT 1 through a pool of the same settings, served the same way (tests/bench/bare_app.py,
+one uvicorn worker under pyshim/serve.py), measured in the same run just before.
+Deliveries that arrive while others are in the database are stored and applied together,
+in one transaction (group commit, pyshim/batching.py); the run prints how many went
+together on average.
 
 The load comes from wrk (a C client, one thread): on two cores a Python client took a
 third of the CPU from the server it measured. Every webhook carries a new event that
@@ -23,6 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from pyshim.settings import Settings
+from tests.bench.bare_app import BARE_APP_COMMAND, SELECT1_PATH
 from tests.bench.common import bench_cluster, make_bookings, payment_event, table
 from tests.pg import connect
 from tests.shim.server import shim
@@ -74,7 +77,10 @@ def main() -> None:
         print(f"{len(bookings):,} bookings made in {time.perf_counter() - started:.0f} s", flush=True)
         app_url = admin_url.replace("postgres@", "bench_shim@")
         bodies = [encode(payment_event(i, b)) for i, b in enumerate(bookings)]
-        with shim(app_url, SECRET, extra_env={"PYSHIM_BENCH_ENDPOINT": "1", "DB_POOL_MAX_SIZE": str(args.pool)}) as base:
+        pool_env = {"DB_POOL_MAX_SIZE": str(args.pool)}
+        with shim(app_url, SECRET, extra_env=pool_env, command=BARE_APP_COMMAND) as base:
+            bare = wrk(base + SELECT1_PATH, args.seconds, args.concurrency)
+        with shim(app_url, SECRET, extra_env=pool_env) as base:
             # Steady state, as in production after autovacuum's first pass: the event and
             # ledger tables hold rows and have statistics. Measured on a fresh install the
             # generic plans would be made on empty tables and scan them whole until then.
@@ -83,7 +89,6 @@ def main() -> None:
             assert warm_up["sent"] == WARM_UP and warm_up["non_2xx"] == 0, warm_up
             with connect(admin_url) as conn:
                 conn.execute("ANALYZE")
-            bare = wrk(base + "/bench/select1", args.seconds, args.concurrency)
             with signed_requests(bodies[WARM_UP:]) as hooks_file:
                 print("webhook phase", flush=True)
                 hooks = wrk(base + "/webhooks/stripe", args.seconds, args.concurrency, hooks_file)
@@ -98,7 +103,7 @@ def main() -> None:
           "(target: webhooks at least 50% of the bare endpoint)",
           ["endpoint", "requests/s", "p99 ms", "non-2xx", "socket errors"],
           [[name, f"{r['rps']:,.0f}", f"{r['p99_ms']:.1f}", r["non_2xx"], r["errors"]]
-           for name, r in (("GET /bench/select1 (SELECT 1 through the pool)", bare),
+           for name, r in ((f"GET {SELECT1_PATH} (bare app: SELECT 1 through the pool)", bare),
                            ("POST /webhooks/stripe (verify, store, apply)", hooks))])
     print(f"webhooks / bare endpoint: {hooks['rps'] / bare['rps']:.0%}; bookings confirmed: {confirmed:,} "
           f"({WARM_UP:,} of them in the warm-up); answers 'duplicate': {warm_up['repeats'] + hooks['repeats']}; ledger imbalances: {imbalances}")

@@ -16,10 +16,11 @@ import shutil
 import subprocess
 import tempfile
 import threading
-import time
 from contextlib import contextmanager
 
 import redis
+
+from tests.pg import wait_until_up
 
 VERSION_SQL = "SELECT version FROM api.cache_versions(ARRAY['catalog'])"
 CATALOG_SQL = "SELECT * FROM api.catalog(%s, %s)"
@@ -106,17 +107,8 @@ def redis_server(port: int):
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:
-        client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=5)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError("redis-server did not start")
-                time.sleep(0.05)
-        client.close()
+        with redis.Redis(host="127.0.0.1", port=port, socket_timeout=5) as client:
+            wait_until_up(client.ping, proc, "redis-server", seconds=10, not_yet=(redis.ConnectionError,))
         yield port
     finally:
         proc.terminate()

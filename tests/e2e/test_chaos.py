@@ -16,23 +16,17 @@ from tests.chaos import (
     broken_invariants, deliveries as chaos_deliveries, drain_retries, expected_ledger_transactions, make_bookings,
     send_group, wrong_bookings,
 )
-from tests.pg import connect, database_from_template
+from tests.pg import connect
 from tests.shim.server import shim
 from tests.stripe_events import encode, sign
 
 SECRET = "whsec_chaos_0123456789abcdef"
 
 
-@pytest.fixture(scope="module")
-def chaos_db(migrated):
-    with database_from_template(migrated) as database:
-        yield database
-
-
 @pytest.mark.slow
-def test_chaos_deliveries_end_in_the_state_stripe_says(chaos_db, tmp_path):
+def test_chaos_deliveries_end_in_the_state_stripe_says(module_db, tmp_path):
     rng = random.Random(20261122)
-    with connect(chaos_db.app_url) as conn, connect(chaos_db.url) as admin:
+    with connect(module_db.app_url) as conn, connect(module_db.url) as admin:
         bookings = make_bookings(conn, admin, rng, 2100)
     deliveries = chaos_deliveries(bookings, rng)
     total = sum(len(d) for d in deliveries)
@@ -42,7 +36,7 @@ def test_chaos_deliveries_end_in_the_state_stripe_says(chaos_db, tmp_path):
     lock = threading.Lock()
     # Two transactions of events at a time: deliveries that arrive while both are busy go
     # together (group commit), and the copies still race in separate transactions.
-    with shim(chaos_db.shim_url, SECRET, extra_env={"WEBHOOK_BATCH_CONCURRENCY": "2"}, log=tmp_path / "shim.log") as base:
+    with shim(module_db.shim_url, SECRET, extra_env={"WEBHOOK_BATCH_CONCURRENCY": "2"}, log=tmp_path / "shim.log") as base:
         def deliver(evt):
             body = encode(evt)
             with httpx.Client(timeout=60) as client:
@@ -57,17 +51,17 @@ def test_chaos_deliveries_end_in_the_state_stripe_says(chaos_db, tmp_path):
             list(pool.map(deliver_group, deliveries))
     assert statuses.count(200) == total, {s: statuses.count(s) for s in set(statuses)}
     # Rows written by one transaction share its xmin: some events went in together.
-    stored, transactions = chaos_db.rows("SELECT count(*), count(DISTINCT xmin::text) FROM stripe.events")[0]
+    stored, transactions = module_db.rows("SELECT count(*), count(DISTINCT xmin::text) FROM stripe.events")[0]
     assert transactions < stored, (stored, transactions)
 
-    with connect(chaos_db.url) as admin:
+    with connect(module_db.url) as admin:
         drain_retries(admin)
-        assert chaos_db.rows("SELECT status, count(*) FROM stripe.events WHERE status NOT IN ('processed', 'ignored') "
+        assert module_db.rows("SELECT status, count(*) FROM stripe.events WHERE status NOT IN ('processed', 'ignored') "
                              "GROUP BY 1") == []
         assert wrong_bookings(admin, bookings) == []
         # Each Stripe object booked once: as many ledger transactions as objects that moved money.
         objects = expected_ledger_transactions(bookings)
-        assert chaos_db.one("SELECT count(*) FROM ledger.transactions") == objects
+        assert module_db.one("SELECT count(*) FROM ledger.transactions") == objects
         assert broken_invariants(admin) == {}
-    assert chaos_db.one("SELECT count(*) FROM stripe.events") == len({e["id"] for b in bookings.values() for e in b["events"]})
+    assert module_db.one("SELECT count(*) FROM stripe.events") == len({e["id"] for b in bookings.values() for e in b["events"]})
     print(f"\nchaos: {len(bookings)} bookings, {total} deliveries, {objects} ledger transactions")

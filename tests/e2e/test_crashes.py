@@ -18,7 +18,8 @@ import time
 import httpx
 import pytest
 
-from tests.load import CrashableCluster, Sender, Shim, check, make_load
+from tests.load import CrashableCluster, Sender, check, make_load
+from tests.shim.server import ShimProcess
 from tests.pg import connect, wait_until
 from tests.stripe_events import encode, sign
 
@@ -50,7 +51,7 @@ def assert_unavailable(resp: httpx.Response) -> None:
 def test_a_database_crash_mid_load_is_503_then_the_same_shim_serves_again(crash_cluster, tmp_path):
     with crash_cluster.database() as db:
         load = make_load(db, 900)
-        shim = Shim(db.shim_url, SECRET, extra_env={"WEBHOOK_BATCH_CONCURRENCY": "2"}, log=tmp_path / "shim.log")
+        shim = ShimProcess(db.shim_url, SECRET, extra_env={"WEBHOOK_BATCH_CONCURRENCY": "2"}, log=tmp_path / "shim.log")
         sender = None
         try:
             sender = Sender(load, shim.base, SECRET)
@@ -80,7 +81,7 @@ def test_a_database_crash_mid_load_is_503_then_the_same_shim_serves_again(crash_
             assert load.statuses[503] > 0, load.summary()
             findings = check(db, load)
             assert findings.problems() == {}
-            first_ok = min(a.received for a in load.attempts if a.status == 200 and a.received >= up)
+            first_ok = load.first_200_since(up)
             print(f"\ndatabase crash: down {up - down:.2f} s (immediate stop to accepting connections); "
                   f"no webhook answered 200 for {first_ok - down:.2f} s, the first {first_ok - up:.2f} s "
                   f"after the database was up; {load.summary()}")
@@ -97,7 +98,7 @@ def test_b_shim_killed_mid_load_then_stripe_resends_to_a_new_one(crash_cluster, 
     with crash_cluster.database() as db:
         load = make_load(db, 900)
         env = {"WEBHOOK_BATCH_CONCURRENCY": "2"}
-        first = Shim(db.shim_url, SECRET, extra_env=env, log=tmp_path / "shim1.log")
+        first = ShimProcess(db.shim_url, SECRET, extra_env=env, log=tmp_path / "shim1.log")
         second = None
         sender = None
         try:
@@ -113,7 +114,7 @@ def test_b_shim_killed_mid_load_then_stripe_resends_to_a_new_one(crash_cluster, 
             findings = check(db, load, all_delivered=False)
             assert findings.problems() == {}
             # A new process on the same address; the sender resends whatever was not answered 200.
-            second = Shim(db.shim_url, SECRET, port=first.port, extra_env=env, log=tmp_path / "shim2.log")
+            second = ShimProcess(db.shim_url, SECRET, port=first.port, extra_env=env, log=tmp_path / "shim2.log")
             assert sender.join(timeout=60), load.summary()
             assert load.errors, load.summary()  # some deliveries did find the shim gone
             findings = check(db, load)
@@ -136,7 +137,7 @@ def test_c_database_down_when_the_shim_starts_then_up_without_a_restart(crash_cl
         shim = None
         sender = None
         try:
-            shim = Shim(db.shim_url, SECRET, log=tmp_path / "shim.log")
+            shim = ShimProcess(db.shim_url, SECRET, log=tmp_path / "shim.log")
             assert httpx.get(shim.base + "/healthz", timeout=10).status_code == 200
             ready = httpx.get(shim.base + "/readyz", timeout=30)
             assert ready.status_code == 503 and ready.json()["status"] == "down"
@@ -152,7 +153,7 @@ def test_c_database_down_when_the_shim_starts_then_up_without_a_restart(crash_cl
             assert set(load.statuses) <= {200, 503}, load.summary()
             findings = check(db, load)
             assert findings.problems() == {}
-            first_ok = min(a.received for a in load.attempts if a.status == 200 and a.received >= up)
+            first_ok = load.first_200_since(up)
             print(f"\ndatabase down at shim start: first 200 {first_ok - up:.2f} s after the database was up; "
                   f"{load.summary()}")
         finally:
@@ -190,8 +191,8 @@ def test_d_shim_stopped_during_a_group_commit(crash_cluster, tmp_path, grace):
     with crash_cluster.database() as db:
         load = make_load(db, deliveries)
         env = {"WEBHOOK_BATCH_CONCURRENCY": "1", "DB_POOL_MAX_SIZE": "4"}
-        shim = Shim(db.shim_url, SECRET, extra_env=env, log=tmp_path / "shim.log",
-                    graceful_shutdown_s=30 if grace == "finishes" else 1)
+        shim = ShimProcess(db.shim_url, SECRET, extra_env=env, log=tmp_path / "shim.log",
+                           graceful_shutdown_s=30 if grace == "finishes" else 1)
         second = None
         sender = None
         blocker = _block_event_inserts(db)
@@ -224,7 +225,7 @@ def test_d_shim_stopped_during_a_group_commit(crash_cluster, tmp_path, grace):
             print(f"\nSIGTERM during group commit ({grace}): {load.summary()}; {committed} committed "
                   f"(by transactions of the stopped shim)")
             # Stripe resends whatever was not answered 200, to a new shim.
-            second = Shim(db.shim_url, SECRET, port=shim.port, extra_env=env, log=tmp_path / "shim2.log")
+            second = ShimProcess(db.shim_url, SECRET, port=shim.port, extra_env=env, log=tmp_path / "shim2.log")
             assert Sender(load, second.base, SECRET).join(timeout=30), load.summary()
             findings = check(db, load)
             assert findings.problems() == {}

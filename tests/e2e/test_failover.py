@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 import uuid
 
 import psycopg
@@ -19,8 +18,9 @@ from aiosmtpd.controller import Controller
 
 from tests import failover
 from tests.e2e.test_worker import Inbox
+from tests.e2e.workers import start_worker
 from tests.ha import create_login, formation
-from tests.pg import ROOT, connect, env_with, one, wait_until
+from tests.pg import connect, one, wait_until
 from tests.shim.server import free_port
 from tests.sql.helpers import new_inventory, place
 
@@ -90,10 +90,7 @@ def test_the_worker_follows_the_primary_without_a_restart():
         with formation() as f:
             with connect(f.url()) as admin:
                 create_login(admin, "ha_worker", "worker")
-            worker = subprocess.Popen(
-                [sys.executable, "-m", "pyshim", "worker"], cwd=ROOT,
-                env=env_with(DATABASE_URL=f.url(user="ha_worker"), SMTP_URL=inbox.url, WORKER_POLL_S="0.2"),
-                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            worker = start_worker(f.url(user="ha_worker"), inbox.url)
             try:
                 confirmed_booking(f.url())
                 assert wait_until(lambda: len(inbox.messages) == 1, 30)

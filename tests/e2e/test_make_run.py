@@ -7,12 +7,11 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import time
 
 import httpx
 import pytest
 
-from tests.pg import ROOT, env_with, one
+from tests.pg import ROOT, env_with, one, wait_until_up
 from tests.shim.server import free_port
 
 
@@ -39,16 +38,11 @@ def test_make_run_serves_and_a_test_event_posted_twice_is_stored_once(run_env):
     base = f"http://127.0.0.1:{run_env['PORT']}"
     output = []
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert proc.poll() is None, "make run exited:\n" + (proc.stdout.read() if proc.stdout else "")
-            try:
-                if httpx.get(base + "/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "make run did not serve within 180 s"
-            time.sleep(0.2)
+        try:
+            wait_until_up(lambda: httpx.get(base + "/healthz", timeout=1).status_code == 200, proc, "make run",
+                          seconds=180, interval=0.2, not_yet=(httpx.TransportError,))
+        except RuntimeError as exc:
+            raise AssertionError(f"{exc}:\n{proc.stdout.read() if proc.poll() is not None else ''}") from None
 
         send = [str(ROOT / "scripts" / "send-test-event.sh"), "evt_make_run_twice"]
         env = dict(run_env, SHIM_URL=base)

@@ -11,7 +11,7 @@ import pytest
 import stripe
 
 from tests.conftest import LOCALSTRIPE_API_KEY
-from tests.pg import connect, database_from_template, wait_until
+from tests.pg import connect, wait_until
 from tests.shim.server import shim
 
 SECRET = "whsec_localstripe_e2e_0123456789"
@@ -19,15 +19,9 @@ API_KEY = LOCALSTRIPE_API_KEY
 
 
 @pytest.fixture(scope="module")
-def pay_db(migrated):
-    with database_from_template(migrated) as database:
-        yield database
-
-
-@pytest.fixture(scope="module")
-def server(pay_db, localstripe, tmp_path_factory):
+def server(module_db, localstripe, tmp_path_factory):
     log = tmp_path_factory.mktemp("shim") / "shim.log"
-    with shim(pay_db.shim_url, SECRET, log=log,
+    with shim(module_db.shim_url, SECRET, log=log,
               extra_env={"STRIPE_API_KEY": API_KEY, "STRIPE_API_BASE": localstripe}) as base:
         httpx.post(f"{localstripe}/_config/webhooks/shim", data={
             "url": base + "/webhooks/stripe", "secret": SECRET,
@@ -72,8 +66,8 @@ def confirm_with_card(client, payment_intent_id, number):
     return client.v1.payment_intents.confirm(payment_intent_id)
 
 
-def test_pay_with_a_test_card_and_the_webhook_confirms_the_booking(server, pay_db, client):
-    booking_id, amount = new_booking(pay_db)
+def test_pay_with_a_test_card_and_the_webhook_confirms_the_booking(server, module_db, client):
+    booking_id, amount = new_booking(module_db)
     key = uuid.uuid4().hex
     resp = pay(server, booking_id, key)
     assert resp.status_code == 200, resp.text
@@ -81,31 +75,31 @@ def test_pay_with_a_test_card_and_the_webhook_confirms_the_booking(server, pay_d
     assert set(body) == {"payment_intent_id", "client_secret", "amount", "currency"}
     assert (body["amount"], body["currency"]) == (amount, "usd")
     assert pay(server, booking_id, key).json() == body  # the same answer on replay
-    assert pay_db.one("SELECT payment_intent_id FROM booking.bookings WHERE booking_id = %s", (booking_id,)) == \
+    assert module_db.one("SELECT payment_intent_id FROM booking.bookings WHERE booking_id = %s", (booking_id,)) == \
         body["payment_intent_id"]
 
     confirm_with_card(client, body["payment_intent_id"], "4242424242424242")
-    assert wait_for_status(pay_db, booking_id, "confirmed") == "confirmed"
-    assert pay_db.rows("SELECT kind, stripe_object_id, amount FROM ledger.transactions WHERE booking_id = %s",
+    assert wait_for_status(module_db, booking_id, "confirmed") == "confirmed"
+    assert module_db.rows("SELECT kind, stripe_object_id, amount FROM ledger.transactions WHERE booking_id = %s",
                        (booking_id,)) == [("charge", body["payment_intent_id"], amount)]
-    assert pay_db.one("SELECT count(*) FROM jobs.jobs WHERE kind = 'email.booking_confirmed' "
+    assert module_db.one("SELECT count(*) FROM jobs.jobs WHERE kind = 'email.booking_confirmed' "
                       "AND payload ->> 'booking_id' = %s", (booking_id,)) == 1
     # localstripe's event, signed by localstripe, stored once.
-    assert pay_db.one("SELECT count(*) FROM stripe.events WHERE type = 'payment_intent.succeeded' "
+    assert module_db.one("SELECT count(*) FROM stripe.events WHERE type = 'payment_intent.succeeded' "
                       "AND payload #>> '{data,object,id}' = %s", (body["payment_intent_id"],)) == 1
 
 
-def test_a_declined_card_leaves_the_booking_payment_failed(server, pay_db, client):
-    booking_id, _ = new_booking(pay_db)
+def test_a_declined_card_leaves_the_booking_payment_failed(server, module_db, client):
+    booking_id, _ = new_booking(module_db)
     intent = pay(server, booking_id).json()
     with pytest.raises(stripe.CardError):
         confirm_with_card(client, intent["payment_intent_id"], "4000000000000341")
-    assert wait_for_status(pay_db, booking_id, "payment_failed") == "payment_failed"
-    assert pay_db.one("SELECT count(*) FROM ledger.transactions WHERE booking_id = %s", (booking_id,)) == 0
+    assert wait_for_status(module_db, booking_id, "payment_failed") == "payment_failed"
+    assert module_db.one("SELECT count(*) FROM ledger.transactions WHERE booking_id = %s", (booking_id,)) == 0
 
 
-def test_ten_concurrent_requests_with_one_key_create_one_payment_intent(server, pay_db, client):
-    booking_id, _ = new_booking(pay_db)
+def test_ten_concurrent_requests_with_one_key_create_one_payment_intent(server, module_db, client):
+    booking_id, _ = new_booking(module_db)
     before = len(client.v1.payment_intents.list(params={"limit": 100}).data)
     key = uuid.uuid4().hex
     barrier = threading.Barrier(10)
@@ -134,13 +128,13 @@ def test_ten_concurrent_requests_with_one_key_create_one_payment_intent(server, 
     assert after == before + 1
 
 
-def test_bad_requests(server, pay_db):
-    booking_id, _ = new_booking(pay_db)
+def test_bad_requests(server, module_db):
+    booking_id, _ = new_booking(module_db)
     resp = httpx.post(server + "/payment-intents", json={"booking_id": booking_id})
     assert (resp.status_code, resp.json()["error"]["code"]) == (400, "idempotency_key_missing")
     key = uuid.uuid4().hex
     assert pay(server, booking_id, key).status_code == 200
-    other, _ = new_booking(pay_db)
+    other, _ = new_booking(module_db)
     resp = pay(server, other, key)
     assert (resp.status_code, resp.json()["error"]["code"]) == (422, "RI001")
     resp = httpx.post(server + "/payment-intents", content=b"nope", headers={"Idempotency-Key": "k-bad"})
@@ -151,8 +145,8 @@ def test_bad_requests(server, pay_db):
     first = pay(server, unknown, "k-unknown")
     assert (first.status_code, first.json()["error"]["code"]) == (404, "RB005")
     assert pay(server, unknown, "k-unknown").json() == first.json()  # stored as the final answer
-    assert pay_db.one("SELECT count(*) FROM core.idempotency_keys WHERE key = 'k-bad'") == 0
+    assert module_db.one("SELECT count(*) FROM core.idempotency_keys WHERE key = 'k-bad'") == 0
     # The key's length is the database's rule (api.idempotency_begin): 22001 becomes 400.
     resp = pay(server, booking_id, "k" * 256)
     assert (resp.status_code, resp.json()["error"]["code"]) == (400, "22001")
-    assert pay_db.one("SELECT count(*) FROM core.idempotency_keys WHERE length(key) > 255") == 0
+    assert module_db.one("SELECT count(*) FROM core.idempotency_keys WHERE length(key) > 255") == 0

@@ -18,7 +18,8 @@ from aiosmtpd.controller import Controller
 
 from pyshim.db import Database
 from pyshim.settings import Settings
-from tests.e2e.test_worker_stop import StallingInbox, log_lines, message_id, start_worker, stop
+from tests.e2e.test_worker_stop import StallingInbox, log_lines, message_id
+from tests.e2e.workers import start_worker, stop
 from tests.pg import connect, wait_until
 from tests.pgbouncer import pgbouncer, version
 from tests.shim.server import free_port, shim

@@ -4,8 +4,6 @@ between Stripe's answer and the database's."""
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 import time
 import uuid
 
@@ -13,7 +11,9 @@ import stripe
 from psycopg.types.json import Jsonb
 
 from tests.conftest import LOCALSTRIPE_API_KEY
-from tests.pg import ROOT, connect, env_with, wait_until
+from tests.e2e import fault_worker
+from tests.e2e.workers import start_worker
+from tests.pg import connect, wait_until
 from tests.stripe_events import event
 
 
@@ -42,11 +42,8 @@ def paid_then_cancelled(db, client) -> tuple[str, str, int]:
     return booking["booking_id"], intent.id, booking["amount"]
 
 
-def worker(db, localstripe, **env):
-    return subprocess.Popen(
-        [sys.executable, "-m", "pyshim", "worker"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True, env=env_with(DATABASE_URL=db.worker_url, STRIPE_API_KEY=LOCALSTRIPE_API_KEY,
-                                STRIPE_API_BASE=localstripe, WORKER_POLL_S="0.2", **env))
+def worker(db, localstripe, **options):
+    return start_worker(db.worker_url, STRIPE_API_KEY=LOCALSTRIPE_API_KEY, STRIPE_API_BASE=localstripe, **options)
 
 
 def test_a_worker_killed_after_stripe_refunded_is_taken_over_and_refunds_once(db, localstripe):
@@ -56,7 +53,8 @@ def test_a_worker_killed_after_stripe_refunded_is_taken_over_and_refunds_once(db
     def refunds():
         return client.v1.refunds.list(params={"payment_intent": intent_id}).data
 
-    first = worker(db, localstripe, WORKER_LEASE_S="2", WORKER_FAULT_PAUSE_AFTER_SIDE_EFFECT_S="30")
+    # Paused after Stripe refunded, before the database records it.
+    first = worker(db, localstripe, command=[*fault_worker.COMMAND, "30"], WORKER_LEASE_S="2")
     try:
         assert wait_until(lambda: len(refunds()) == 1, 30), "the first worker never refunded"
         first.send_signal(signal.SIGKILL)  # Stripe refunded; the database does not know yet

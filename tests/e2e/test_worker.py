@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import asyncio
+import json
 import signal
 import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 
 import pytest
 from aiosmtpd.controller import Controller
 
 from tests.pg import ROOT, connect, env_with, wait_until
+from tests.e2e.workers import start_worker
+from tests.shim.receiver import post_receiver
 from tests.shim.server import free_port
 from tests.sql.helpers import new_inventory, place
 
@@ -75,17 +77,9 @@ def confirmed_booking(db) -> str:
     return booking_id
 
 
-def start_worker(db, inbox, **env):
-    return subprocess.Popen(
-        [sys.executable, "-m", "pyshim", "worker"], cwd=ROOT,
-        env=env_with(DATABASE_URL=db.worker_url, SMTP_URL=inbox.url, WORKER_POLL_S="0.2", **env),
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-
-
 def test_the_confirmation_email_is_sent_once_and_sigterm_stops_cleanly(db, inbox):
     booking_id = confirmed_booking(db)
-    proc = start_worker(db, inbox)
+    proc = start_worker(db.worker_url, inbox.url)
     try:
         assert wait_until(lambda: db.one("SELECT status FROM jobs.jobs") == "done")
         assert len(inbox.messages) == 1
@@ -103,7 +97,7 @@ def test_the_confirmation_email_is_sent_once_and_sigterm_stops_cleanly(db, inbox
 def test_a_worker_killed_mid_job_is_taken_over_after_its_lease_and_the_job_done_once(db, inbox):
     confirmed_booking(db)
     inbox.stall_first.set()
-    first = start_worker(db, inbox, WORKER_LEASE_S="2")
+    first = start_worker(db.worker_url, inbox.url, WORKER_LEASE_S="2")
     try:
         assert inbox.stalled.wait(20), "the first worker never reached the SMTP server"
         assert db.one("SELECT status FROM jobs.jobs") == "running"
@@ -113,7 +107,7 @@ def test_a_worker_killed_mid_job_is_taken_over_after_its_lease_and_the_job_done_
         if first.poll() is None:
             first.kill()
     inbox.release.set()
-    second = start_worker(db, inbox, WORKER_LEASE_S="2")
+    second = start_worker(db.worker_url, inbox.url, WORKER_LEASE_S="2")
     try:
         assert wait_until(lambda: db.one("SELECT status FROM jobs.jobs") == "done", 30)
         time.sleep(0.5)
@@ -131,41 +125,22 @@ def test_the_worker_refuses_to_start_without_its_settings():
 
 
 def test_a_critical_error_reaches_the_alert_webhook_within_a_minute(db):
-    import json
-    from http.server import BaseHTTPRequestHandler, HTTPServer
-
-    received = []
-
-    class Receiver(BaseHTTPRequestHandler):
-        def do_POST(self):
-            received.append((time.monotonic(), json.loads(self.rfile.read(int(self.headers["Content-Length"])))))
-            self.send_response(200)
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
-
-    server = HTTPServer(("127.0.0.1", free_port()), Receiver)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pyshim", "worker"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        env=env_with(DATABASE_URL=db.worker_url, WORKER_POLL_S="1",
-                     ALERT_WEBHOOK_URL=f"http://127.0.0.1:{server.server_port}/hooks/alert"))
-    try:
-        with connect(db.app_url) as conn:
-            with conn.transaction():
-                conn.execute("SELECT set_config('app.correlation_id', 'req-alert-9', true)")
-                conn.execute("SELECT api.log_error('critical', 'ledger', 'ledger imbalance in txn 42')")
-            logged_at = time.monotonic()
-        assert wait_until(lambda: received, 60), "no alert within 60 s"
-        at, payload = received[0]
-        assert at - logged_at < 60
-        assert payload["correlation_id"] == "req-alert-9" and "ledger imbalance" in payload["text"]
-        assert "req-alert-9" in payload["text"]
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.communicate(timeout=30)
-        server.shutdown()
+    with post_receiver() as (port, posts):
+        proc = start_worker(db.worker_url, WORKER_POLL_S="1", ALERT_WEBHOOK_URL=f"http://127.0.0.1:{port}/hooks/alert")
+        try:
+            with connect(db.app_url) as conn:
+                with conn.transaction():
+                    conn.execute("SELECT set_config('app.correlation_id', 'req-alert-9', true)")
+                    conn.execute("SELECT api.log_error('critical', 'ledger', 'ledger imbalance in txn 42')")
+                logged_at = time.monotonic()
+            assert wait_until(lambda: posts, 60), "no alert within 60 s"
+            payload = json.loads(posts[0].body)
+            assert posts[0].at - logged_at < 60
+            assert payload["correlation_id"] == "req-alert-9" and "ledger imbalance" in payload["text"]
+            assert "req-alert-9" in payload["text"]
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.communicate(timeout=30)
 
 
 def test_a_waitlist_offer_is_mailed_from_its_payload(db, inbox):
@@ -173,7 +148,7 @@ def test_a_waitlist_offer_is_mailed_from_its_payload(db, inbox):
         inventory = new_inventory(conn, 2)
         entry = conn.execute("SELECT api.join_waitlist(%s, 2, 'fan@example.com')", (inventory,)).fetchone()[0]
         hold = conn.execute("SELECT hold_id FROM api.waitlist_status(%s)", (entry,)).fetchone()[0]
-    proc = start_worker(db, inbox)
+    proc = start_worker(db.worker_url, inbox.url)
     try:
         assert wait_until(lambda: db.one("SELECT status FROM jobs.jobs WHERE kind = 'email.waitlist_offer'") == "done")
         rcpts, content = inbox.messages[0]

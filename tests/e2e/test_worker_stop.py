@@ -9,7 +9,6 @@ import json
 import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -18,9 +17,10 @@ from collections import Counter
 import pytest
 from aiosmtpd.controller import Controller
 
-from tests.pg import LOGINS, ROOT, connect, env_with, migrate, start_cluster, url_for, wait_until
+from tests.pg import LOGINS, connect, migrate, start_cluster, url_for, wait_until
 from tests.shim.server import free_port
 from tests.e2e.test_worker import smtp_server
+from tests.e2e.workers import start_worker, stop
 from tests.sql.helpers import new_inventory, place
 
 MESSAGE_ID = re.compile(r"^Message-ID:\s*(<booking-[0-9a-f-]+-confirmed@booking-core>)", re.MULTILINE)  # may be folded
@@ -71,25 +71,6 @@ def confirmed_bookings(app_url: str, superuser_url: str, n: int) -> list[str]:
         for booking_id in ids:
             conn.execute("SELECT booking.apply_event(%s, 'payment_succeeded')", (booking_id,))
     return ids
-
-
-def start_worker(database_url: str, smtp_url: str, **env) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "pyshim", "worker"], cwd=ROOT,
-        env=env_with(DATABASE_URL=database_url, SMTP_URL=smtp_url, WORKER_POLL_S="0.2", **env),
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-
-
-def stop(proc: subprocess.Popen, timeout: float = 30) -> str:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, _ = proc.communicate()
-    return out
 
 
 def log_lines(out: str) -> list[dict]:

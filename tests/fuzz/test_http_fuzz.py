@@ -20,7 +20,7 @@ from schemathesis import GenerationMode
 
 from tests.conftest import LOCALSTRIPE_API_KEY
 from tests.fuzz.sqlfuzz import count_query
-from tests.pg import connect, database_from_template
+from tests.pg import connect
 from tests.shim.server import shim
 from tests.stripe_events import encode, event, sign
 
@@ -35,17 +35,11 @@ TRACEBACK = re.compile(r"Traceback|File \"|psycopg\.|line \d+, in ")
 
 
 @pytest.fixture(scope="module")
-def http_db(migrated):
-    with database_from_template(migrated) as database:
-        yield database
-
-
-@pytest.fixture(scope="module")
-def server(http_db, localstripe, tmp_path_factory):
+def server(module_db, localstripe, tmp_path_factory):
     log = tmp_path_factory.mktemp("shim") / "shim.log"
     env = {"STRIPE_API_KEY": LOCALSTRIPE_API_KEY, "STRIPE_API_BASE": localstripe,
            "JWT_SECRET": JWT_SECRET, "REFRESH_TOKEN_PEPPER": PEPPER}
-    with shim(http_db.shim_url, SECRET, extra_env=env, log=log) as base:
+    with shim(module_db.shim_url, SECRET, extra_env=env, log=log) as base:
         yield base
 
 
@@ -76,9 +70,9 @@ def check_answer(path: str, status: int, headers, text: str) -> None:
         assert isinstance(body["error"]["message"], str) and body["error"]["message"], body
 
 
-def test_schemathesis_finds_no_server_error_no_bad_error_body_and_no_secret(server, http_db):
+def test_schemathesis_finds_no_server_error_no_bad_error_body_and_no_secret(server, module_db):
     schema = schemathesis.openapi.from_url(server + "/openapi.json")
-    before = stored_events(http_db)
+    before = stored_events(module_db)
     tried = {}
     for result in schema.get_all_operations():
         operation = result.ok()
@@ -108,7 +102,7 @@ def test_schemathesis_finds_no_server_error_no_bad_error_body_and_no_secret(serv
     # the schema's own address).
     routes = {"POST /webhooks/stripe", "POST /payment-intents", "POST /auth/refresh", "GET /healthz", "GET /readyz"}
     assert routes <= set(tried) and all(tried[r] >= min(EXAMPLES, 5) for r in routes), tried
-    assert stored_events(http_db) == before, "an unsigned delivery was stored"
+    assert stored_events(module_db) == before, "an unsigned delivery was stored"
 
 
 # --- bodies a fuzzer would not make ------------------------------------------------------
@@ -148,8 +142,8 @@ def signed_bytes(payload: bytes, t: int) -> str:
 
 @pytest.mark.parametrize("what,body,signature,status", list(hostile_deliveries()),
                          ids=[w for w, *_ in hostile_deliveries()])
-def test_hostile_webhook_deliveries(server, http_db, what, body, signature, status):
-    before, counts = stored_events(http_db), all_counts(http_db)
+def test_hostile_webhook_deliveries(server, module_db, what, body, signature, status):
+    before, counts = stored_events(module_db), all_counts(module_db)
     try:
         response = httpx.post(server + "/webhooks/stripe", content=body, timeout=60,
                               headers=[(b"Stripe-Signature", signature if isinstance(signature, bytes) else signature.encode()),
@@ -158,12 +152,12 @@ def test_hostile_webhook_deliveries(server, http_db, what, body, signature, stat
         pytest.fail(f"{what}: no HTTP answer ({exc})")
     check_answer("/webhooks/stripe", response.status_code, response.headers, response.text)
     assert response.status_code == status, (what, response.status_code, response.text[:300])
-    assert stored_events(http_db) == before + (1 if status == 200 else 0), f"{what}: stored rows changed wrongly"
+    assert stored_events(module_db) == before + (1 if status == 200 else 0), f"{what}: stored rows changed wrongly"
     if status != 200:  # a rejected delivery writes nothing at all
-        assert all_counts(http_db) == counts, what
+        assert all_counts(module_db) == counts, what
 
 
-def test_a_large_head_arriving_in_pieces_gets_the_apps_answer(server, http_db):
+def test_a_large_head_arriving_in_pieces_gets_the_apps_answer(server, module_db):
     """The head of the 100 KB signature above, written 4 KB at a time as a slow or far
     client's would arrive. With h11's default buffer (16 KiB) uvicorn answered the first
     16 KiB of an unfinished head with a text/plain 400 and closed, and the client usually
@@ -173,7 +167,7 @@ def test_a_large_head_arriving_in_pieces_gets_the_apps_answer(server, http_db):
     head = (f"POST /webhooks/stripe HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\nConnection: close\r\n"
             f"Stripe-Signature: t={int(time.time())},v1={'a' * 100_000}\r\n\r\n").encode()
-    before = stored_events(http_db)
+    before = stored_events(module_db)
     address = urlsplit(server)
     with socket.create_connection((address.hostname, address.port), timeout=30) as sock:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -189,7 +183,7 @@ def test_a_large_head_arriving_in_pieces_gets_the_apps_answer(server, http_db):
     assert status_line.split()[1] == b"400", answer[:300]
     assert b"content-type: application/json" in headers.lower(), answer[:300]
     assert json.loads(text)["error"]["code"] == "signature_invalid", text[:300]
-    assert stored_events(http_db) == before
+    assert stored_events(module_db) == before
 
 
 # --- the JSON routes with bodies a fuzzer would not make -----------------------------------
@@ -211,12 +205,12 @@ JSON_BODIES = {
 
 @pytest.mark.parametrize("route", ["/payment-intents", "/auth/refresh"])
 @pytest.mark.parametrize("what", list(JSON_BODIES))
-def test_hostile_json_bodies(server, http_db, route, what):
-    counts = all_counts(http_db)
+def test_hostile_json_bodies(server, module_db, route, what):
+    counts = all_counts(module_db)
     response = httpx.post(server + route, content=JSON_BODIES[what], timeout=60,
                           headers={"Content-Type": "application/json", "Idempotency-Key": "fuzz-" + what})
     check_answer(route, response.status_code, response.headers, response.text)
     # 401 RA001: a string the shim takes for a token (hashed, so any text is), and unknown.
     refused = (400, 413, 401) if route == "/auth/refresh" else (400, 413)
     assert response.status_code in refused, (what, response.status_code, response.text[:300])
-    assert all_counts(http_db) == counts, f"{route} {what}: a refused request wrote rows"
+    assert all_counts(module_db) == counts, f"{route} {what}: a refused request wrote rows"

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import os
 
-import pytest
-
-from tests.pg import LOGINS, database_from_template
+from tests.pg import LOGINS
 from tests.fuzz.sqlfuzz import Fuzzer, api_functions, make_fixture
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "25"))
@@ -19,19 +17,13 @@ OUTSIDE_EXAMPLES = max(3, EXAMPLES // 10)
 ONLY = {f for f in os.environ.get("FUZZ_FUNCTIONS", "").split(",") if f}
 
 
-@pytest.fixture(scope="module")
-def fuzz_db(migrated):
-    with database_from_template(migrated) as database:
-        yield database
-
-
-def test_every_api_function_answers_hostile_arguments_with_a_contract_error_and_writes_nothing(fuzz_db):
-    functions = api_functions(fuzz_db.url, LOGINS)
+def test_every_api_function_answers_hostile_arguments_with_a_contract_error_and_writes_nothing(module_db):
+    functions = api_functions(module_db.url, LOGINS)
     assert len(functions) >= 25, "the catalog query found too few api functions"
     if ONLY:
         functions = [fn for fn in functions if fn.name in ONLY]
         assert functions, f"FUZZ_FUNCTIONS names no api function: {ONLY}"
-    fuzzer = Fuzzer(fuzz_db, make_fixture(fuzz_db), EXAMPLES)
+    fuzzer = Fuzzer(module_db, make_fixture(module_db), EXAMPLES)
     try:
         for fn in functions:
             assert fn.duty_logins, f"{fn.signature}: no test login may call it"

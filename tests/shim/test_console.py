@@ -13,7 +13,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from pyshim.settings import ConfigError, Settings
-from tests.pg import ROOT, connect, database_from_template, env_with
+from tests.pg import ROOT, connect, env_with
 from tests.shim.server import SHIM_COMMAND, free_port, shim
 from tests.stripe_events import encode, event, sign
 from tests.sql.helpers import new_inventory, place
@@ -26,27 +26,21 @@ HOSTILE = "<script>alert('x')</script> & \"quotes\""
 
 
 @pytest.fixture(scope="module")
-def console_db(migrated):
-    with database_from_template(migrated) as database:
-        yield database
-
-
-@pytest.fixture(scope="module")
-def planted(console_db):
+def planted(module_db):
     """A critical error with markup in it, an inventory with a hold, a booking whose
     PaymentIntent has a client secret, a dead Stripe event."""
     sku = "console-sku-" + uuid.uuid4().hex[:6]
-    with connect(console_db.app_url) as app:
+    with connect(module_db.app_url) as app:
         app.execute("SELECT api.log_error('critical', 'console-test', %s, 'detail-SENTINEL', '{}', NULL)",
                     (f"payments are down {HOSTILE}",))
         inventory = new_inventory(app, capacity=20, sku=sku)
         hold = place(app, inventory, 3, "holder-1")
         booking = app.execute("SELECT api.create_booking(%s, 'holder-1', %s::uuid[])",
                               (uuid.uuid4().hex, [hold[0]])).fetchone()[0]["booking_id"]
-    with connect(console_db.shim_url) as shim_conn:
+    with connect(module_db.shim_url) as shim_conn:
         shim_conn.execute("SELECT api.record_payment_intent(%s, 'pi_console_1', %s, 'requires_payment_method')",
                           (booking, CLIENT_SECRET))
-    with connect(console_db.url) as su:
+    with connect(module_db.url) as su:
         su.execute("INSERT INTO stripe.events (event_id, type, payload, status, attempts, last_error)"
                    " VALUES ('evt_console_dead', 'charge.refunded', %s, 'dead', 8, 'gave up')",
                    (f'{{"secret": "{CLIENT_SECRET}"}}',))
@@ -54,15 +48,15 @@ def planted(console_db):
 
 
 @pytest.fixture(scope="module")
-def server(console_db, planted):
-    env = {"OPS_TOKEN": TOKEN, "OPS_DATABASE_URL": console_db.ops_url, "METRICS_DB_CACHE_S": "1"}
-    with shim(console_db.shim_url, WEBHOOK, extra_env=env) as base:
+def server(module_db, planted):
+    env = {"OPS_TOKEN": TOKEN, "OPS_DATABASE_URL": module_db.ops_url, "METRICS_DB_CACHE_S": "1"}
+    with shim(module_db.shim_url, WEBHOOK, extra_env=env) as base:
         yield base
 
 
 @pytest.fixture(scope="module")
-def server_without_token(console_db):
-    with shim(console_db.shim_url, WEBHOOK) as base:
+def server_without_token(module_db):
+    with shim(module_db.shim_url, WEBHOOK) as base:
         yield base
 
 
@@ -117,7 +111,7 @@ def test_a_token_shorter_than_32_bytes_refuses_to_start(token):
 # ---------------------------------------------------------------------------------------
 # The console
 
-def test_the_console_shows_every_panel_with_the_planted_rows(server, planted, console_db):
+def test_the_console_shows_every_panel_with_the_planted_rows(server, planted, module_db):
     resp = httpx.get(server + "/ops", headers=BEARER, timeout=30)
     page = resp.text
     assert resp.headers["content-type"].startswith("text/html")
@@ -135,7 +129,7 @@ def test_the_console_shows_every_panel_with_the_planted_rows(server, planted, co
     # No secret, no payload, no error detail.
     assert "SENTINEL" not in page
     # Read as the ops login, in a pool of its own.
-    users = console_db.rows("SELECT DISTINCT usename FROM pg_stat_activity WHERE application_name = 'pyshim-ops'")
+    users = module_db.rows("SELECT DISTINCT usename FROM pg_stat_activity WHERE application_name = 'pyshim-ops'")
     assert users == [("ops_login",)]
 
 
@@ -220,7 +214,7 @@ def test_metrics_are_prometheus_text_with_their_types_and_labels(server):
     assert {s.labels["job"] for s in samples(m["booking_cron_last_run_failed"])} == set(cron)
 
 
-def test_the_database_gauges_are_cached_between_scrapes(server, console_db):
+def test_the_database_gauges_are_cached_between_scrapes(server, module_db):
     # Wait for a scrape that has just read the database (age near 0; the cache is 1 s here).
     deadline = time.monotonic() + 10
     while True:
@@ -230,7 +224,7 @@ def test_the_database_gauges_are_cached_between_scrapes(server, console_db):
         assert time.monotonic() < deadline
         time.sleep(0.05)
     first = m["booking_open_critical_errors"].samples[0].value
-    with connect(console_db.app_url) as app:
+    with connect(module_db.app_url) as app:
         app.execute("SELECT api.log_error('critical', 'console-test', %s)", ("another critical " + uuid.uuid4().hex,))
     again = scrape(server)
     assert again["booking_open_critical_errors"].samples[0].value == first  # served from the cache
@@ -241,10 +235,10 @@ def test_the_database_gauges_are_cached_between_scrapes(server, console_db):
     assert scrape(server)["booking_open_critical_errors"].samples[0].value == first + 1
 
 
-def test_metrics_still_answer_when_the_ops_database_is_unreachable(console_db):
+def test_metrics_still_answer_when_the_ops_database_is_unreachable(module_db):
     down = f"postgresql://ops_login@127.0.0.1:{free_port()}/nothing?connect_timeout=1"
     env = {"OPS_TOKEN": TOKEN, "OPS_DATABASE_URL": down, "METRICS_DB_CACHE_S": "30"}
-    with shim(console_db.shim_url, WEBHOOK, extra_env=env) as base:
+    with shim(module_db.shim_url, WEBHOOK, extra_env=env) as base:
         m = scrape(base)  # waits for the pool's timeout once, then answers
         assert m["booking_db_gauges_ok"].samples[0].value == 0
         assert m["booking_db_gauges_age_seconds"].samples[0].value == -1  # never read

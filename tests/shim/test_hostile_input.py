@@ -13,7 +13,7 @@ import psycopg_pool
 import pytest
 
 from pyshim.errors import is_unavailable
-from tests.pg import connect, database_from_template
+from tests.pg import connect
 from tests.shim.server import shim
 from tests.shim.test_webhook import assert_error, burst
 from tests.sql.helpers import new_inventory, place
@@ -25,13 +25,7 @@ PEPPER = "pepper-" + "x" * 40
 
 
 @pytest.fixture(scope="module")
-def hostile_db(migrated):
-    with database_from_template(migrated) as database:
-        yield database
-
-
-@pytest.fixture(scope="module")
-def server(hostile_db, tmp_path_factory):
+def server(module_db, tmp_path_factory):
     log = tmp_path_factory.mktemp("shim") / "shim.log"
     env = {
         "JWT_SECRET": JWT_SECRET, "REFRESH_TOKEN_PEPPER": PEPPER,
@@ -39,7 +33,7 @@ def server(hostile_db, tmp_path_factory):
         "STRIPE_API_KEY": "sk_test_unused", "STRIPE_API_BASE": "http://127.0.0.1:9",
         "WEBHOOK_BATCH_CONCURRENCY": "1",
     }
-    with shim(hostile_db.shim_url, SECRET, extra_env=env, log=log) as base:
+    with shim(module_db.shim_url, SECRET, extra_env=env, log=log) as base:
         yield base, log
 
 
@@ -56,30 +50,30 @@ def deep_json(depth: int) -> str:
 
 
 @pytest.mark.parametrize("timestamp", ["9" * 5000, "\u00b9\u00b2\u00b3", "17\u00b2", "-1", ""])
-def test_a_timestamp_that_is_not_a_unix_time_is_400_before_any_signature_check(server, hostile_db, timestamp):
+def test_a_timestamp_that_is_not_a_unix_time_is_400_before_any_signature_check(server, module_db, timestamp):
     # Header bytes are Latin-1 to the server: b"\xb9" is the superscript one it sees.
     base, _ = server
-    before = counts(hostile_db)
+    before = counts(module_db)
     body = encode(event())
     good = sign(body, SECRET)
     resp = httpx.post(base + "/webhooks/stripe", content=body, timeout=30,
                       headers={"Stripe-Signature": f"t={timestamp},{good.split(',', 1)[1]}".encode("latin-1")})
     assert_error(resp, 400, "signature_invalid")
-    assert counts(hostile_db) == before
+    assert counts(module_db) == before
 
 
-def test_a_second_huge_timestamp_after_a_good_one_is_refused_not_500(server, hostile_db):
+def test_a_second_huge_timestamp_after_a_good_one_is_refused_not_500(server, module_db):
     # The Stripe library reads header items its own way; whatever it makes of them, the
     # answer is a 400, never its ValueError as a 500.
     base, _ = server
-    before = counts(hostile_db)
+    before = counts(module_db)
     body = encode(event())
     t = int(time.time())
     header = f"t={t},t={'9' * 5000},v1={'0' * 64}"
     resp = httpx.post(base + "/webhooks/stripe", content=body, headers={"Stripe-Signature": header}, timeout=30)
     assert resp.status_code == 400, resp.text
     assert resp.json()["error"]["code"].startswith("signature_")
-    assert counts(hostile_db) == before
+    assert counts(module_db) == before
 
 
 def deep_event_body(depth: int) -> bytes:
@@ -90,18 +84,18 @@ def deep_event_body(depth: int) -> bytes:
     return (head + ',"deep":' + deep_json(depth) + "}}}").encode(), evt["id"]
 
 
-def test_a_signed_event_nested_100000_deep_is_400_rw001_and_not_stored(server, hostile_db):
+def test_a_signed_event_nested_100000_deep_is_400_rw001_and_not_stored(server, module_db):
     base, _ = server
     body, event_id = deep_event_body(100_000)
-    before = counts(hostile_db)
+    before = counts(module_db)
     resp = httpx.post(base + "/webhooks/stripe", content=body, headers={"Stripe-Signature": sign(body, SECRET)},
                       timeout=60)
     assert_error(resp, 400, "RW001")
-    assert counts(hostile_db) == before
-    assert hostile_db.one("SELECT count(*) FROM stripe.events WHERE event_id = %s", (event_id,)) == 0
+    assert counts(module_db) == before
+    assert module_db.one("SELECT count(*) FROM stripe.events WHERE event_id = %s", (event_id,)) == 0
 
 
-def test_good_events_batched_with_a_deep_one_are_applied_and_the_deep_one_is_400(server, hostile_db):
+def test_good_events_batched_with_a_deep_one_are_applied_and_the_deep_one_is_400(server, module_db):
     # One batch in flight at a time (WEBHOOK_BATCH_CONCURRENCY=1): the deliveries that
     # arrive meanwhile go together, so the deep one shares a batch with good ones; the
     # batch fails with 54001 and falls back to one at a time (not 503 for everyone).
@@ -109,48 +103,48 @@ def test_good_events_batched_with_a_deep_one_are_applied_and_the_deep_one_is_400
     for _ in range(3):
         good = [event() for _ in range(12)]
         deep, deep_id = deep_event_body(100_000)
-        before = hostile_db.one("SELECT count(*) FROM stripe.events")
+        before = module_db.one("SELECT count(*) FROM stripe.events")
         answers = burst(base, [encode(e) for e in good[:6]] + [deep] + [encode(e) for e in good[6:]])
         statuses = [a.status_code for a in answers]
         assert statuses == [200] * 6 + [400] + [200] * 6, [a.text for a in answers]
         assert_error(answers[6], 400, "RW001")
-        assert hostile_db.one("SELECT count(*) FROM stripe.events WHERE event_id = ANY(%s)",
+        assert module_db.one("SELECT count(*) FROM stripe.events WHERE event_id = ANY(%s)",
                               ([e["id"] for e in good],)) == 12
-        assert hostile_db.one("SELECT count(*) FROM stripe.events WHERE event_id = %s", (deep_id,)) == 0
-        assert hostile_db.one("SELECT count(*) FROM stripe.events") == before + 12
+        assert module_db.one("SELECT count(*) FROM stripe.events WHERE event_id = %s", (deep_id,)) == 0
+        assert module_db.one("SELECT count(*) FROM stripe.events") == before + 12
     assert "running its items one at a time" in log.read_text()
 
 
 @pytest.mark.parametrize("path", ["/payment-intents", "/auth/refresh"])
-def test_json_nested_5000_deep_without_credentials_is_400(server, hostile_db, path):
+def test_json_nested_5000_deep_without_credentials_is_400(server, module_db, path):
     base, _ = server
-    before = counts(hostile_db)
+    before = counts(module_db)
     body = ('{"booking_id": ' if path == "/payment-intents" else '{"refresh_token": ') + deep_json(5000) + "}"
     assert len(body) > 10_000
     resp = httpx.post(base + path, content=body.encode(), timeout=30,
                       headers={"Content-Type": "application/json", "Idempotency-Key": "deep-1"})
     assert_error(resp, 400, "22023")
-    assert counts(hostile_db) == before
+    assert counts(module_db) == before
 
 
 @pytest.mark.parametrize("token", ["\\ud800", "a\\udfffb", "\\udc00\\ud800"])
-def test_a_refresh_token_with_a_lone_surrogate_is_400(server, hostile_db, token):
+def test_a_refresh_token_with_a_lone_surrogate_is_400(server, module_db, token):
     base, _ = server
-    before = counts(hostile_db)
+    before = counts(module_db)
     resp = httpx.post(base + "/auth/refresh", content=('{"refresh_token": "' + token + '"}').encode(),
                       headers={"Content-Type": "application/json"}, timeout=30)
     assert_error(resp, 400, "22023")
-    assert counts(hostile_db) == before
+    assert counts(module_db) == before
 
 
-def test_a_booking_id_with_a_lone_surrogate_is_400(server, hostile_db):
+def test_a_booking_id_with_a_lone_surrogate_is_400(server, module_db):
     base, _ = server
-    before = counts(hostile_db)
+    before = counts(module_db)
     resp = httpx.post(base + "/payment-intents", content=b'{"booking_id": "\\ud800"}', timeout=30,
                       headers={"Content-Type": "application/json", "Idempotency-Key": "surrogate-1"})
     assert resp.status_code == 400, resp.text
     assert set(resp.json()["error"]) == {"code", "message"}
-    assert counts(hostile_db) == before
+    assert counts(module_db) == before
 
 
 def test_the_shim_is_still_healthy_after_all_that(server):
@@ -193,28 +187,28 @@ def deliver(base, evt) -> httpx.Response:
 @pytest.mark.parametrize("change", [{"amount_received": -5}, {"amount_received": 0}, {"currency": "zzz"},
                                     {"currency": ""}, {"currency": None}],
                          ids=["amount -5", "amount 0", "currency zzz", "currency empty", "currency null"])
-def test_a_payment_with_bad_values_is_400_rw001_stored_nothing_and_not_retried(server, hostile_db, change):
+def test_a_payment_with_bad_values_is_400_rw001_stored_nothing_and_not_retried(server, module_db, change):
     base, _ = server
-    booking_id, amount = new_booking(hostile_db)
-    before = counts(hostile_db)
+    booking_id, amount = new_booking(module_db)
+    before = counts(module_db)
     evt = event("payment_intent.succeeded", payment_intent("pi_" + evt_suffix(), booking_id, amount) | change)
     assert_error(deliver(base, evt), 400, "RW001")
-    assert counts(hostile_db) == before  # no 'failed' event for the retry job, no error row
-    assert hostile_db.one("SELECT status FROM booking.bookings WHERE booking_id = %s", (booking_id,)) \
+    assert counts(module_db) == before  # no 'failed' event for the retry job, no error row
+    assert module_db.one("SELECT status FROM booking.bookings WHERE booking_id = %s", (booking_id,)) \
         == "pending_payment"
 
 
-def test_a_payment_in_another_currency_is_200_ignored_and_on_calls_critical_error(server, hostile_db):
+def test_a_payment_in_another_currency_is_200_ignored_and_on_calls_critical_error(server, module_db):
     base, _ = server
-    booking_id, amount = new_booking(hostile_db)
-    before = counts(hostile_db)
+    booking_id, amount = new_booking(module_db)
+    before = counts(module_db)
     evt = event("payment_intent.succeeded", payment_intent("pi_" + evt_suffix(), booking_id, amount, currency="eur"))
     resp = deliver(base, evt)
     assert (resp.status_code, resp.json()) == (200, {"outcome": "ignored"})
-    after = counts(hostile_db)
+    after = counts(module_db)
     # events +1 (ignored), errors +1 (critical), jobs +1 (its alert); no ledger row.
     assert [a - b for a, b in zip(after, before)] == [1, 0, 0, 1, 0, 1]
-    assert hostile_db.one("SELECT status FROM booking.bookings WHERE booking_id = %s", (booking_id,)) \
+    assert module_db.one("SELECT status FROM booking.bookings WHERE booking_id = %s", (booking_id,)) \
         == "pending_payment"
 
 
@@ -237,24 +231,24 @@ def raw_post(base: str, path: str, content_length: bytes, body: bytes = b"{}") -
 
 
 @pytest.mark.parametrize("content_length", [b"9" * 5000, b"\xb9", b"1\xb2"], ids=["5000 digits", "¹", "1²"])
-def test_a_content_length_that_int_refuses_is_never_a_500(server, hostile_db, content_length):
+def test_a_content_length_that_int_refuses_is_never_a_500(server, module_db, content_length):
     base, _ = server
-    before = counts(hostile_db)
+    before = counts(module_db)
     answer = raw_post(base, "/webhooks/stripe", content_length)
     status = int(answer.split(b" ", 2)[1])
     assert 400 <= status < 500, answer[:300]
-    assert counts(hostile_db) == before
+    assert counts(module_db) == before
 
 
 @pytest.mark.parametrize("escape", ["\\ud800", "\\udfff", "\\u0000"])
-def test_a_signed_event_with_a_string_postgresql_refuses_is_400_rw001_and_not_stored(server, hostile_db, escape):
+def test_a_signed_event_with_a_string_postgresql_refuses_is_400_rw001_and_not_stored(server, module_db, escape):
     base, _ = server
     evt = event()
     text = encode(evt).decode()
     head, _, _ = text.rpartition("}}}")
     body = (head + ',"note":"' + escape + '"}}}').encode()
-    before = counts(hostile_db)
+    before = counts(module_db)
     resp = httpx.post(base + "/webhooks/stripe", content=body, headers={"Stripe-Signature": sign(body, SECRET)},
                       timeout=30)
     assert_error(resp, 400, "RW001")
-    assert counts(hostile_db) == before
+    assert counts(module_db) == before

@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from tests.pg import connect, database_from_template, wait_until
+from tests.pg import connect, wait_until
 from tests.shim.server import shim
 from tests.stripe_events import encode, event, sign
 
@@ -18,17 +18,33 @@ OLD_SECRET = "whsec_test_previous_0123456789abcdef"
 
 
 @pytest.fixture(scope="module")
-def webhook_db(migrated):
-    with database_from_template(migrated) as database:
-        yield database
-
-
-@pytest.fixture(scope="module")
-def server(webhook_db, tmp_path_factory):
+def server(module_db, tmp_path_factory):
     log = tmp_path_factory.mktemp("shim") / "shim.log"
     # Two secrets configured, as while rotating: the new one first.
-    with shim(webhook_db.shim_url, f"{SECRET},{OLD_SECRET}", log=log) as base:
+    with shim(module_db.shim_url, f"{SECRET},{OLD_SECRET}", log=log) as base:
         yield base
+
+
+def plant_apply_failure(db, when: str, message: str) -> None:
+    """A simulated bug: applying an event raises XX000 `message` when the SQL condition
+    `when` (on NEW, the stripe.events row) holds. remove_apply_failure takes it away."""
+    with connect(db.url) as conn:
+        conn.execute(f"""
+            CREATE FUNCTION stripe.test_explode() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF {when} THEN
+                    RAISE EXCEPTION '{message}' USING ERRCODE = 'XX000';
+                END IF;
+                RETURN NEW;
+            END $$;
+            CREATE TRIGGER test_explode BEFORE INSERT OR UPDATE ON stripe.events
+                FOR EACH ROW EXECUTE FUNCTION stripe.test_explode();
+        """)
+
+
+def remove_apply_failure(db) -> None:
+    with connect(db.url) as conn:
+        conn.execute("DROP TRIGGER test_explode ON stripe.events; DROP FUNCTION stripe.test_explode()")
 
 
 def post(base: str, body: bytes, signature: str | None, **headers) -> httpx.Response:
@@ -49,7 +65,7 @@ def assert_error(resp: httpx.Response, status: int, code: str):
     assert body["error"]["message"]
 
 
-def test_a_valid_event_is_stored_once_even_when_posted_twice(server, webhook_db):
+def test_a_valid_event_is_stored_once_even_when_posted_twice(server, module_db):
     evt = event()
     body = encode(evt)
     first = post(server, body, sign(body, SECRET), **{"X-Request-ID": "req-abc-1"})
@@ -57,8 +73,8 @@ def test_a_valid_event_is_stored_once_even_when_posted_twice(server, webhook_db)
     assert first.headers["X-Request-ID"] == "req-abc-1"
     second = post(server, body, sign(body, SECRET))
     assert (second.status_code, second.json()) == (200, {"outcome": "duplicate"})
-    assert stored(webhook_db, evt["id"]) == 1
-    assert webhook_db.one("SELECT correlation_id FROM stripe.events WHERE event_id = %s", (evt["id"],)) == "req-abc-1"
+    assert stored(module_db, evt["id"]) == 1
+    assert module_db.one("SELECT correlation_id FROM stripe.events WHERE event_id = %s", (evt["id"],)) == "req-abc-1"
 
 
 def test_a_request_id_is_made_when_none_or_a_bad_one_is_given(server):
@@ -68,7 +84,7 @@ def test_a_request_id_is_made_when_none_or_a_bad_one_is_given(server):
     assert replaced != "bad id with spaces" and len(replaced) == 32
 
 
-def test_rotation_either_configured_secret_and_any_matching_v1(server, webhook_db):
+def test_rotation_either_configured_secret_and_any_matching_v1(server, module_db):
     evt = event()
     body = encode(evt)
     assert post(server, body, sign(body, OLD_SECRET)).status_code == 200
@@ -80,7 +96,7 @@ def test_rotation_either_configured_secret_and_any_matching_v1(server, webhook_d
     bad = sign(body2, "whsec_someone_else", t).split("v1=")[1]
     resp = post(server, body2, f"t={t},v1={bad},v1={good}")
     assert resp.status_code == 200, resp.text
-    assert stored(webhook_db, evt["id"]) == 1 and stored(webhook_db, evt2["id"]) == 1
+    assert stored(module_db, evt["id"]) == 1 and stored(module_db, evt2["id"]) == 1
 
 
 def bad_cases():
@@ -103,31 +119,31 @@ def bad_cases():
     ]
 
 
-def test_every_bad_signature_is_400_with_a_reason_and_writes_nothing(server, webhook_db):
+def test_every_bad_signature_is_400_with_a_reason_and_writes_nothing(server, module_db):
     event_id, cases = bad_cases()
-    before = webhook_db.one("SELECT count(*) FROM stripe.events")
+    before = module_db.one("SELECT count(*) FROM stripe.events")
     for name, body, header, status, code in cases:
         resp = post(server, body, header)
         assert resp.status_code == status, (name, resp.text)
         assert_error(resp, status, code)
-    assert stored(webhook_db, event_id) == 0
-    assert webhook_db.one("SELECT count(*) FROM stripe.events") == before
+    assert stored(module_db, event_id) == 0
+    assert module_db.one("SELECT count(*) FROM stripe.events") == before
 
 
-def test_signed_bodies_that_are_not_stripe_events_are_400_rw001(server, webhook_db):
-    before = webhook_db.one("SELECT count(*) FROM stripe.events")
+def test_signed_bodies_that_are_not_stripe_events_are_400_rw001(server, module_db):
+    before = module_db.one("SELECT count(*) FROM stripe.events")
     for body in (b"this is not json", b'{"id": "evt_x", "object": "charge"}', b"[1,2,3]", b""):
         resp = post(server, body, sign(body, SECRET))
         assert_error(resp, 400, "RW001")
-    assert webhook_db.one("SELECT count(*) FROM stripe.events") == before
+    assert module_db.one("SELECT count(*) FROM stripe.events") == before
 
 
-def test_a_body_over_one_mib_is_413_and_writes_nothing(server, webhook_db):
+def test_a_body_over_one_mib_is_413_and_writes_nothing(server, module_db):
     evt = event(obj={"id": "obj_big", "object": "test", "blob": "x" * (1024 * 1024)})
     body = encode(evt)
     resp = post(server, body, sign(body, SECRET))
     assert_error(resp, 413, "body_too_large")
-    assert stored(webhook_db, evt["id"]) == 0
+    assert stored(module_db, evt["id"]) == 0
 
     # Without a Content-Length (chunked), the limit still holds.
     def chunks():
@@ -136,10 +152,10 @@ def test_a_body_over_one_mib_is_413_and_writes_nothing(server, webhook_db):
 
     resp = httpx.post(server + "/webhooks/stripe", content=chunks(), headers={"Stripe-Signature": sign(body, SECRET)})
     assert_error(resp, 413, "body_too_large")
-    assert stored(webhook_db, evt["id"]) == 0
+    assert stored(module_db, evt["id"]) == 0
 
 
-def test_twenty_simultaneous_deliveries_give_twenty_200s_and_one_row(server, webhook_db):
+def test_twenty_simultaneous_deliveries_give_twenty_200s_and_one_row(server, module_db):
     evt = event("payment_intent.succeeded")
     body = encode(evt)
     header = sign(body, SECRET)
@@ -160,32 +176,20 @@ def test_twenty_simultaneous_deliveries_give_twenty_200s_and_one_row(server, web
         t.join()
     assert statuses == [200] * 20
     assert sorted(outcomes) == ["duplicate"] * 19 + ["ignored"]
-    assert stored(webhook_db, evt["id"]) == 1
+    assert stored(module_db, evt["id"]) == 1
 
 
-def test_a_failure_to_apply_is_500_and_recorded_for_retry(server, webhook_db):
+def test_a_failure_to_apply_is_500_and_recorded_for_retry(server, module_db):
     """A bug in applying (here: a trigger that raises) rolls the event back; the shim
     records the failure in a fresh transaction, and a redelivery applies it once fixed."""
     evt = event("test.explodes")
     body = encode(evt)
-    with connect(webhook_db.url) as conn:
-        conn.execute(
-            """
-            CREATE FUNCTION stripe.test_explode() RETURNS trigger LANGUAGE plpgsql AS $$
-            BEGIN
-                IF NEW.type = 'test.explodes' AND NEW.status = 'ignored' THEN
-                    RAISE EXCEPTION 'simulated bug while applying' USING ERRCODE = 'XX000';
-                END IF;
-                RETURN NEW;
-            END $$;
-            CREATE TRIGGER test_explode BEFORE INSERT OR UPDATE ON stripe.events
-                FOR EACH ROW EXECUTE FUNCTION stripe.test_explode();
-            """
-        )
+    plant_apply_failure(module_db, "NEW.type = 'test.explodes' AND NEW.status = 'ignored'",
+                        "simulated bug while applying")
     try:
         resp = post(server, body, sign(body, SECRET), **{"X-Request-ID": "req-explode"})
         assert_error(resp, 500, "XX000")
-        row = webhook_db.rows(
+        row = module_db.rows(
             "SELECT status, attempts, last_sqlstate, last_error, payload, next_attempt_at IS NOT NULL, correlation_id "
             "FROM stripe.events WHERE event_id = %s",
             (evt["id"],),
@@ -196,14 +200,13 @@ def test_a_failure_to_apply_is_500_and_recorded_for_retry(server, webhook_db):
         assert "simulated bug while applying" in last_error
         assert correlation_id == "req-explode"
         # And an error row survives the rolled-back transaction, with the request's id.
-        assert webhook_db.rows("SELECT source, sqlstate, correlation_id FROM ops.errors "
+        assert module_db.rows("SELECT source, sqlstate, correlation_id FROM ops.errors "
                                "WHERE message LIKE '%%simulated bug%%'") == [("webhook", "XX000", "req-explode")]
     finally:
-        with connect(webhook_db.url) as conn:
-            conn.execute("DROP TRIGGER test_explode ON stripe.events; DROP FUNCTION stripe.test_explode()")
+        remove_apply_failure(module_db)
     resp = post(server, body, sign(body, SECRET))
     assert (resp.status_code, resp.json()) == (200, {"outcome": "ignored"})
-    assert webhook_db.rows("SELECT status, attempts FROM stripe.events WHERE event_id = %s", (evt["id"],)) == [
+    assert module_db.rows("SELECT status, attempts FROM stripe.events WHERE event_id = %s", (evt["id"],)) == [
         ("ignored", 2)
     ]
 
@@ -215,8 +218,8 @@ def test_readyz_reports_health(server):
     assert resp.json()["checks"]["database"]["status"] == "ok"
 
 
-def test_readyz_is_degraded_when_the_shim_and_the_database_disagree_on_livemode(webhook_db):
-    with shim(webhook_db.shim_url, SECRET, extra_env={"STRIPE_LIVEMODE": "true"}) as base:
+def test_readyz_is_degraded_when_the_shim_and_the_database_disagree_on_livemode(module_db):
+    with shim(module_db.shim_url, SECRET, extra_env={"STRIPE_LIVEMODE": "true"}) as base:
         health = httpx.get(base + "/readyz").json()
     assert health["status"] == "degraded"
     assert "stripe.config" in health["checks"]["stripe_mode"]["message"]
@@ -241,20 +244,20 @@ def burst(base: str, bodies: list[bytes]) -> list[httpx.Response]:
     return answers
 
 
-def test_a_burst_is_applied_in_batches_and_a_bad_event_answers_for_itself_only(webhook_db, tmp_path):
+def test_a_burst_is_applied_in_batches_and_a_bad_event_answers_for_itself_only(module_db, tmp_path):
     # One batch in flight at a time: deliveries that arrive meanwhile wait and go together.
     log = tmp_path / "shim.log"
-    with shim(webhook_db.shim_url, SECRET, extra_env={"WEBHOOK_BATCH_CONCURRENCY": "1"}, log=log) as base:
+    with shim(module_db.shim_url, SECRET, extra_env={"WEBHOOK_BATCH_CONCURRENCY": "1"}, log=log) as base:
         events = [event() for _ in range(40)]
         # The first batch waits in the database (a lock taken here) until the others have
         # arrived, however slowly a busy machine sends them; they then go together.
         answers = []
-        with connect(webhook_db.url) as blocker:
+        with connect(module_db.url) as blocker:
             blocker.execute("BEGIN")
             blocker.execute("LOCK TABLE stripe.events IN SHARE MODE")
             sender = threading.Thread(target=lambda: answers.extend(burst(base, [encode(e) for e in events])))
             sender.start()
-            assert wait_until(lambda: webhook_db.one(
+            assert wait_until(lambda: module_db.one(
                 "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pyshim' AND wait_event_type = 'Lock'"
             ) >= 1, seconds=30)
             time.sleep(2)
@@ -262,7 +265,7 @@ def test_a_burst_is_applied_in_batches_and_a_bad_event_answers_for_itself_only(w
             sender.join(timeout=60)
         assert [(a.status_code, a.json()) for a in answers] == [(200, {"outcome": "ignored"})] * 40
         ids = [e["id"] for e in events]
-        rows = webhook_db.rows("SELECT xmin::text, correlation_id FROM stripe.events WHERE event_id = ANY(%s)", (ids,))
+        rows = module_db.rows("SELECT xmin::text, correlation_id FROM stripe.events WHERE event_id = ANY(%s)", (ids,))
         assert len(rows) == 40
         transactions = len({xmin for xmin, _ in rows})
         assert transactions < 20, f"40 simultaneous deliveries took {transactions} transactions"
@@ -276,7 +279,7 @@ def test_a_burst_is_applied_in_batches_and_a_bad_event_answers_for_itself_only(w
         assert [(a.status_code, a.json()) for a in answers[:20]] == [(200, {"outcome": "ignored"})] * 20
         for answer in answers[20:]:
             assert_error(answer, 400, "RW001")
-        assert webhook_db.one("SELECT count(*) FROM stripe.events WHERE event_id = ANY(%s)",
+        assert module_db.one("SELECT count(*) FROM stripe.events WHERE event_id = ANY(%s)",
                               ([e["id"] for e in good] + ["evt_truncated", "evt_not_an_event"],)) == 20
     # The first delivery went alone; the bad ones were in a batch with others, which failed.
     assert "running its items one at a time" in log.read_text()

@@ -200,6 +200,9 @@ LOCKS_ON_EXISTING_TABLES = {
     "V0013__cache_versions.sql": {"booking.holds": "AccessExclusiveLock", "booking.inventory": "ShareRowExclusiveLock"},
     # ADD COLUMN queued (a default of false, no rewrite in PostgreSQL 11 and later).
     "V0014__waitlist_and_waiting_room.sql": {"booking.inventory": "AccessExclusiveLock"},
+    # ALTER DOMAIN jobs.job_kind VALIDATE CONSTRAINT: SHARE on the table whose column has the
+    # domain while its rows are checked (the DELETE before it: row locks).
+    "V0015__bench_job_kind_out_of_production.sql": {"jobs.jobs": "ShareLock"},
 }
 
 STRONGEST_LOCK = """
