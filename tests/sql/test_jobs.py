@@ -129,3 +129,12 @@ def test_complete_jobs_in_a_batch_checks_every_lease(db, worker):
                        ([rescued], [new_token], [Jsonb({"ok": 1})])).fetchone()[0] == [True]
     assert db.rows("SELECT job_id, status FROM jobs.jobs ORDER BY job_id") == sorted([(first, "done"), (second, "done")])
     assert sqlstate_of(worker, "SELECT api.complete_jobs(%s::uuid[], %s::uuid[], NULL)", ([first], [])) == "22023"
+
+
+def test_no_bench_job_kind_in_production(db):
+    """V0015: the benchmarks' no-op kind is theirs (tests/bench/noop_worker.py adds it to the
+    bench's own database); a production database refuses it like any unknown kind."""
+    with connect(db.url) as conn:
+        assert sqlstate_of(conn, "SELECT jobs.enqueue('bench.noop', '{}'::jsonb)") == "23514"
+        assert sqlstate_of(conn, "SELECT jobs.enqueue('no.such.kind', '{}'::jsonb)") == "23514"
+        assert conn.execute("SELECT jobs.enqueue(%s, '{}'::jsonb) IS NOT NULL", (KIND,)).fetchone()[0]
