@@ -73,18 +73,12 @@ send-test-event:
 	scripts/send-test-event.sh
 
 # Benchmarks (not part of make test): each prints its figures beside a baseline measured in the same run.
+# Every benchmark, twice (tests/bench/run_all.py), then each figure that has a goal beside
+# the other run's; BENCH_ONLY=holds_bench,webhook_bench for some of them. Not part of make test.
 bench: deps
 	@BENCH=1 scripts/install-system-deps.sh
 	$(VENV)/bin/pip install -q --disable-pip-version-check -e '.[test,bench]'
-	$(VENV)/bin/python -m tests.bench.holds_bench
-	$(VENV)/bin/python -m tests.bench.bookings_bench
-	$(VENV)/bin/python -m tests.bench.ingest_bench
-	$(VENV)/bin/python -m tests.bench.webhook_bench
-	$(VENV)/bin/python -m tests.bench.queue_bench
-	$(VENV)/bin/python -m tests.bench.onsale_bench
-	$(VENV)/bin/python -m tests.bench.failover_bench
-	$(VENV)/bin/python -m tests.bench.cache_bench
-	$(VENV)/bin/python -m tests.bench.console_bench
+	$(VENV)/bin/python -m tests.bench.run_all $(if $(BENCH_ONLY),--only $(BENCH_ONLY))
 
 # Rewrite sql/schema.sql from the embedded cluster's migrated database.
 snapshot:

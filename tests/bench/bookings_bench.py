@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from tests.bench.common import bench_cluster, pgbench_run, table
+from tests.bench.common import bench_cluster, headline, pgbench_run, table
 from tests.pg import connect
 
 HOLD_ONLY = """SELECT hold_id FROM api.place_hold(:inv, 1, 'bench');
@@ -55,6 +55,7 @@ def main() -> None:
               [["place_hold only", f"{hold_tps:,.0f}", "-"],
                ["place_hold + create_booking, no key", f"{plain_tps:,.0f}", f"{plain_booking_us:,.0f}"],
                ["place_hold + create_booking, with key", f"{keyed_tps:,.0f}", f"{keyed_booking_us:,.0f}"]])
+        headline(f"place_hold + create_booking (with a key) / place_hold alone, {c} clients", keyed_tps / hold_tps, 0.50, "%")
         print(f"with a key / without: {keyed_tps / plain_tps:.0%} of the throughput; "
               f"create_booking alone costs {keyed_booking_us / plain_booking_us - 1:+.0%} with the key")
         table("replaying a stored answer (same key, same request), 1 client",

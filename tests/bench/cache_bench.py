@@ -18,7 +18,7 @@ import time
 
 import redis
 
-from tests.bench.common import bench_cluster, pgbench, table
+from tests.bench.common import bench_cluster, headline, pgbench, table
 from tests.bench.holds_bench import PLACE_HOLD_SCRIPT, new_inventory
 from tests.cache.catalog_cache import CATALOG_SQL, CatalogCache, SharedVersion, redis_server
 from tests.pg import connect, wait_until
@@ -196,6 +196,8 @@ def main() -> None:
             url, port, "cached", args.readers, args.processes, holds)
         with_direct, direct_rps, _, _ = readers_during(url, port, "direct", args.readers, args.processes, holds)
 
+        headline("catalog reads through Redis / straight from PostgreSQL", cached_rps / direct_rps, 5.0, "x")
+        headline("place_hold with version triggers / without (medians)", alone / without, 0.95, "%")
         table(f"search spike: {args.readers} clients ({args.processes} processes) reading api.catalog ({CATALOG_SIZE} inventories) while 32 "
               f"clients place holds on one inventory, {s} s each, {PRICE_CHANGES_PER_SECOND} price changes/s "
               f"(target: cached >= 5x direct)",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -28,8 +29,36 @@ def bench_cluster():
         url = url_for(pg.url(), "bench")
         migrate(url)
         yield url
+        check_invariants(url)
     finally:
         pg.stop()
+
+
+INVARIANT_VIEWS = ("ops.oversold_inventory", "ops.ledger_imbalances", "ops.broken_rows")
+
+
+def check_invariants(url: str) -> None:
+    """After every benchmark: what it did left nothing oversold, unbalanced or broken (the
+    views an operator reads). A benchmark that breaks them fails instead of printing figures
+    that do not count."""
+    with connect(url) as conn:
+        counts = {v: conn.execute(f"SELECT count(*) FROM {v}").fetchone()[0] for v in INVARIANT_VIEWS}
+    print("\ninvariants after the benchmark: " + ", ".join(f"{v} {n} rows" for v, n in counts.items()))
+    if any(counts.values()):
+        raise SystemExit(f"the benchmark left rows in the invariant views: {counts}")
+
+
+def headline(figure: str, value: float, goal: float, unit: str, *, lower_is_better: bool = False) -> None:
+    """A figure an issue sets a goal for, printed with the goal; with BENCH_SUMMARY set (as
+    tests/bench/run_all.py sets it) also appended there, to be shown beside the other run's."""
+    met = value <= goal if lower_is_better else value >= goal
+    shown = f"{value:.0%}" if unit == "%" else f"{value}{unit}" if isinstance(value, int) else f"{value:.2f}{unit}"
+    wanted = f"{'<=' if lower_is_better else '>='} {goal:.0%}" if unit == "%" else \
+        f"{'<=' if lower_is_better else '>='} {goal:g}{unit}"
+    print(f"headline: {figure}: {shown} (goal {wanted}: {'met' if met else 'MISSED'})")
+    if os.environ.get("BENCH_SUMMARY"):
+        with open(os.environ["BENCH_SUMMARY"], "a") as f:
+            f.write(json.dumps({"figure": figure, "shown": shown, "goal": wanted, "met": met}) + "\n")
 
 
 def make_bookings(conn, count: int, amount: int = BOOKING_AMOUNT) -> list[str]:

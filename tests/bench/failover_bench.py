@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from tests import failover
-from tests.bench.common import table
+from tests.bench.common import headline, table
 from tests.ha import formation
 
 
@@ -37,6 +37,8 @@ def main() -> None:
           [[f"{result.deliveries:,}", f"{result.acknowledged:,}", len(result.lost), result.applied_twice,
             f"{result.seconds_to_first_write:.2f}", f"{result.seconds_to_promotion:.2f}",
             " ".join(f"{k}:{v}" for k, v in sorted(result.statuses.items()))]])
+    headline("failover: acknowledged deliveries lost", len(result.lost), 0, "", lower_is_better=True)
+    headline("failover: deliveries applied twice", result.applied_twice, 0, "", lower_is_better=True)
     print("\n".join(result.timeline))
     print(f"(bookings wrong: {len(result.wrong)}, ops views not empty: {sorted(result.broken)}, "
           f"{time.perf_counter() - started:.0f} s in all)")

@@ -16,7 +16,7 @@ import time
 
 import psycopg
 
-from tests.bench.common import bench_cluster, table
+from tests.bench.common import bench_cluster, headline, table
 from tests.bench.noop_worker import NOOP_KIND, allow_noop_kind
 from tests.pg import ROOT, connect, env_with
 
@@ -97,6 +97,7 @@ def main() -> None:
         mine = ours(url, args.jobs, args.concurrency)
         proc = asyncio.run(procrastinate_rate(url, args.jobs, args.concurrency))
         pgq = asyncio.run(pgqueuer_rate(url, args.jobs, args.concurrency))
+    headline("worker / pgqueuer (lease tokens fenced)", mine / pgq, 2.0, "x")
     table(f"{args.jobs:,} no-op jobs drained on one database, concurrency {args.concurrency} "
           "(target: at least 2x procrastinate and not behind pgqueuer)",
           ["queue", "jobs/s", "ratio to procrastinate"],
