@@ -30,18 +30,6 @@
 -- touching a bucket (a hold key reused after its hold died, a late payment converting an
 -- expired booked hold) note the inventory as forced (booking.note_forced_change).
 
-CREATE OR REPLACE FUNCTION core.bump_cache_version(p_namespace text)
-RETURNS bigint
-LANGUAGE sql
-AS $$
-    -- The row lock lasts until commit: two bumps of one namespace take turns, so versions
-    -- are in commit order and a reader never sees one go backwards.
-    INSERT INTO core.cache_versions AS v (namespace, version)
-    VALUES (p_namespace, 1)
-    ON CONFLICT (namespace) DO UPDATE SET version = v.version + 1
-    RETURNING v.version;
-$$;
-
 CREATE OR REPLACE FUNCTION booking.note_cache_change(p_inventory_id uuid, p_force boolean)
 RETURNS void
 LANGUAGE plpgsql

@@ -42,65 +42,6 @@ BEGIN
 END;
 $$;
 
-CREATE OR REPLACE FUNCTION booking.retake_expired_holds(p_booking_id uuid)
-RETURNS boolean
-LANGUAGE plpgsql
-AS $$
--- For each of the booking's holds that was swept or reclaimed, the same quantity is taken
--- again if it is available (the caller has locked the hold rows). True when all could be
--- taken; false, and nothing taken, otherwise (the block is a subtransaction).
-DECLARE
-    v_hold record;
-    v_bucket smallint;
-BEGIN
-    FOR v_hold IN
-        SELECT h.hold_id, h.inventory_id, h.quantity, h.holder
-        FROM booking.holds AS h
-        WHERE h.booking_id = p_booking_id AND h.status = 'expired'
-        ORDER BY h.hold_id
-    LOOP
-        v_bucket := booking.take_units(
-            v_hold.inventory_id, v_hold.quantity,
-            (SELECT i.bucket_count FROM booking.inventory AS i WHERE i.inventory_id = v_hold.inventory_id));
-        INSERT INTO booking.holds (inventory_id, bucket_no, quantity, holder, status, expires_at, booking_id)
-        VALUES (v_hold.inventory_id, v_bucket, v_hold.quantity, v_hold.holder, 'booked', clock_timestamp(),
-                p_booking_id);
-    END LOOP;
-    RETURN true;
-EXCEPTION WHEN SQLSTATE 'RB001' THEN
-    RETURN false;
-END;
-$$;
-
-CREATE OR REPLACE FUNCTION booking.reserve_for_late_payment(p_booking_id uuid)
-RETURNS boolean
-LANGUAGE plpgsql
-AS $$
--- A payment arrived for a booking whose deadline may have passed. Holds still 'booked'
--- keep their units (nobody reclaimed them: their rows are locked here); the units of the
--- expired ones are taken again if they are there. True when the booking holds all its
--- units now; false (and nothing taken) otherwise. The usual case, a payment in time,
--- locks the rows and opens no subtransaction.
-DECLARE
-    v_expired boolean;
-BEGIN
-    -- All the hold rows first, in one statement: taking units takes bucket locks, and
-    -- whoever holds bucket locks must not then wait for a hold row (holds.sql, lock order).
-    SELECT coalesce(bool_or(l.status = 'expired'), false) INTO v_expired
-    FROM (
-        SELECT h.status
-        FROM booking.holds AS h
-        WHERE h.booking_id = p_booking_id AND h.status IN ('booked', 'expired')
-        ORDER BY h.hold_id
-        FOR UPDATE
-    ) AS l;
-    IF NOT v_expired THEN
-        RETURN true;
-    END IF;
-    RETURN booking.retake_expired_holds(p_booking_id);
-END;
-$$;
-
 CREATE OR REPLACE FUNCTION stripe.enqueue_refund(p_booking_id uuid, p_payment_intent_id text, p_reason text)
 RETURNS uuid
 LANGUAGE sql
