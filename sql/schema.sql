@@ -419,18 +419,9 @@ CREATE FUNCTION api.availability(p_inventory_id uuid) RETURNS TABLE(capacity int
     LANGUAGE plpgsql STABLE SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
--- One statement, one snapshot (booking.stock).
 BEGIN
     PERFORM core.require(p_inventory_id, 'p_inventory_id');
-    RETURN QUERY
-    SELECT
-        i.capacity,
-        s.sold::int,
-        (i.capacity - s.sold - s.free - s.dead_units - s.owed)::int,
-        booking.available_units(s.free, s.dead_units, s.owed, s.waits)
-    FROM booking.inventory AS i
-    CROSS JOIN LATERAL booking.stock(i.inventory_id) AS s
-    WHERE i.inventory_id = p_inventory_id;
+    RETURN QUERY SELECT a.capacity, a.sold, a.held, a.available FROM booking.availability(p_inventory_id) AS a;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'inventory % not found', p_inventory_id USING ERRCODE = 'RB005';
     END IF;
@@ -1668,50 +1659,11 @@ COMMENT ON FUNCTION api.leave_waitlist(p_entry_id uuid) IS 'Takes an entry off t
 CREATE FUNCTION api.log_error(p_severity text, p_source text, p_message text, p_detail text DEFAULT NULL::text, p_context jsonb DEFAULT '{}'::jsonb, p_sqlstate text DEFAULT NULL::text) RETURNS bigint
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
-    AS $_$
-DECLARE
-    v_fingerprint text;
-    v_error_id bigint;
-    v_correlation_id text := left(current_setting('app.correlation_id', true), 200);
+    AS $$
 BEGIN
-    PERFORM core.require(p_severity, 'p_severity');
-    IF p_severity NOT IN ('debug', 'info', 'warning', 'error', 'critical') THEN
-        RAISE EXCEPTION 'p_severity must be debug, info, warning, error or critical, not %', left(p_severity, 20)
-            USING ERRCODE = '22023';
-    END IF;
-    PERFORM core.require_text(p_source, 'p_source', 100);
-    PERFORM core.require_text(p_message, 'p_message', 2000);
-    IF length(p_detail) > 10000 THEN
-        RAISE EXCEPTION 'p_detail is % characters long, at most 10000 are allowed', length(p_detail)
-            USING ERRCODE = '22001';
-    END IF;
-    PERFORM core.require(p_context, 'p_context');
-    IF jsonb_typeof(p_context) <> 'object' THEN
-        RAISE EXCEPTION 'p_context must be a JSON object' USING ERRCODE = '22023';
-    END IF;
-    IF p_sqlstate IS NOT NULL AND p_sqlstate !~ '^[0-9A-Z]{5}$' THEN
-        RAISE EXCEPTION 'p_sqlstate must be five characters [0-9A-Z]' USING ERRCODE = '22023';
-    END IF;
-    v_fingerprint := core.error_fingerprint(p_source, p_message);
-    INSERT INTO core.error_groups AS g (fingerprint, severity, source, message)
-    VALUES (v_fingerprint, p_severity, p_source, p_message)
-    ON CONFLICT (fingerprint) DO UPDATE
-        SET count = g.count + 1, last_seen = now(), resolved_at = NULL, resolved_by = NULL,
-            severity = CASE WHEN g.severity = 'critical' OR excluded.severity = 'critical' THEN 'critical'
-                            ELSE excluded.severity END;
-    INSERT INTO core.errors (fingerprint, severity, source, message, detail, context, sqlstate, correlation_id)
-    VALUES (v_fingerprint, p_severity, p_source, p_message, p_detail, p_context, p_sqlstate, v_correlation_id)
-    RETURNING error_id INTO v_error_id;
-    IF p_severity = 'critical' THEN
-        -- One alert per group per 10 minutes at most; the worker posts it to ALERT_WEBHOOK_URL.
-        PERFORM jobs.enqueue('alert.notify', jsonb_build_object(
-            'error_id', v_error_id, 'fingerprint', v_fingerprint, 'severity', p_severity, 'source', p_source,
-            'message', p_message, 'correlation_id', v_correlation_id),
-            'alert.notify:' || v_fingerprint || ':' || (extract(EPOCH FROM now())::bigint / 600));
-    END IF;
-    RETURN v_error_id;
+    RETURN core.log_error(p_severity, p_source, p_message, p_detail, p_context, p_sqlstate);
 END;
-$_$;
+$$;
 
 
 ALTER FUNCTION api.log_error(p_severity text, p_source text, p_message text, p_detail text, p_context jsonb, p_sqlstate text) OWNER TO booking_owner;
@@ -2030,7 +1982,7 @@ BEGIN
         SELECT m.problem, m.kind, m.stripe_object_id, m.stripe_amount, m.ledger_amount
         FROM core.reconciliation_mismatches AS m WHERE m.run_id = v_run_id
     LOOP
-        PERFORM api.log_error('critical', 'reconciliation',
+        PERFORM core.log_error('critical', 'reconciliation',
             pg_catalog.format('%s: %s %s (Stripe %s, ledger %s)', v_row.problem, v_row.kind, v_row.stripe_object_id,
                               coalesce(v_row.stripe_amount::text, '-'), coalesce(v_row.ledger_amount::text, '-')),
             NULL, jsonb_build_object('run_id', v_run_id));
@@ -2100,37 +2052,11 @@ COMMENT ON FUNCTION api.record_payment_intent(p_booking_id uuid, p_payment_inten
 CREATE FUNCTION api.record_stripe_event_failure(p_event jsonb, p_sqlstate text, p_message text) RETURNS void
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
-    AS $_$
-DECLARE
-    v_event_id text := p_event ->> 'id';
+    AS $$
 BEGIN
-    PERFORM stripe.check_event(p_event);
-    IF p_sqlstate IS NOT NULL AND p_sqlstate !~ '^[0-9A-Z]{5}$' THEN
-        RAISE EXCEPTION 'p_sqlstate must be five characters [0-9A-Z], got %', left(p_sqlstate, 20)
-            USING ERRCODE = '22023';
-    END IF;
-    INSERT INTO stripe.events AS e (
-        event_id, type, livemode, payload, status, attempts, last_error, last_sqlstate,
-        next_attempt_at, correlation_id
-    )
-    VALUES (
-        v_event_id, p_event ->> 'type', stripe.livemode(p_event), p_event, 'failed', 1,
-        left(coalesce(p_message, 'unknown error'), 2000), p_sqlstate, now() + stripe.retry_delay(1),
-        left(current_setting('app.correlation_id', true), 200)
-    )
-    ON CONFLICT (event_id) DO UPDATE
-        SET attempts = e.attempts + 1,
-            status = CASE WHEN e.attempts + 1 >= stripe.attempts_max() THEN 'dead' ELSE 'failed' END,
-            next_attempt_at = CASE
-                WHEN e.attempts + 1 >= stripe.attempts_max() THEN NULL
-                ELSE now() + stripe.retry_delay(e.attempts + 1)
-            END,
-            last_error = excluded.last_error,
-            last_sqlstate = excluded.last_sqlstate
-        -- A delivery that succeeded meanwhile wins over this failure.
-        WHERE e.status NOT IN ('processed', 'ignored');
+    PERFORM stripe.record_failure(p_event, p_sqlstate, p_message);
 END;
-$_$;
+$$;
 
 
 ALTER FUNCTION api.record_stripe_event_failure(p_event jsonb, p_sqlstate text, p_message text) OWNER TO booking_owner;
@@ -2339,7 +2265,7 @@ BEGIN
         UPDATE core.refresh_tokens AS t
         SET revoked_at = clock_timestamp(), revoked_reason = 'reuse detected'
         WHERE t.family_id = v_old.family_id AND t.revoked_at IS NULL;
-        PERFORM api.log_error('critical', 'auth.refresh', 'refresh token reuse detected; token family revoked',
+        PERFORM core.log_error('critical', 'auth.refresh', 'refresh token reuse detected; token family revoked',
                               NULL, jsonb_build_object('user_id', v_old.user_id, 'family_id', v_old.family_id));
         RETURN QUERY SELECT 'reuse_detected'::text, v_old.user_id, v_old.family_id;
         RETURN;
@@ -2633,7 +2559,7 @@ BEGIN
     ELSIF NEW.status = 'refund_pending' AND OLD.status <> 'refund_pending' THEN
         PERFORM booking.give_back_units(NEW.booking_id);
         -- A refund job for every payment the booking received.
-        PERFORM stripe.enqueue_refund(NEW.booking_id, t.payment_intent_id, NEW.last_event)
+        PERFORM booking.enqueue_refund(NEW.booking_id, t.payment_intent_id, NEW.last_event)
         FROM ledger.transactions AS t
         WHERE t.booking_id = NEW.booking_id AND t.kind = 'charge';
     END IF;
@@ -2773,6 +2699,27 @@ $$;
 
 
 ALTER FUNCTION booking.apply_event(p_booking_id uuid, p_event text, p_stripe_event_id text, p_detail text, p_if_allowed boolean) OWNER TO booking_owner;
+
+--
+-- Name: availability(uuid); Type: FUNCTION; Schema: booking; Owner: booking_owner
+--
+
+CREATE FUNCTION booking.availability(p_inventory_id uuid) RETURNS TABLE(capacity integer, sold integer, held integer, available integer)
+    LANGUAGE sql STABLE
+    AS $$
+    -- One statement, one snapshot (booking.stock); no row for an unknown inventory.
+    SELECT
+        i.capacity,
+        s.sold::int,
+        (i.capacity - s.sold - s.free - s.dead_units - s.owed)::int,
+        booking.available_units(s.free, s.dead_units, s.owed, s.waits)
+    FROM booking.inventory AS i
+    CROSS JOIN LATERAL booking.stock(i.inventory_id) AS s
+    WHERE i.inventory_id = p_inventory_id;
+$$;
+
+
+ALTER FUNCTION booking.availability(p_inventory_id uuid) OWNER TO booking_owner;
 
 --
 -- Name: available_units(bigint, bigint, integer, boolean); Type: FUNCTION; Schema: booking; Owner: booking_owner
@@ -2989,6 +2936,28 @@ $$;
 
 
 ALTER FUNCTION booking.end_holds(p_hold_ids uuid[], p_status text) OWNER TO booking_owner;
+
+--
+-- Name: enqueue_refund(uuid, text, text); Type: FUNCTION; Schema: booking; Owner: booking_owner
+--
+
+CREATE FUNCTION booking.enqueue_refund(p_booking_id uuid, p_payment_intent_id text, p_reason text) RETURNS uuid
+    LANGUAGE sql
+    AS $$
+    -- The one place a stripe.refund job is made. Money goes back when the booking enters
+    -- refund_pending (every payment it received: booking.after_booking_change) and when a
+    -- payment is one no booking keeps (paid twice, or no units for it while the booking
+    -- does not enter refund_pending: stripe.on_payment_succeeded). How much the job sends is
+    -- read from the ledger when it runs (api.refunds_due). One job per PaymentIntent, ever:
+    -- two jobs refunding the same payment at once could both see it unrefunded and refund
+    -- it twice.
+    SELECT jobs.enqueue('stripe.refund',
+        jsonb_build_object('booking_id', p_booking_id, 'payment_intent_id', p_payment_intent_id, 'reason', p_reason),
+        'stripe.refund:' || p_payment_intent_id);
+$$;
+
+
+ALTER FUNCTION booking.enqueue_refund(p_booking_id uuid, p_payment_intent_id text, p_reason text) OWNER TO booking_owner;
 
 --
 -- Name: waitlist_join_seq; Type: SEQUENCE; Schema: booking; Owner: booking_owner
@@ -3870,7 +3839,7 @@ BEGIN
     END;
     -- Sold out as of this snapshot (dead holds counted as available): say so without
     -- queueing behind other buyers' bucket locks.
-    SELECT a.available INTO v_available FROM api.availability(p_inventory_id) AS a;
+    SELECT a.available INTO v_available FROM booking.availability(p_inventory_id) AS a;
     IF v_available < p_units THEN
         RAISE EXCEPTION 'not enough available: % requested, % available', p_units, v_available
             USING ERRCODE = 'RB001';
@@ -4162,6 +4131,62 @@ $$;
 
 
 ALTER FUNCTION core.error_fingerprint(p_source text, p_message text) OWNER TO booking_owner;
+
+--
+-- Name: log_error(text, text, text, text, jsonb, text); Type: FUNCTION; Schema: core; Owner: booking_owner
+--
+
+CREATE FUNCTION core.log_error(p_severity text, p_source text, p_message text, p_detail text DEFAULT NULL::text, p_context jsonb DEFAULT '{}'::jsonb, p_sqlstate text DEFAULT NULL::text) RETURNS bigint
+    LANGUAGE plpgsql
+    AS $_$
+-- What api.log_error does, for our own code (a Stripe event not applied, a reconciliation
+-- mismatch): internal functions never call api.* (docs/DESIGN.md, "Layers").
+DECLARE
+    v_fingerprint text;
+    v_error_id bigint;
+    v_correlation_id text := left(current_setting('app.correlation_id', true), 200);
+BEGIN
+    PERFORM core.require(p_severity, 'p_severity');
+    IF p_severity NOT IN ('debug', 'info', 'warning', 'error', 'critical') THEN
+        RAISE EXCEPTION 'p_severity must be debug, info, warning, error or critical, not %', left(p_severity, 20)
+            USING ERRCODE = '22023';
+    END IF;
+    PERFORM core.require_text(p_source, 'p_source', 100);
+    PERFORM core.require_text(p_message, 'p_message', 2000);
+    IF length(p_detail) > 10000 THEN
+        RAISE EXCEPTION 'p_detail is % characters long, at most 10000 are allowed', length(p_detail)
+            USING ERRCODE = '22001';
+    END IF;
+    PERFORM core.require(p_context, 'p_context');
+    IF jsonb_typeof(p_context) <> 'object' THEN
+        RAISE EXCEPTION 'p_context must be a JSON object' USING ERRCODE = '22023';
+    END IF;
+    IF p_sqlstate IS NOT NULL AND p_sqlstate !~ '^[0-9A-Z]{5}$' THEN
+        RAISE EXCEPTION 'p_sqlstate must be five characters [0-9A-Z]' USING ERRCODE = '22023';
+    END IF;
+    v_fingerprint := core.error_fingerprint(p_source, p_message);
+    INSERT INTO core.error_groups AS g (fingerprint, severity, source, message)
+    VALUES (v_fingerprint, p_severity, p_source, p_message)
+    ON CONFLICT (fingerprint) DO UPDATE
+        SET count = g.count + 1, last_seen = now(), resolved_at = NULL, resolved_by = NULL,
+            severity = CASE WHEN g.severity = 'critical' OR excluded.severity = 'critical' THEN 'critical'
+                            ELSE excluded.severity END;
+    INSERT INTO core.errors (fingerprint, severity, source, message, detail, context, sqlstate, correlation_id)
+    VALUES (v_fingerprint, p_severity, p_source, p_message, p_detail, p_context, p_sqlstate, v_correlation_id)
+    RETURNING error_id INTO v_error_id;
+    IF p_severity = 'critical' THEN
+        -- One alert per group per 10 minutes at most; the worker posts it to ALERT_WEBHOOK_URL.
+        PERFORM jobs.enqueue('alert.notify', jsonb_build_object(
+            'error_id', v_error_id, 'fingerprint', v_fingerprint, 'severity', p_severity, 'source', p_source,
+            'message', p_message, 'correlation_id', v_correlation_id),
+            'alert.notify:' || v_fingerprint || ':' || (extract(EPOCH FROM now())::bigint / 600));
+    END IF;
+    RETURN v_error_id;
+END;
+$_$;
+
+
+ALTER FUNCTION core.log_error(p_severity text, p_source text, p_message text, p_detail text, p_context jsonb, p_sqlstate text) OWNER TO booking_owner;
 
 --
 -- Name: prune_cron_history(); Type: FUNCTION; Schema: core; Owner: booking_owner
@@ -4981,6 +5006,29 @@ COMMENT ON FUNCTION ops.retry_job(p_job_id uuid) IS 'Makes a dead or failed job 
 
 
 --
+-- Name: after_attempt(text, integer); Type: FUNCTION; Schema: stripe; Owner: booking_owner
+--
+
+CREATE FUNCTION stripe.after_attempt(p_outcome text, p_attempts integer) RETURNS TABLE(status text, processed_at timestamp with time zone, next_attempt_at timestamp with time zone, last_error text)
+    LANGUAGE sql
+    AS $$
+    -- The one rule for an event's row after its p_attempts-th attempt came out as p_outcome
+    -- (processed, ignored, deferred or failed): a deferred or failed event is retried with
+    -- capped exponential backoff (stripe.retry_delay), dead after stripe.attempts_max()
+    -- attempts. last_error is the deferral's reason; a failure brings its own error.
+    SELECT
+        CASE WHEN p_outcome IN ('deferred', 'failed') AND p_attempts >= stripe.attempts_max() THEN 'dead'
+             ELSE p_outcome END,
+        CASE WHEN p_outcome IN ('processed', 'ignored') THEN clock_timestamp() END,
+        CASE WHEN p_outcome IN ('deferred', 'failed') AND p_attempts < stripe.attempts_max()
+             THEN now() + stripe.retry_delay(p_attempts) END,
+        CASE WHEN p_outcome = 'deferred' THEN 'waiting for the payment it depends on' END;
+$$;
+
+
+ALTER FUNCTION stripe.after_attempt(p_outcome text, p_attempts integer) OWNER TO booking_owner;
+
+--
 -- Name: apply_event(text); Type: FUNCTION; Schema: stripe; Owner: booking_owner
 --
 
@@ -4993,20 +5041,14 @@ DECLARE
     v_outcome text;
 BEGIN
     v_outcome := stripe.outcome_of((SELECT e.payload FROM stripe.events AS e WHERE e.event_id = p_event_id));
-    UPDATE stripe.events
-    SET status = CASE
-            WHEN v_outcome = 'deferred' AND attempts + 1 >= stripe.attempts_max() THEN 'dead'
-            ELSE v_outcome
-        END,
-        attempts = attempts + 1,
-        processed_at = CASE WHEN v_outcome = 'deferred' THEN NULL ELSE clock_timestamp() END,
-        next_attempt_at = CASE
-            WHEN v_outcome = 'deferred' AND attempts + 1 < stripe.attempts_max()
-                THEN now() + stripe.retry_delay(attempts + 1)
-        END,
-        last_error = CASE WHEN v_outcome = 'deferred' THEN 'waiting for the payment it depends on' END,
+    UPDATE stripe.events AS e
+    SET (status, processed_at, next_attempt_at, last_error) = (
+            SELECT a.status, a.processed_at, a.next_attempt_at, a.last_error
+            FROM stripe.after_attempt(v_outcome, e.attempts + 1) AS a
+        ),
+        attempts = e.attempts + 1,
         last_sqlstate = NULL
-    WHERE event_id = p_event_id;
+    WHERE e.event_id = p_event_id;
     RETURN v_outcome;
 END;
 $$;
@@ -5142,23 +5184,6 @@ $$;
 ALTER FUNCTION stripe.dispatch(p_event_id text, p_type text, p_object jsonb) OWNER TO booking_owner;
 
 --
--- Name: enqueue_refund(uuid, text, text); Type: FUNCTION; Schema: stripe; Owner: booking_owner
---
-
-CREATE FUNCTION stripe.enqueue_refund(p_booking_id uuid, p_payment_intent_id text, p_reason text) RETURNS uuid
-    LANGUAGE sql
-    AS $$
-    -- One stripe.refund job per PaymentIntent, ever: two jobs refunding the same payment at
-    -- once could both see it unrefunded and refund it twice.
-    SELECT jobs.enqueue('stripe.refund',
-        jsonb_build_object('booking_id', p_booking_id, 'payment_intent_id', p_payment_intent_id, 'reason', p_reason),
-        'stripe.refund:' || p_payment_intent_id);
-$$;
-
-
-ALTER FUNCTION stripe.enqueue_refund(p_booking_id uuid, p_payment_intent_id text, p_reason text) OWNER TO booking_owner;
-
---
 -- Name: ingest(jsonb); Type: FUNCTION; Schema: stripe; Owner: booking_owner
 --
 
@@ -5188,13 +5213,9 @@ BEGIN
         event_id, type, livemode, payload, status, attempts, processed_at, next_attempt_at, last_error,
         correlation_id
     )
-    VALUES (
-        v_event_id, p_event ->> 'type', stripe.livemode(p_event), p_event, v_outcome, 1,
-        CASE WHEN v_outcome <> 'deferred' THEN clock_timestamp() END,
-        CASE WHEN v_outcome = 'deferred' THEN now() + stripe.retry_delay(1) END,
-        CASE WHEN v_outcome = 'deferred' THEN 'waiting for the payment it depends on' END,
-        left(current_setting('app.correlation_id', true), 200)
-    );
+    SELECT v_event_id, p_event ->> 'type', stripe.livemode(p_event), p_event, a.status, 1,
+           a.processed_at, a.next_attempt_at, a.last_error, left(current_setting('app.correlation_id', true), 200)
+    FROM stripe.after_attempt(v_outcome, 1) AS a;
     RETURN v_outcome;
 END;
 $$;
@@ -5462,7 +5483,7 @@ BEGIN
     IF v_paid THEN
         -- Paid twice (two PaymentIntents): the second payment goes back.
         PERFORM ledger.post_charge(v_booking_id, p_payment_intent_id, p_amount, p_currency, true, p_event_id);
-        PERFORM stripe.enqueue_refund(v_booking_id, p_payment_intent_id, 'duplicate_payment');
+        PERFORM booking.enqueue_refund(v_booking_id, p_payment_intent_id, 'duplicate_payment');
         RETURN 'processed';
     END IF;
     IF p_booking.status IN ('pending_payment', 'payment_failed', 'expired')
@@ -5473,9 +5494,12 @@ BEGIN
     END IF;
     -- No units for it (or the booking was cancelled): keep the money apart, send it back.
     PERFORM ledger.post_charge(v_booking_id, p_payment_intent_id, p_amount, p_currency, true, p_event_id);
-    -- Entering refund_pending enqueues the refunds itself; in any other case this one goes back.
-    PERFORM booking.apply_event(v_booking_id, 'payment_succeeded_without_capacity', p_event_id, NULL, true);
-    PERFORM stripe.enqueue_refund(v_booking_id, p_payment_intent_id, 'unallocated_payment');
+    -- Entering refund_pending enqueues the refund of every payment the booking received
+    -- (booking.after_booking_change); in any other case this one is sent back from here.
+    IF booking.apply_event(v_booking_id, 'payment_succeeded_without_capacity', p_event_id, NULL, true)
+        IS DISTINCT FROM 'refund_pending' OR p_booking.status = 'refund_pending' THEN
+        PERFORM booking.enqueue_refund(v_booking_id, p_payment_intent_id, 'unallocated_payment');
+    END IF;
     RETURN 'processed';
 END;
 $$;
@@ -5579,6 +5603,46 @@ $$;
 ALTER FUNCTION stripe.outcome_of(p_event jsonb) OWNER TO booking_owner;
 
 --
+-- Name: record_failure(jsonb, text, text); Type: FUNCTION; Schema: stripe; Owner: booking_owner
+--
+
+CREATE FUNCTION stripe.record_failure(p_event jsonb, p_sqlstate text, p_message text) RETURNS void
+    LANGUAGE plpgsql
+    AS $_$
+-- A failed attempt at an event (the shim's delivery, or the retry job's), kept with its
+-- payload and error, retried as stripe.after_attempt says.
+DECLARE
+    v_event_id text := p_event ->> 'id';
+BEGIN
+    PERFORM stripe.check_event(p_event);
+    IF p_sqlstate IS NOT NULL AND p_sqlstate !~ '^[0-9A-Z]{5}$' THEN
+        RAISE EXCEPTION 'p_sqlstate must be five characters [0-9A-Z], got %', left(p_sqlstate, 20)
+            USING ERRCODE = '22023';
+    END IF;
+    INSERT INTO stripe.events AS e (
+        event_id, type, livemode, payload, status, attempts, last_error, last_sqlstate,
+        next_attempt_at, correlation_id
+    )
+    SELECT v_event_id, p_event ->> 'type', stripe.livemode(p_event), p_event, a.status, 1,
+           left(coalesce(p_message, 'unknown error'), 2000), p_sqlstate, a.next_attempt_at,
+           left(current_setting('app.correlation_id', true), 200)
+    FROM stripe.after_attempt('failed', 1) AS a
+    ON CONFLICT (event_id) DO UPDATE
+        SET (status, next_attempt_at) = (
+                SELECT a.status, a.next_attempt_at FROM stripe.after_attempt('failed', e.attempts + 1) AS a
+            ),
+            attempts = e.attempts + 1,
+            last_error = excluded.last_error,
+            last_sqlstate = excluded.last_sqlstate
+        -- A delivery that succeeded meanwhile wins over this failure.
+        WHERE e.status NOT IN ('processed', 'ignored');
+END;
+$_$;
+
+
+ALTER FUNCTION stripe.record_failure(p_event jsonb, p_sqlstate text, p_message text) OWNER TO booking_owner;
+
+--
 -- Name: refuse_foreign_currency(text, text, text, bigint, text, booking.bookings); Type: FUNCTION; Schema: stripe; Owner: booking_owner
 --
 
@@ -5594,7 +5658,7 @@ CREATE FUNCTION stripe.refuse_foreign_currency(p_event_id text, p_kind text, p_o
 -- booking is unchanged, and a critical error (with its alert) tells on-call to settle it
 -- by hand in Stripe. Returns 'ignored'.
 BEGIN
-    PERFORM api.log_error(
+    PERFORM core.log_error(
         'critical', 'stripe.' || p_kind,
         pg_catalog.format('Stripe %s "%s" is in %s but its booking is in %s: not applied; settle it in Stripe',
                           p_kind, p_object_id, p_currency, p_booking.currency),
@@ -5631,7 +5695,7 @@ BEGIN
         IS NOT DISTINCT FROM (p_amount, p_currency, p_booking.booking_id) THEN
         RETURN NULL;
     END IF;
-    PERFORM api.log_error(
+    PERFORM core.log_error(
         'critical', 'stripe.' || p_kind,
         pg_catalog.format('Stripe %s "%s" was booked as %s %s and is now announced as %s %s: not applied',
                           p_kind, p_object_id, v_posted.amount, v_posted.currency, p_amount, p_currency),
@@ -5690,7 +5754,7 @@ BEGIN
         EXCEPTION WHEN OTHERS THEN
             GET STACKED DIAGNOSTICS v_sqlstate = RETURNED_SQLSTATE, v_message = MESSAGE_TEXT;
             -- The same record of a failed attempt as the shim makes after a failed delivery.
-            PERFORM api.record_stripe_event_failure(
+            PERFORM stripe.record_failure(
                 (SELECT e.payload FROM stripe.events AS e WHERE e.event_id = v_id), v_sqlstate, v_message);
             v_outcome := 'failed';
         END;
@@ -8101,6 +8165,13 @@ REVOKE ALL ON FUNCTION booking.apply_event(p_booking_id uuid, p_event text, p_st
 
 
 --
+-- Name: FUNCTION availability(p_inventory_id uuid); Type: ACL; Schema: booking; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION booking.availability(p_inventory_id uuid) FROM PUBLIC;
+
+
+--
 -- Name: FUNCTION available_units(p_free bigint, p_dead_units bigint, p_owed integer, p_waits boolean); Type: ACL; Schema: booking; Owner: booking_owner
 --
 
@@ -8154,6 +8225,13 @@ REVOKE ALL ON FUNCTION booking.drain_owed(p_inventory_id uuid) FROM PUBLIC;
 --
 
 REVOKE ALL ON FUNCTION booking.end_holds(p_hold_ids uuid[], p_status text) FROM PUBLIC;
+
+
+--
+-- Name: FUNCTION enqueue_refund(p_booking_id uuid, p_payment_intent_id text, p_reason text); Type: ACL; Schema: booking; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION booking.enqueue_refund(p_booking_id uuid, p_payment_intent_id text, p_reason text) FROM PUBLIC;
 
 
 --
@@ -8395,6 +8473,13 @@ REVOKE ALL ON FUNCTION core.error_fingerprint(p_source text, p_message text) FRO
 
 
 --
+-- Name: FUNCTION log_error(p_severity text, p_source text, p_message text, p_detail text, p_context jsonb, p_sqlstate text); Type: ACL; Schema: core; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION core.log_error(p_severity text, p_source text, p_message text, p_detail text, p_context jsonb, p_sqlstate text) FROM PUBLIC;
+
+
+--
 -- Name: FUNCTION prune_cron_history(); Type: ACL; Schema: core; Owner: booking_owner
 --
 
@@ -8596,6 +8681,13 @@ GRANT ALL ON FUNCTION ops.retry_job(p_job_id uuid) TO booking_ops;
 
 
 --
+-- Name: FUNCTION after_attempt(p_outcome text, p_attempts integer); Type: ACL; Schema: stripe; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION stripe.after_attempt(p_outcome text, p_attempts integer) FROM PUBLIC;
+
+
+--
 -- Name: FUNCTION apply_event(p_event_id text); Type: ACL; Schema: stripe; Owner: booking_owner
 --
 
@@ -8621,13 +8713,6 @@ REVOKE ALL ON FUNCTION stripe.check_event(p_event jsonb) FROM PUBLIC;
 --
 
 REVOKE ALL ON FUNCTION stripe.dispatch(p_event_id text, p_type text, p_object jsonb) FROM PUBLIC;
-
-
---
--- Name: FUNCTION enqueue_refund(p_booking_id uuid, p_payment_intent_id text, p_reason text); Type: ACL; Schema: stripe; Owner: booking_owner
---
-
-REVOKE ALL ON FUNCTION stripe.enqueue_refund(p_booking_id uuid, p_payment_intent_id text, p_reason text) FROM PUBLIC;
 
 
 --
@@ -8698,6 +8783,13 @@ REVOKE ALL ON FUNCTION stripe.on_refund(p_event_id text, p_refund jsonb) FROM PU
 --
 
 REVOKE ALL ON FUNCTION stripe.outcome_of(p_event jsonb) FROM PUBLIC;
+
+
+--
+-- Name: FUNCTION record_failure(p_event jsonb, p_sqlstate text, p_message text); Type: ACL; Schema: stripe; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION stripe.record_failure(p_event jsonb, p_sqlstate text, p_message text) FROM PUBLIC;
 
 
 --

@@ -76,7 +76,7 @@ BEGIN
     ELSIF NEW.status = 'refund_pending' AND OLD.status <> 'refund_pending' THEN
         PERFORM booking.give_back_units(NEW.booking_id);
         -- A refund job for every payment the booking received.
-        PERFORM stripe.enqueue_refund(NEW.booking_id, t.payment_intent_id, NEW.last_event)
+        PERFORM booking.enqueue_refund(NEW.booking_id, t.payment_intent_id, NEW.last_event)
         FROM ledger.transactions AS t
         WHERE t.booking_id = NEW.booking_id AND t.kind = 'charge';
     END IF;
@@ -84,6 +84,22 @@ BEGIN
     -- the hold sweeper (or a buyer short of units) gives their units back.
     RETURN NULL;
 END;
+$$;
+
+CREATE OR REPLACE FUNCTION booking.enqueue_refund(p_booking_id uuid, p_payment_intent_id text, p_reason text)
+RETURNS uuid
+LANGUAGE sql
+AS $$
+    -- The one place a stripe.refund job is made. Money goes back when the booking enters
+    -- refund_pending (every payment it received: booking.after_booking_change) and when a
+    -- payment is one no booking keeps (paid twice, or no units for it while the booking
+    -- does not enter refund_pending: stripe.on_payment_succeeded). How much the job sends is
+    -- read from the ledger when it runs (api.refunds_due). One job per PaymentIntent, ever:
+    -- two jobs refunding the same payment at once could both see it unrefunded and refund
+    -- it twice.
+    SELECT jobs.enqueue('stripe.refund',
+        jsonb_build_object('booking_id', p_booking_id, 'payment_intent_id', p_payment_intent_id, 'reason', p_reason),
+        'stripe.refund:' || p_payment_intent_id);
 $$;
 
 CREATE OR REPLACE FUNCTION booking.confirmation_message(

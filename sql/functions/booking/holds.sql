@@ -225,7 +225,7 @@ BEGIN
     END;
     -- Sold out as of this snapshot (dead holds counted as available): say so without
     -- queueing behind other buyers' bucket locks.
-    SELECT a.available INTO v_available FROM api.availability(p_inventory_id) AS a;
+    SELECT a.available INTO v_available FROM booking.availability(p_inventory_id) AS a;
     IF v_available < p_units THEN
         RAISE EXCEPTION 'not enough available: % requested, % available', p_units, v_available
             USING ERRCODE = 'RB001';
@@ -445,17 +445,12 @@ AS $$
     SELECT (p_free + CASE WHEN p_waits THEN 0 ELSE p_dead_units + p_owed END)::int;
 $$;
 
-CREATE OR REPLACE FUNCTION api.availability(p_inventory_id uuid)
+CREATE OR REPLACE FUNCTION booking.availability(p_inventory_id uuid)
 RETURNS TABLE (capacity int, sold int, held int, available int)
-LANGUAGE plpgsql
+LANGUAGE sql
 STABLE
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
 AS $$
--- One statement, one snapshot (booking.stock).
-BEGIN
-    PERFORM core.require(p_inventory_id, 'p_inventory_id');
-    RETURN QUERY
+    -- One statement, one snapshot (booking.stock); no row for an unknown inventory.
     SELECT
         i.capacity,
         s.sold::int,
@@ -464,6 +459,18 @@ BEGIN
     FROM booking.inventory AS i
     CROSS JOIN LATERAL booking.stock(i.inventory_id) AS s
     WHERE i.inventory_id = p_inventory_id;
+$$;
+
+CREATE OR REPLACE FUNCTION api.availability(p_inventory_id uuid)
+RETURNS TABLE (capacity int, sold int, held int, available int)
+LANGUAGE plpgsql
+STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM core.require(p_inventory_id, 'p_inventory_id');
+    RETURN QUERY SELECT a.capacity, a.sold, a.held, a.available FROM booking.availability(p_inventory_id) AS a;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'inventory % not found', p_inventory_id USING ERRCODE = 'RB005';
     END IF;

@@ -3,8 +3,10 @@
 -- safe to run again: the ledger takes each Stripe object once, and a status only moves
 -- along booking.booking_transitions.
 
--- Signatures replaced by a later version of this file (CREATE OR REPLACE would add an overload).
+-- Signatures replaced by a later version of this file (CREATE OR REPLACE would add an overload),
+-- and functions moved to a lower layer (stripe.enqueue_refund is booking.enqueue_refund).
 DROP FUNCTION IF EXISTS stripe.booking_for(jsonb, text);
+DROP FUNCTION IF EXISTS stripe.enqueue_refund(uuid, text, text);
 DROP FUNCTION IF EXISTS stripe.on_payment_succeeded(text, uuid, text, bigint, text);
 
 CREATE OR REPLACE FUNCTION stripe.lock_booking_for(p_object jsonb, p_payment_intent_id text)
@@ -40,17 +42,6 @@ BEGIN
     FOR UPDATE;
     RETURN v_booking;
 END;
-$$;
-
-CREATE OR REPLACE FUNCTION stripe.enqueue_refund(p_booking_id uuid, p_payment_intent_id text, p_reason text)
-RETURNS uuid
-LANGUAGE sql
-AS $$
-    -- One stripe.refund job per PaymentIntent, ever: two jobs refunding the same payment at
-    -- once could both see it unrefunded and refund it twice.
-    SELECT jobs.enqueue('stripe.refund',
-        jsonb_build_object('booking_id', p_booking_id, 'payment_intent_id', p_payment_intent_id, 'reason', p_reason),
-        'stripe.refund:' || p_payment_intent_id);
 $$;
 
 CREATE OR REPLACE FUNCTION stripe.money_amount(p_what text, p_value jsonb, p_errcode text)
@@ -115,7 +106,7 @@ AS $$
 -- booking is unchanged, and a critical error (with its alert) tells on-call to settle it
 -- by hand in Stripe. Returns 'ignored'.
 BEGIN
-    PERFORM api.log_error(
+    PERFORM core.log_error(
         'critical', 'stripe.' || p_kind,
         pg_catalog.format('Stripe %s "%s" is in %s but its booking is in %s: not applied; settle it in Stripe',
                           p_kind, p_object_id, p_currency, p_booking.currency),
@@ -148,7 +139,7 @@ BEGIN
         IS NOT DISTINCT FROM (p_amount, p_currency, p_booking.booking_id) THEN
         RETURN NULL;
     END IF;
-    PERFORM api.log_error(
+    PERFORM core.log_error(
         'critical', 'stripe.' || p_kind,
         pg_catalog.format('Stripe %s "%s" was booked as %s %s and is now announced as %s %s: not applied',
                           p_kind, p_object_id, v_posted.amount, v_posted.currency, p_amount, p_currency),
@@ -201,7 +192,7 @@ BEGIN
     IF v_paid THEN
         -- Paid twice (two PaymentIntents): the second payment goes back.
         PERFORM ledger.post_charge(v_booking_id, p_payment_intent_id, p_amount, p_currency, true, p_event_id);
-        PERFORM stripe.enqueue_refund(v_booking_id, p_payment_intent_id, 'duplicate_payment');
+        PERFORM booking.enqueue_refund(v_booking_id, p_payment_intent_id, 'duplicate_payment');
         RETURN 'processed';
     END IF;
     IF p_booking.status IN ('pending_payment', 'payment_failed', 'expired')
@@ -212,9 +203,12 @@ BEGIN
     END IF;
     -- No units for it (or the booking was cancelled): keep the money apart, send it back.
     PERFORM ledger.post_charge(v_booking_id, p_payment_intent_id, p_amount, p_currency, true, p_event_id);
-    -- Entering refund_pending enqueues the refunds itself; in any other case this one goes back.
-    PERFORM booking.apply_event(v_booking_id, 'payment_succeeded_without_capacity', p_event_id, NULL, true);
-    PERFORM stripe.enqueue_refund(v_booking_id, p_payment_intent_id, 'unallocated_payment');
+    -- Entering refund_pending enqueues the refund of every payment the booking received
+    -- (booking.after_booking_change); in any other case this one is sent back from here.
+    IF booking.apply_event(v_booking_id, 'payment_succeeded_without_capacity', p_event_id, NULL, true)
+        IS DISTINCT FROM 'refund_pending' OR p_booking.status = 'refund_pending' THEN
+        PERFORM booking.enqueue_refund(v_booking_id, p_payment_intent_id, 'unallocated_payment');
+    END IF;
     RETURN 'processed';
 END;
 $$;
