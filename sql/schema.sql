@@ -1066,11 +1066,9 @@ BEGIN
     INTO v_result
     FROM booking.bookings AS b
     LEFT JOIN LATERAL (
-        SELECT
-            sum(t.amount) FILTER (WHERE t.kind = 'charge') AS paid,
-            sum(t.amount) FILTER (WHERE t.kind = 'refund') AS refunded
-        FROM ledger.transactions AS t
-        WHERE t.booking_id = b.booking_id
+        SELECT sum(p.paid) AS paid, sum(p.refunded) AS refunded
+        FROM ledger.payment_totals AS p
+        WHERE p.booking_id = b.booking_id
     ) AS l ON true
     WHERE b.booking_id = p_booking_id;
     IF v_result IS NULL THEN
@@ -2149,19 +2147,15 @@ CREATE FUNCTION api.refunds_due(p_booking_id uuid, p_payment_intent_id text DEFA
 BEGIN
     PERFORM core.require(p_booking_id, 'p_booking_id');
     RETURN QUERY
-    SELECT t.payment_intent_id,
-           (sum(t.amount) FILTER (WHERE t.kind = 'charge')
-            - coalesce(sum(t.amount) FILTER (WHERE t.kind = 'refund'), 0))::bigint,
-           min(t.currency)::text
-    FROM ledger.transactions AS t
-    WHERE t.booking_id = p_booking_id
-      AND t.kind IN ('charge', 'refund')
-      AND (t.payment_intent_id = p_payment_intent_id
+    SELECT p.payment_intent_id, (sum(p.paid) - sum(p.refunded))::bigint, min(p.currency)::text
+    FROM ledger.payment_totals AS p
+    WHERE p.booking_id = p_booking_id
+      AND (p.paid > 0 OR p.refunded > 0)
+      AND (p.payment_intent_id = p_payment_intent_id
            OR (p_payment_intent_id IS NULL
                AND (SELECT b.status FROM booking.bookings AS b WHERE b.booking_id = p_booking_id) = 'refund_pending'))
-    GROUP BY t.payment_intent_id
-    HAVING sum(t.amount) FILTER (WHERE t.kind = 'charge')
-           > coalesce(sum(t.amount) FILTER (WHERE t.kind = 'refund'), 0);
+    GROUP BY p.payment_intent_id
+    HAVING sum(p.paid) > sum(p.refunded);
 END;
 $$;
 
@@ -5461,9 +5455,8 @@ BEGIN
     SELECT
         EXISTS (SELECT FROM ledger.transactions AS t WHERE t.kind = 'charge' AND t.stripe_object_id = p_payment_intent_id),
         EXISTS (
-            SELECT FROM ledger.transactions AS t
-            JOIN ledger.lines AS l ON l.txn_id = t.txn_id
-            WHERE t.kind = 'charge' AND t.booking_id = v_booking_id AND l.account = 'booking_revenue'
+            SELECT FROM ledger.payment_totals AS p
+            WHERE p.booking_id = v_booking_id AND p.paid > 0 AND NOT p.unallocated
         )
     INTO v_booked, v_paid;
     IF v_booked THEN
@@ -5554,13 +5547,10 @@ BEGIN
         RETURN 'processed';
     END IF;
     -- Compare what went back with what came in on the same side (allocated or not).
-    SELECT
-        coalesce(sum(t.amount) FILTER (WHERE t.kind = 'charge'), 0)::bigint,
-        coalesce(sum(t.amount) FILTER (WHERE t.kind = 'refund'), 0)::bigint
+    SELECT coalesce(sum(p.paid), 0)::bigint, coalesce(sum(p.refunded), 0)::bigint
     INTO v_charged, v_refunded
-    FROM ledger.transactions AS t
-    WHERE t.booking_id = v_booking_id AND t.kind IN ('charge', 'refund')
-      AND coalesce(ledger.charge_is_unallocated(t.payment_intent_id), false) = v_unallocated;
+    FROM ledger.payment_totals AS p
+    WHERE p.booking_id = v_booking_id AND coalesce(p.unallocated, false) = v_unallocated;
     IF v_unallocated THEN
         -- Money no booking kept: it only decides the state of a booking waiting for it to go back.
         IF v_refunded >= v_charged AND v_booking.status = 'refund_pending' THEN
@@ -6200,6 +6190,31 @@ CREATE TABLE ledger.transactions (
 ALTER TABLE ledger.transactions OWNER TO booking_owner;
 
 --
+-- Name: payment_totals; Type: VIEW; Schema: ledger; Owner: booking_owner
+--
+
+CREATE VIEW ledger.payment_totals AS
+ SELECT t.booking_id,
+    t.payment_intent_id,
+    t.currency,
+    (COALESCE(sum((t.amount)::bigint) FILTER (WHERE ((t.kind)::text = 'charge'::text)), (0)::numeric))::bigint AS paid,
+    (COALESCE(sum((t.amount)::bigint) FILTER (WHERE ((t.kind)::text = 'refund'::text)), (0)::numeric))::bigint AS refunded,
+    ((COALESCE(sum((t.amount)::bigint) FILTER (WHERE ((t.kind)::text = 'dispute'::text)), (0)::numeric) - COALESCE(sum((t.amount)::bigint) FILTER (WHERE ((t.kind)::text = 'dispute_reversal'::text)), (0)::numeric)))::bigint AS disputed,
+    ledger.charge_is_unallocated(t.payment_intent_id) AS unallocated
+   FROM ledger.transactions t
+  GROUP BY t.booking_id, t.payment_intent_id, t.currency;
+
+
+ALTER TABLE ledger.payment_totals OWNER TO booking_owner;
+
+--
+-- Name: VIEW payment_totals; Type: COMMENT; Schema: ledger; Owner: booking_owner
+--
+
+COMMENT ON VIEW ledger.payment_totals IS 'Per booking and PaymentIntent: paid (charged), refunded, disputed (open or lost), and whether the charge is money no booking keeps (unallocated; NULL before the charge is booked).';
+
+
+--
 -- Name: transactions_txn_id_seq; Type: SEQUENCE; Schema: ledger; Owner: booking_owner
 --
 
@@ -6270,15 +6285,15 @@ COMMENT ON VIEW ops.booking_history IS 'Every status change of every booking, wi
 --
 
 CREATE VIEW ops.booking_ledger AS
- SELECT transactions.booking_id,
-    transactions.currency,
-    (COALESCE(sum((transactions.amount)::bigint) FILTER (WHERE ((transactions.kind)::text = 'charge'::text)), (0)::numeric))::bigint AS paid,
-    (COALESCE(sum((transactions.amount)::bigint) FILTER (WHERE ((transactions.kind)::text = 'refund'::text)), (0)::numeric))::bigint AS refunded,
-    ((COALESCE(sum((transactions.amount)::bigint) FILTER (WHERE ((transactions.kind)::text = 'dispute'::text)), (0)::numeric) - COALESCE(sum((transactions.amount)::bigint) FILTER (WHERE ((transactions.kind)::text = 'dispute_reversal'::text)), (0)::numeric)))::bigint AS disputed,
-    ((COALESCE(sum((transactions.amount)::bigint) FILTER (WHERE ((transactions.kind)::text = ANY (ARRAY['charge'::text, 'dispute_reversal'::text]))), (0)::numeric) - COALESCE(sum((transactions.amount)::bigint) FILTER (WHERE ((transactions.kind)::text = ANY (ARRAY['refund'::text, 'dispute'::text]))), (0)::numeric)))::bigint AS net
-   FROM ledger.transactions
-  WHERE (transactions.booking_id IS NOT NULL)
-  GROUP BY transactions.booking_id, transactions.currency;
+ SELECT payment_totals.booking_id,
+    payment_totals.currency,
+    (sum(payment_totals.paid))::bigint AS paid,
+    (sum(payment_totals.refunded))::bigint AS refunded,
+    (sum(payment_totals.disputed))::bigint AS disputed,
+    (sum(((payment_totals.paid - payment_totals.refunded) - payment_totals.disputed)))::bigint AS net
+   FROM ledger.payment_totals
+  WHERE (payment_totals.booking_id IS NOT NULL)
+  GROUP BY payment_totals.booking_id, payment_totals.currency;
 
 
 ALTER TABLE ops.booking_ledger OWNER TO booking_owner;

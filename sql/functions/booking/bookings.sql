@@ -535,11 +535,9 @@ BEGIN
     INTO v_result
     FROM booking.bookings AS b
     LEFT JOIN LATERAL (
-        SELECT
-            sum(t.amount) FILTER (WHERE t.kind = 'charge') AS paid,
-            sum(t.amount) FILTER (WHERE t.kind = 'refund') AS refunded
-        FROM ledger.transactions AS t
-        WHERE t.booking_id = b.booking_id
+        SELECT sum(p.paid) AS paid, sum(p.refunded) AS refunded
+        FROM ledger.payment_totals AS p
+        WHERE p.booking_id = b.booking_id
     ) AS l ON true
     WHERE b.booking_id = p_booking_id;
     IF v_result IS NULL THEN

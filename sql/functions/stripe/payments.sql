@@ -170,9 +170,8 @@ BEGIN
     SELECT
         EXISTS (SELECT FROM ledger.transactions AS t WHERE t.kind = 'charge' AND t.stripe_object_id = p_payment_intent_id),
         EXISTS (
-            SELECT FROM ledger.transactions AS t
-            JOIN ledger.lines AS l ON l.txn_id = t.txn_id
-            WHERE t.kind = 'charge' AND t.booking_id = v_booking_id AND l.account = 'booking_revenue'
+            SELECT FROM ledger.payment_totals AS p
+            WHERE p.booking_id = v_booking_id AND p.paid > 0 AND NOT p.unallocated
         )
     INTO v_booked, v_paid;
     IF v_booked THEN
@@ -257,13 +256,10 @@ BEGIN
         RETURN 'processed';
     END IF;
     -- Compare what went back with what came in on the same side (allocated or not).
-    SELECT
-        coalesce(sum(t.amount) FILTER (WHERE t.kind = 'charge'), 0)::bigint,
-        coalesce(sum(t.amount) FILTER (WHERE t.kind = 'refund'), 0)::bigint
+    SELECT coalesce(sum(p.paid), 0)::bigint, coalesce(sum(p.refunded), 0)::bigint
     INTO v_charged, v_refunded
-    FROM ledger.transactions AS t
-    WHERE t.booking_id = v_booking_id AND t.kind IN ('charge', 'refund')
-      AND coalesce(ledger.charge_is_unallocated(t.payment_intent_id), false) = v_unallocated;
+    FROM ledger.payment_totals AS p
+    WHERE p.booking_id = v_booking_id AND coalesce(p.unallocated, false) = v_unallocated;
     IF v_unallocated THEN
         -- Money no booking kept: it only decides the state of a booking waiting for it to go back.
         IF v_refunded >= v_charged AND v_booking.status = 'refund_pending' THEN
@@ -483,19 +479,15 @@ AS $$
 BEGIN
     PERFORM core.require(p_booking_id, 'p_booking_id');
     RETURN QUERY
-    SELECT t.payment_intent_id,
-           (sum(t.amount) FILTER (WHERE t.kind = 'charge')
-            - coalesce(sum(t.amount) FILTER (WHERE t.kind = 'refund'), 0))::bigint,
-           min(t.currency)::text
-    FROM ledger.transactions AS t
-    WHERE t.booking_id = p_booking_id
-      AND t.kind IN ('charge', 'refund')
-      AND (t.payment_intent_id = p_payment_intent_id
+    SELECT p.payment_intent_id, (sum(p.paid) - sum(p.refunded))::bigint, min(p.currency)::text
+    FROM ledger.payment_totals AS p
+    WHERE p.booking_id = p_booking_id
+      AND (p.paid > 0 OR p.refunded > 0)
+      AND (p.payment_intent_id = p_payment_intent_id
            OR (p_payment_intent_id IS NULL
                AND (SELECT b.status FROM booking.bookings AS b WHERE b.booking_id = p_booking_id) = 'refund_pending'))
-    GROUP BY t.payment_intent_id
-    HAVING sum(t.amount) FILTER (WHERE t.kind = 'charge')
-           > coalesce(sum(t.amount) FILTER (WHERE t.kind = 'refund'), 0);
+    GROUP BY p.payment_intent_id
+    HAVING sum(p.paid) > sum(p.refunded);
 END;
 $$;
 COMMENT ON FUNCTION api.refunds_due(uuid, text) IS
