@@ -518,7 +518,7 @@ CREATE FUNCTION api.cancel_booking(p_booking_id uuid, p_reason text) RETURNS tex
 BEGIN
     PERFORM core.require(p_booking_id, 'p_booking_id');
     PERFORM core.require_text(p_reason, 'p_reason', 500);
-    RETURN booking.apply_event(p_booking_id, 'cancel', NULL, p_reason);
+    RETURN booking.apply_event(p_booking_id, 'cancel', p_detail => p_reason);
 END;
 $$;
 
@@ -3308,7 +3308,7 @@ CREATE FUNCTION booking.note_bucket_crossing() RETURNS trigger
     SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 BEGIN
-    PERFORM booking.note_cache_change(NEW.inventory_id, false);
+    PERFORM booking.note_cache_change(NEW.inventory_id, p_force => false);
     RETURN NULL;
 END;
 $$;
@@ -3352,7 +3352,7 @@ CREATE FUNCTION booking.note_forced_change(p_inventory_id uuid) RETURNS void
 -- booking.cache_notes (no lock: taking the announced row or 'catalog' here, before the
 -- transaction's bucket locks, could deadlock).
 BEGIN
-    PERFORM booking.note_cache_change(p_inventory_id, true);
+    PERFORM booking.note_cache_change(p_inventory_id, p_force => true);
     INSERT INTO booking.cache_notes (inventory_id) VALUES (p_inventory_id);
 END;
 $$;
@@ -3369,7 +3369,7 @@ CREATE FUNCTION booking.note_inventory_change() RETURNS trigger
     SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 BEGIN
-    PERFORM booking.note_cache_change(NEW.inventory_id, true);
+    PERFORM booking.note_cache_change(NEW.inventory_id, p_force => true);
     RETURN NULL;
 END;
 $$;
@@ -3799,53 +3799,6 @@ $$;
 ALTER PROCEDURE booking.sweep_holds_cron() OWNER TO booking_owner;
 
 --
--- Name: take_more_units(uuid, integer); Type: FUNCTION; Schema: booking; Owner: booking_owner
---
-
-CREATE FUNCTION booking.take_more_units(p_inventory_id uuid, p_units integer) RETURNS smallint
-    LANGUAGE plpgsql
-    AS $$
--- After a miss on idle buckets: wait for one bucket that has enough (one row, holding no
--- other bucket, so no deadlock; a stray lock from a failed recheck is released by the
--- subtransaction's rollback); else, unless sold out, the ordered slow path. Returns the
--- bucket the units came from (or the first of them); RB001 when there are not enough.
-DECLARE
-    v_pick smallint;
-    v_bucket smallint;
-    v_available int;
-BEGIN
-    BEGIN
-        SELECT c.bucket_no INTO v_pick
-        FROM booking.inventory_buckets AS c
-        WHERE c.inventory_id = p_inventory_id AND c.free >= p_units
-        ORDER BY random()
-        LIMIT 1;
-        UPDATE booking.inventory_buckets AS b
-        SET free = b.free - p_units
-        WHERE b.inventory_id = p_inventory_id AND b.bucket_no = v_pick AND b.free >= p_units
-        RETURNING b.bucket_no INTO v_bucket;
-        IF v_bucket IS NULL THEN
-            RAISE EXCEPTION USING ERRCODE = 'RB001';
-        END IF;
-        RETURN v_bucket;
-    EXCEPTION WHEN SQLSTATE 'RB001' THEN
-        NULL;
-    END;
-    -- Sold out as of this snapshot (dead holds counted as available): say so without
-    -- queueing behind other buyers' bucket locks.
-    SELECT a.available INTO v_available FROM booking.availability(p_inventory_id) AS a;
-    IF v_available < p_units THEN
-        RAISE EXCEPTION 'not enough available: % requested, % available', p_units, v_available
-            USING ERRCODE = 'RB001';
-    END IF;
-    RETURN booking.take_units_slowly(p_inventory_id, p_units);
-END;
-$$;
-
-
-ALTER FUNCTION booking.take_more_units(p_inventory_id uuid, p_units integer) OWNER TO booking_owner;
-
---
 -- Name: take_units(uuid, integer, integer); Type: FUNCTION; Schema: booking; Owner: booking_owner
 --
 
@@ -3890,7 +3843,7 @@ BEGIN
     EXCEPTION WHEN SQLSTATE 'RB001' THEN
         NULL;
     END;
-    RETURN booking.take_more_units(p_inventory_id, p_units);
+    RETURN booking.take_units_waiting_on_one_bucket(p_inventory_id, p_units);
 END;
 $$;
 
@@ -3898,10 +3851,10 @@ $$;
 ALTER FUNCTION booking.take_units(p_inventory_id uuid, p_units integer, p_bucket_count integer) OWNER TO booking_owner;
 
 --
--- Name: take_units_slowly(uuid, integer); Type: FUNCTION; Schema: booking; Owner: booking_owner
+-- Name: take_units_locking_every_bucket(uuid, integer); Type: FUNCTION; Schema: booking; Owner: booking_owner
 --
 
-CREATE FUNCTION booking.take_units_slowly(p_inventory_id uuid, p_quantity integer) RETURNS smallint
+CREATE FUNCTION booking.take_units_locking_every_bucket(p_inventory_id uuid, p_quantity integer) RETURNS smallint
     LANGUAGE plpgsql
     AS $$
 -- When no single unlocked bucket has p_quantity free: lock every bucket (in order),
@@ -3943,7 +3896,54 @@ END;
 $$;
 
 
-ALTER FUNCTION booking.take_units_slowly(p_inventory_id uuid, p_quantity integer) OWNER TO booking_owner;
+ALTER FUNCTION booking.take_units_locking_every_bucket(p_inventory_id uuid, p_quantity integer) OWNER TO booking_owner;
+
+--
+-- Name: take_units_waiting_on_one_bucket(uuid, integer); Type: FUNCTION; Schema: booking; Owner: booking_owner
+--
+
+CREATE FUNCTION booking.take_units_waiting_on_one_bucket(p_inventory_id uuid, p_units integer) RETURNS smallint
+    LANGUAGE plpgsql
+    AS $$
+-- After a miss on idle buckets: wait for one bucket that has enough (one row, holding no
+-- other bucket, so no deadlock; a stray lock from a failed recheck is released by the
+-- subtransaction's rollback); else, unless sold out, the ordered slow path. Returns the
+-- bucket the units came from (or the first of them); RB001 when there are not enough.
+DECLARE
+    v_pick smallint;
+    v_bucket smallint;
+    v_available int;
+BEGIN
+    BEGIN
+        SELECT c.bucket_no INTO v_pick
+        FROM booking.inventory_buckets AS c
+        WHERE c.inventory_id = p_inventory_id AND c.free >= p_units
+        ORDER BY random()
+        LIMIT 1;
+        UPDATE booking.inventory_buckets AS b
+        SET free = b.free - p_units
+        WHERE b.inventory_id = p_inventory_id AND b.bucket_no = v_pick AND b.free >= p_units
+        RETURNING b.bucket_no INTO v_bucket;
+        IF v_bucket IS NULL THEN
+            RAISE EXCEPTION USING ERRCODE = 'RB001';
+        END IF;
+        RETURN v_bucket;
+    EXCEPTION WHEN SQLSTATE 'RB001' THEN
+        NULL;
+    END;
+    -- Sold out as of this snapshot (dead holds counted as available): say so without
+    -- queueing behind other buyers' bucket locks.
+    SELECT a.available INTO v_available FROM booking.availability(p_inventory_id) AS a;
+    IF v_available < p_units THEN
+        RAISE EXCEPTION 'not enough available: % requested, % available', p_units, v_available
+            USING ERRCODE = 'RB001';
+    END IF;
+    RETURN booking.take_units_locking_every_bucket(p_inventory_id, p_units);
+END;
+$$;
+
+
+ALTER FUNCTION booking.take_units_waiting_on_one_bucket(p_inventory_id uuid, p_units integer) OWNER TO booking_owner;
 
 --
 -- Name: units_returned(booking.bucket_return[]); Type: FUNCTION; Schema: booking; Owner: booking_owner
@@ -4917,7 +4917,7 @@ BEGIN
     IF NOT FOUND THEN
         RAISE EXCEPTION 'no stored Stripe event %', p_event_id USING ERRCODE = 'RB005';
     END IF;
-    RETURN stripe.apply_event(p_event_id);
+    RETURN stripe.reapply_stored_event(p_event_id);
 END;
 $$;
 
@@ -5023,32 +5023,29 @@ $$;
 ALTER FUNCTION stripe.after_attempt(p_outcome text, p_attempts integer) OWNER TO booking_owner;
 
 --
--- Name: apply_event(text); Type: FUNCTION; Schema: stripe; Owner: booking_owner
+-- Name: apply_payload(jsonb); Type: FUNCTION; Schema: stripe; Owner: booking_owner
 --
 
-CREATE FUNCTION stripe.apply_event(p_event_id text) RETURNS text
+CREATE FUNCTION stripe.apply_payload(p_event jsonb) RETURNS text
     LANGUAGE plpgsql
     AS $$
--- Applies one stored, row-locked event again and records the outcome on its row; a
--- deferred one is retried with backoff, dead after stripe.attempts_max() attempts.
+-- Applies an event (stored or about to be): processed, ignored (not applicable, or another
+-- mode or account than stripe.config), or deferred (it depends on something not booked yet).
 DECLARE
-    v_outcome text;
+    v_config stripe.config;
 BEGIN
-    v_outcome := stripe.outcome_of((SELECT e.payload FROM stripe.events AS e WHERE e.event_id = p_event_id));
-    UPDATE stripe.events AS e
-    SET (status, processed_at, next_attempt_at, last_error) = (
-            SELECT a.status, a.processed_at, a.next_attempt_at, a.last_error
-            FROM stripe.after_attempt(v_outcome, e.attempts + 1) AS a
-        ),
-        attempts = e.attempts + 1,
-        last_sqlstate = NULL
-    WHERE e.event_id = p_event_id;
-    RETURN v_outcome;
+    SELECT * INTO v_config FROM stripe.config;
+    IF stripe.livemode(p_event) IS DISTINCT FROM v_config.livemode
+        OR (v_config.account_id IS NOT NULL AND p_event ->> 'account' IS NOT NULL
+            AND p_event ->> 'account' <> v_config.account_id) THEN
+        RETURN 'ignored';
+    END IF;
+    RETURN stripe.dispatch(p_event ->> 'id', p_event ->> 'type', p_event #> '{data,object}');
 END;
 $$;
 
 
-ALTER FUNCTION stripe.apply_event(p_event_id text) OWNER TO booking_owner;
+ALTER FUNCTION stripe.apply_payload(p_event jsonb) OWNER TO booking_owner;
 
 --
 -- Name: attempts_max(); Type: FUNCTION; Schema: stripe; Owner: booking_owner
@@ -5164,10 +5161,10 @@ BEGIN
             stripe.money_currency('a payment', p_object -> 'currency', 'RW001')
         );
     ELSIF p_type IN ('payment_intent.payment_failed', 'checkout.session.async_payment_failed') THEN
-        PERFORM booking.apply_event(v_booking.booking_id, 'payment_failed', p_event_id, NULL, true);
+        PERFORM booking.apply_event(v_booking.booking_id, 'payment_failed', p_event_id, p_if_allowed => true);
         RETURN 'processed';
     ELSIF p_type IN ('payment_intent.canceled', 'checkout.session.expired') THEN
-        PERFORM booking.apply_event(v_booking.booking_id, 'payment_canceled', p_event_id, NULL, true);
+        PERFORM booking.apply_event(v_booking.booking_id, 'payment_canceled', p_event_id, p_if_allowed => true);
         RETURN 'processed';
     END IF;
     RETURN 'ignored';  -- a checkout session completed but not paid yet (async methods)
@@ -5197,12 +5194,12 @@ BEGIN
     IF FOUND THEN
         -- A redelivery of an event that failed or waits is a retry: apply it now.
         IF v_status IN ('failed', 'deferred', 'dead') THEN
-            RETURN stripe.apply_event(v_event_id);
+            RETURN stripe.reapply_stored_event(v_event_id);
         END IF;
         RETURN 'duplicate';
     END IF;
     -- New: apply first, then store it once with its outcome (one write of the row).
-    v_outcome := stripe.outcome_of(p_event);
+    v_outcome := stripe.apply_payload(p_event);
     INSERT INTO stripe.events (
         event_id, type, livemode, payload, status, attempts, processed_at, next_attempt_at, last_error,
         correlation_id
@@ -5411,7 +5408,7 @@ BEGIN
             RETURN v_refused;
         END IF;
         PERFORM ledger.post_dispute(v_booking_id, v_id, v_pi, v_amount, v_currency, p_event_id);
-        PERFORM booking.apply_event(v_booking_id, 'dispute_opened', p_event_id, NULL, true);
+        PERFORM booking.apply_event(v_booking_id, 'dispute_opened', p_event_id, p_if_allowed => true);
         RETURN 'processed';
     END IF;
     IF NOT EXISTS (SELECT FROM ledger.transactions AS t WHERE t.kind = 'dispute' AND t.stripe_object_id = v_id) THEN
@@ -5423,9 +5420,9 @@ BEGIN
             RETURN v_refused;
         END IF;
         PERFORM ledger.post_dispute_reversal(v_booking_id, v_id, v_pi, v_amount, v_currency, p_event_id);
-        PERFORM booking.apply_event(v_booking_id, 'dispute_won', p_event_id, NULL, true);
+        PERFORM booking.apply_event(v_booking_id, 'dispute_won', p_event_id, p_if_allowed => true);
     ELSIF p_dispute ->> 'status' = 'lost' THEN
-        PERFORM booking.apply_event(v_booking_id, 'dispute_lost', p_event_id, NULL, true);
+        PERFORM booking.apply_event(v_booking_id, 'dispute_lost', p_event_id, p_if_allowed => true);
     ELSE
         RETURN 'ignored';
     END IF;
@@ -5475,21 +5472,24 @@ BEGIN
     END IF;
     IF v_paid THEN
         -- Paid twice (two PaymentIntents): the second payment goes back.
-        PERFORM ledger.post_charge(v_booking_id, p_payment_intent_id, p_amount, p_currency, true, p_event_id);
+        PERFORM ledger.post_charge(v_booking_id, p_payment_intent_id, p_amount, p_currency, p_unallocated => true,
+                                   p_stripe_event_id => p_event_id);
         PERFORM booking.enqueue_refund(v_booking_id, p_payment_intent_id, 'duplicate_payment');
         RETURN 'processed';
     END IF;
     IF p_booking.status IN ('pending_payment', 'payment_failed', 'expired')
         AND booking.reserve_for_late_payment(v_booking_id) THEN
-        PERFORM ledger.post_charge(v_booking_id, p_payment_intent_id, p_amount, p_currency, false, p_event_id);
+        PERFORM ledger.post_charge(v_booking_id, p_payment_intent_id, p_amount, p_currency, p_unallocated => false,
+                                   p_stripe_event_id => p_event_id);
         PERFORM booking.apply_event(v_booking_id, 'payment_succeeded', p_event_id);
         RETURN 'processed';
     END IF;
     -- No units for it (or the booking was cancelled): keep the money apart, send it back.
-    PERFORM ledger.post_charge(v_booking_id, p_payment_intent_id, p_amount, p_currency, true, p_event_id);
+    PERFORM ledger.post_charge(v_booking_id, p_payment_intent_id, p_amount, p_currency, p_unallocated => true,
+                                   p_stripe_event_id => p_event_id);
     -- Entering refund_pending enqueues the refund of every payment the booking received
     -- (booking.after_booking_change); in any other case this one is sent back from here.
-    IF booking.apply_event(v_booking_id, 'payment_succeeded_without_capacity', p_event_id, NULL, true)
+    IF booking.apply_event(v_booking_id, 'payment_succeeded_without_capacity', p_event_id, p_if_allowed => true)
         IS DISTINCT FROM 'refund_pending' OR p_booking.status = 'refund_pending' THEN
         PERFORM booking.enqueue_refund(v_booking_id, p_payment_intent_id, 'unallocated_payment');
     END IF;
@@ -5554,11 +5554,11 @@ BEGIN
     IF v_unallocated THEN
         -- Money no booking kept: it only decides the state of a booking waiting for it to go back.
         IF v_refunded >= v_charged AND v_booking.status = 'refund_pending' THEN
-            PERFORM booking.apply_event(v_booking_id, 'full_refund', p_event_id, NULL, true);
+            PERFORM booking.apply_event(v_booking_id, 'full_refund', p_event_id, p_if_allowed => true);
         END IF;
     ELSE
         PERFORM booking.apply_event(
-            v_booking_id, CASE WHEN v_refunded >= v_charged THEN 'full_refund' ELSE 'partial_refund' END, p_event_id, NULL, true);
+            v_booking_id, CASE WHEN v_refunded >= v_charged THEN 'full_refund' ELSE 'partial_refund' END, p_event_id, p_if_allowed => true);
     END IF;
     RETURN 'processed';
 END;
@@ -5568,29 +5568,32 @@ $$;
 ALTER FUNCTION stripe.on_refund(p_event_id text, p_refund jsonb) OWNER TO booking_owner;
 
 --
--- Name: outcome_of(jsonb); Type: FUNCTION; Schema: stripe; Owner: booking_owner
+-- Name: reapply_stored_event(text); Type: FUNCTION; Schema: stripe; Owner: booking_owner
 --
 
-CREATE FUNCTION stripe.outcome_of(p_event jsonb) RETURNS text
+CREATE FUNCTION stripe.reapply_stored_event(p_event_id text) RETURNS text
     LANGUAGE plpgsql
     AS $$
--- Applies an event (stored or about to be): processed, ignored (not applicable, or another
--- mode or account than stripe.config), or deferred (it depends on something not booked yet).
+-- Applies one stored, row-locked event again and records the outcome on its row; a
+-- deferred one is retried with backoff, dead after stripe.attempts_max() attempts.
 DECLARE
-    v_config stripe.config;
+    v_outcome text;
 BEGIN
-    SELECT * INTO v_config FROM stripe.config;
-    IF stripe.livemode(p_event) IS DISTINCT FROM v_config.livemode
-        OR (v_config.account_id IS NOT NULL AND p_event ->> 'account' IS NOT NULL
-            AND p_event ->> 'account' <> v_config.account_id) THEN
-        RETURN 'ignored';
-    END IF;
-    RETURN stripe.dispatch(p_event ->> 'id', p_event ->> 'type', p_event #> '{data,object}');
+    v_outcome := stripe.apply_payload((SELECT e.payload FROM stripe.events AS e WHERE e.event_id = p_event_id));
+    UPDATE stripe.events AS e
+    SET (status, processed_at, next_attempt_at, last_error) = (
+            SELECT a.status, a.processed_at, a.next_attempt_at, a.last_error
+            FROM stripe.after_attempt(v_outcome, e.attempts + 1) AS a
+        ),
+        attempts = e.attempts + 1,
+        last_sqlstate = NULL
+    WHERE e.event_id = p_event_id;
+    RETURN v_outcome;
 END;
 $$;
 
 
-ALTER FUNCTION stripe.outcome_of(p_event jsonb) OWNER TO booking_owner;
+ALTER FUNCTION stripe.reapply_stored_event(p_event_id text) OWNER TO booking_owner;
 
 --
 -- Name: record_failure(jsonb, text, text); Type: FUNCTION; Schema: stripe; Owner: booking_owner
@@ -5740,7 +5743,7 @@ BEGIN
         FOR UPDATE SKIP LOCKED
     LOOP
         BEGIN
-            v_outcome := stripe.apply_event(v_id);
+            v_outcome := stripe.reapply_stored_event(v_id);
         EXCEPTION WHEN OTHERS THEN
             GET STACKED DIAGNOSTICS v_sqlstate = RETURNED_SQLSTATE, v_message = MESSAGE_TEXT;
             -- The same record of a failed attempt as the shim makes after a failed delivery.
@@ -8411,13 +8414,6 @@ REVOKE ALL ON PROCEDURE booking.sweep_holds_cron() FROM PUBLIC;
 
 
 --
--- Name: FUNCTION take_more_units(p_inventory_id uuid, p_units integer); Type: ACL; Schema: booking; Owner: booking_owner
---
-
-REVOKE ALL ON FUNCTION booking.take_more_units(p_inventory_id uuid, p_units integer) FROM PUBLIC;
-
-
---
 -- Name: FUNCTION take_units(p_inventory_id uuid, p_units integer, p_bucket_count integer); Type: ACL; Schema: booking; Owner: booking_owner
 --
 
@@ -8425,10 +8421,17 @@ REVOKE ALL ON FUNCTION booking.take_units(p_inventory_id uuid, p_units integer, 
 
 
 --
--- Name: FUNCTION take_units_slowly(p_inventory_id uuid, p_quantity integer); Type: ACL; Schema: booking; Owner: booking_owner
+-- Name: FUNCTION take_units_locking_every_bucket(p_inventory_id uuid, p_quantity integer); Type: ACL; Schema: booking; Owner: booking_owner
 --
 
-REVOKE ALL ON FUNCTION booking.take_units_slowly(p_inventory_id uuid, p_quantity integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION booking.take_units_locking_every_bucket(p_inventory_id uuid, p_quantity integer) FROM PUBLIC;
+
+
+--
+-- Name: FUNCTION take_units_waiting_on_one_bucket(p_inventory_id uuid, p_units integer); Type: ACL; Schema: booking; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION booking.take_units_waiting_on_one_bucket(p_inventory_id uuid, p_units integer) FROM PUBLIC;
 
 
 --
@@ -8703,10 +8706,10 @@ REVOKE ALL ON FUNCTION stripe.after_attempt(p_outcome text, p_attempts integer) 
 
 
 --
--- Name: FUNCTION apply_event(p_event_id text); Type: ACL; Schema: stripe; Owner: booking_owner
+-- Name: FUNCTION apply_payload(p_event jsonb); Type: ACL; Schema: stripe; Owner: booking_owner
 --
 
-REVOKE ALL ON FUNCTION stripe.apply_event(p_event_id text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION stripe.apply_payload(p_event jsonb) FROM PUBLIC;
 
 
 --
@@ -8794,10 +8797,10 @@ REVOKE ALL ON FUNCTION stripe.on_refund(p_event_id text, p_refund jsonb) FROM PU
 
 
 --
--- Name: FUNCTION outcome_of(p_event jsonb); Type: ACL; Schema: stripe; Owner: booking_owner
+-- Name: FUNCTION reapply_stored_event(p_event_id text); Type: ACL; Schema: stripe; Owner: booking_owner
 --
 
-REVOKE ALL ON FUNCTION stripe.outcome_of(p_event jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION stripe.reapply_stored_event(p_event_id text) FROM PUBLIC;
 
 
 --

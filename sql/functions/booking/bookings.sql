@@ -486,7 +486,7 @@ AS $$
 BEGIN
     PERFORM core.require(p_booking_id, 'p_booking_id');
     PERFORM core.require_text(p_reason, 'p_reason', 500);
-    RETURN booking.apply_event(p_booking_id, 'cancel', NULL, p_reason);
+    RETURN booking.apply_event(p_booking_id, 'cancel', p_detail => p_reason);
 END;
 $$;
 COMMENT ON FUNCTION api.cancel_booking(uuid, text) IS

@@ -137,7 +137,13 @@ AS $$
     ) AS d;
 $$;
 
-CREATE OR REPLACE FUNCTION booking.take_units_slowly(p_inventory_id uuid, p_quantity int)
+-- Taking units, three tiers: booking.take_units tries the buckets nobody is using,
+-- booking.take_units_waiting_on_one_bucket then waits for one that has enough, and
+-- booking.take_units_locking_every_bucket (below) locks them all. Earlier names:
+DROP FUNCTION IF EXISTS booking.take_more_units(uuid, int);
+DROP FUNCTION IF EXISTS booking.take_units_slowly(uuid, int);
+
+CREATE OR REPLACE FUNCTION booking.take_units_locking_every_bucket(p_inventory_id uuid, p_quantity int)
 RETURNS smallint
 LANGUAGE plpgsql
 AS $$
@@ -193,7 +199,7 @@ BEGIN
 END;
 $$;
 
-CREATE OR REPLACE FUNCTION booking.take_more_units(p_inventory_id uuid, p_units int)
+CREATE OR REPLACE FUNCTION booking.take_units_waiting_on_one_bucket(p_inventory_id uuid, p_units int)
 RETURNS smallint
 LANGUAGE plpgsql
 AS $$
@@ -230,7 +236,7 @@ BEGIN
         RAISE EXCEPTION 'not enough available: % requested, % available', p_units, v_available
             USING ERRCODE = 'RB001';
     END IF;
-    RETURN booking.take_units_slowly(p_inventory_id, p_units);
+    RETURN booking.take_units_locking_every_bucket(p_inventory_id, p_units);
 END;
 $$;
 
@@ -277,7 +283,7 @@ BEGIN
     EXCEPTION WHEN SQLSTATE 'RB001' THEN
         NULL;
     END;
-    RETURN booking.take_more_units(p_inventory_id, p_units);
+    RETURN booking.take_units_waiting_on_one_bucket(p_inventory_id, p_units);
 END;
 $$;
 

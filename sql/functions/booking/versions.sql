@@ -57,7 +57,7 @@ AS $$
 -- booking.cache_notes (no lock: taking the announced row or 'catalog' here, before the
 -- transaction's bucket locks, could deadlock).
 BEGIN
-    PERFORM booking.note_cache_change(p_inventory_id, true);
+    PERFORM booking.note_cache_change(p_inventory_id, p_force => true);
     INSERT INTO booking.cache_notes (inventory_id) VALUES (p_inventory_id);
 END;
 $$;
@@ -69,7 +69,7 @@ SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    PERFORM booking.note_cache_change(NEW.inventory_id, false);
+    PERFORM booking.note_cache_change(NEW.inventory_id, p_force => false);
     RETURN NULL;
 END;
 $$;
@@ -81,7 +81,7 @@ SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    PERFORM booking.note_cache_change(NEW.inventory_id, true);
+    PERFORM booking.note_cache_change(NEW.inventory_id, p_force => true);
     RETURN NULL;
 END;
 $$;

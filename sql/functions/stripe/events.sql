@@ -1,5 +1,11 @@
 -- Stripe events: stored once by id and applied in the same transaction.
 
+-- Names an earlier version of this file used: stripe.outcome_of is stripe.apply_payload, and
+-- stripe.apply_event (a stored event, not booking.apply_event's transition) is
+-- stripe.reapply_stored_event.
+DROP FUNCTION IF EXISTS stripe.outcome_of(jsonb);
+DROP FUNCTION IF EXISTS stripe.apply_event(text);
+
 CREATE OR REPLACE FUNCTION stripe.check_event(p_event jsonb)
 RETURNS void
 LANGUAGE plpgsql
@@ -75,7 +81,7 @@ AS $$
         CASE WHEN p_outcome = 'deferred' THEN 'waiting for the payment it depends on' END;
 $$;
 
-CREATE OR REPLACE FUNCTION stripe.outcome_of(p_event jsonb)
+CREATE OR REPLACE FUNCTION stripe.apply_payload(p_event jsonb)
 RETURNS text
 LANGUAGE plpgsql
 AS $$
@@ -94,7 +100,7 @@ BEGIN
 END;
 $$;
 
-CREATE OR REPLACE FUNCTION stripe.apply_event(p_event_id text)
+CREATE OR REPLACE FUNCTION stripe.reapply_stored_event(p_event_id text)
 RETURNS text
 LANGUAGE plpgsql
 AS $$
@@ -103,7 +109,7 @@ AS $$
 DECLARE
     v_outcome text;
 BEGIN
-    v_outcome := stripe.outcome_of((SELECT e.payload FROM stripe.events AS e WHERE e.event_id = p_event_id));
+    v_outcome := stripe.apply_payload((SELECT e.payload FROM stripe.events AS e WHERE e.event_id = p_event_id));
     UPDATE stripe.events AS e
     SET (status, processed_at, next_attempt_at, last_error) = (
             SELECT a.status, a.processed_at, a.next_attempt_at, a.last_error
@@ -139,7 +145,7 @@ BEGIN
         FOR UPDATE SKIP LOCKED
     LOOP
         BEGIN
-            v_outcome := stripe.apply_event(v_id);
+            v_outcome := stripe.reapply_stored_event(v_id);
         EXCEPTION WHEN OTHERS THEN
             GET STACKED DIAGNOSTICS v_sqlstate = RETURNED_SQLSTATE, v_message = MESSAGE_TEXT;
             -- The same record of a failed attempt as the shim makes after a failed delivery.
@@ -165,7 +171,7 @@ BEGIN
     IF NOT FOUND THEN
         RAISE EXCEPTION 'no stored Stripe event %', p_event_id USING ERRCODE = 'RB005';
     END IF;
-    RETURN stripe.apply_event(p_event_id);
+    RETURN stripe.reapply_stored_event(p_event_id);
 END;
 $$;
 COMMENT ON FUNCTION ops.replay_stripe_event(text) IS
@@ -188,12 +194,12 @@ BEGIN
     IF FOUND THEN
         -- A redelivery of an event that failed or waits is a retry: apply it now.
         IF v_status IN ('failed', 'deferred', 'dead') THEN
-            RETURN stripe.apply_event(v_event_id);
+            RETURN stripe.reapply_stored_event(v_event_id);
         END IF;
         RETURN 'duplicate';
     END IF;
     -- New: apply first, then store it once with its outcome (one write of the row).
-    v_outcome := stripe.outcome_of(p_event);
+    v_outcome := stripe.apply_payload(p_event);
     INSERT INTO stripe.events (
         event_id, type, livemode, payload, status, attempts, processed_at, next_attempt_at, last_error,
         correlation_id

@@ -190,21 +190,24 @@ BEGIN
     END IF;
     IF v_paid THEN
         -- Paid twice (two PaymentIntents): the second payment goes back.
-        PERFORM ledger.post_charge(v_booking_id, p_payment_intent_id, p_amount, p_currency, true, p_event_id);
+        PERFORM ledger.post_charge(v_booking_id, p_payment_intent_id, p_amount, p_currency, p_unallocated => true,
+                                   p_stripe_event_id => p_event_id);
         PERFORM booking.enqueue_refund(v_booking_id, p_payment_intent_id, 'duplicate_payment');
         RETURN 'processed';
     END IF;
     IF p_booking.status IN ('pending_payment', 'payment_failed', 'expired')
         AND booking.reserve_for_late_payment(v_booking_id) THEN
-        PERFORM ledger.post_charge(v_booking_id, p_payment_intent_id, p_amount, p_currency, false, p_event_id);
+        PERFORM ledger.post_charge(v_booking_id, p_payment_intent_id, p_amount, p_currency, p_unallocated => false,
+                                   p_stripe_event_id => p_event_id);
         PERFORM booking.apply_event(v_booking_id, 'payment_succeeded', p_event_id);
         RETURN 'processed';
     END IF;
     -- No units for it (or the booking was cancelled): keep the money apart, send it back.
-    PERFORM ledger.post_charge(v_booking_id, p_payment_intent_id, p_amount, p_currency, true, p_event_id);
+    PERFORM ledger.post_charge(v_booking_id, p_payment_intent_id, p_amount, p_currency, p_unallocated => true,
+                                   p_stripe_event_id => p_event_id);
     -- Entering refund_pending enqueues the refund of every payment the booking received
     -- (booking.after_booking_change); in any other case this one is sent back from here.
-    IF booking.apply_event(v_booking_id, 'payment_succeeded_without_capacity', p_event_id, NULL, true)
+    IF booking.apply_event(v_booking_id, 'payment_succeeded_without_capacity', p_event_id, p_if_allowed => true)
         IS DISTINCT FROM 'refund_pending' OR p_booking.status = 'refund_pending' THEN
         PERFORM booking.enqueue_refund(v_booking_id, p_payment_intent_id, 'unallocated_payment');
     END IF;
@@ -263,11 +266,11 @@ BEGIN
     IF v_unallocated THEN
         -- Money no booking kept: it only decides the state of a booking waiting for it to go back.
         IF v_refunded >= v_charged AND v_booking.status = 'refund_pending' THEN
-            PERFORM booking.apply_event(v_booking_id, 'full_refund', p_event_id, NULL, true);
+            PERFORM booking.apply_event(v_booking_id, 'full_refund', p_event_id, p_if_allowed => true);
         END IF;
     ELSE
         PERFORM booking.apply_event(
-            v_booking_id, CASE WHEN v_refunded >= v_charged THEN 'full_refund' ELSE 'partial_refund' END, p_event_id, NULL, true);
+            v_booking_id, CASE WHEN v_refunded >= v_charged THEN 'full_refund' ELSE 'partial_refund' END, p_event_id, p_if_allowed => true);
     END IF;
     RETURN 'processed';
 END;
@@ -304,7 +307,7 @@ BEGIN
             RETURN v_refused;
         END IF;
         PERFORM ledger.post_dispute(v_booking_id, v_id, v_pi, v_amount, v_currency, p_event_id);
-        PERFORM booking.apply_event(v_booking_id, 'dispute_opened', p_event_id, NULL, true);
+        PERFORM booking.apply_event(v_booking_id, 'dispute_opened', p_event_id, p_if_allowed => true);
         RETURN 'processed';
     END IF;
     IF NOT EXISTS (SELECT FROM ledger.transactions AS t WHERE t.kind = 'dispute' AND t.stripe_object_id = v_id) THEN
@@ -316,9 +319,9 @@ BEGIN
             RETURN v_refused;
         END IF;
         PERFORM ledger.post_dispute_reversal(v_booking_id, v_id, v_pi, v_amount, v_currency, p_event_id);
-        PERFORM booking.apply_event(v_booking_id, 'dispute_won', p_event_id, NULL, true);
+        PERFORM booking.apply_event(v_booking_id, 'dispute_won', p_event_id, p_if_allowed => true);
     ELSIF p_dispute ->> 'status' = 'lost' THEN
-        PERFORM booking.apply_event(v_booking_id, 'dispute_lost', p_event_id, NULL, true);
+        PERFORM booking.apply_event(v_booking_id, 'dispute_lost', p_event_id, p_if_allowed => true);
     ELSE
         RETURN 'ignored';
     END IF;
@@ -387,10 +390,10 @@ BEGIN
             stripe.money_currency('a payment', p_object -> 'currency', 'RW001')
         );
     ELSIF p_type IN ('payment_intent.payment_failed', 'checkout.session.async_payment_failed') THEN
-        PERFORM booking.apply_event(v_booking.booking_id, 'payment_failed', p_event_id, NULL, true);
+        PERFORM booking.apply_event(v_booking.booking_id, 'payment_failed', p_event_id, p_if_allowed => true);
         RETURN 'processed';
     ELSIF p_type IN ('payment_intent.canceled', 'checkout.session.expired') THEN
-        PERFORM booking.apply_event(v_booking.booking_id, 'payment_canceled', p_event_id, NULL, true);
+        PERFORM booking.apply_event(v_booking.booking_id, 'payment_canceled', p_event_id, p_if_allowed => true);
         RETURN 'processed';
     END IF;
     RETURN 'ignored';  -- a checkout session completed but not paid yet (async methods)
