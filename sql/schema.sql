@@ -3300,23 +3300,6 @@ $$;
 ALTER FUNCTION booking.make_offer(p_entry booking.waitlist_entries, p_inventory booking.inventory) OWNER TO booking_owner;
 
 --
--- Name: note_bucket_crossing(); Type: FUNCTION; Schema: booking; Owner: booking_owner
---
-
-CREATE FUNCTION booking.note_bucket_crossing() RETURNS trigger
-    LANGUAGE plpgsql SECURITY DEFINER
-    SET search_path TO 'pg_catalog', 'pg_temp'
-    AS $$
-BEGIN
-    PERFORM booking.note_cache_change(NEW.inventory_id, p_force => false);
-    RETURN NULL;
-END;
-$$;
-
-
-ALTER FUNCTION booking.note_bucket_crossing() OWNER TO booking_owner;
-
---
 -- Name: note_cache_change(uuid, boolean); Type: FUNCTION; Schema: booking; Owner: booking_owner
 --
 
@@ -3361,21 +3344,24 @@ $$;
 ALTER FUNCTION booking.note_forced_change(p_inventory_id uuid) OWNER TO booking_owner;
 
 --
--- Name: note_inventory_change(); Type: FUNCTION; Schema: booking; Owner: booking_owner
+-- Name: note_row_change(); Type: FUNCTION; Schema: booking; Owner: booking_owner
 --
 
-CREATE FUNCTION booking.note_inventory_change() RETURNS trigger
+CREATE FUNCTION booking.note_row_change() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
+-- AFTER a row of an inventory changed: notes NEW.inventory_id (booking.note_cache_change),
+-- forced when the trigger's argument says so ('forced': a setting changed; 'crossing': a
+-- bucket's free count went to 0 or up from 0, which bumps only if the sold-out state moved).
 BEGIN
-    PERFORM booking.note_cache_change(NEW.inventory_id, p_force => true);
+    PERFORM booking.note_cache_change(NEW.inventory_id, p_force => TG_ARGV[0] = 'forced');
     RETURN NULL;
 END;
 $$;
 
 
-ALTER FUNCTION booking.note_inventory_change() OWNER TO booking_owner;
+ALTER FUNCTION booking.note_row_change() OWNER TO booking_owner;
 
 --
 -- Name: purge_ended_holds(interval, integer); Type: FUNCTION; Schema: booking; Owner: booking_owner
@@ -7626,7 +7612,7 @@ CREATE CONSTRAINT TRIGGER buckets_announce_at_commit AFTER UPDATE OF free ON boo
 -- Name: inventory_buckets buckets_note_crossing; Type: TRIGGER; Schema: booking; Owner: booking_owner
 --
 
-CREATE TRIGGER buckets_note_crossing AFTER UPDATE OF free ON booking.inventory_buckets FOR EACH ROW WHEN ((((old.free)::integer = 0) <> ((new.free)::integer = 0))) EXECUTE FUNCTION booking.note_bucket_crossing();
+CREATE TRIGGER buckets_note_crossing AFTER UPDATE OF free ON booking.inventory_buckets FOR EACH ROW WHEN ((((old.free)::integer = 0) <> ((new.free)::integer = 0))) EXECUTE FUNCTION booking.note_row_change('crossing');
 
 
 --
@@ -7647,7 +7633,7 @@ CREATE CONSTRAINT TRIGGER inventory_announce_at_commit AFTER INSERT OR UPDATE ON
 -- Name: inventory inventory_note_change; Type: TRIGGER; Schema: booking; Owner: booking_owner
 --
 
-CREATE TRIGGER inventory_note_change AFTER INSERT OR UPDATE ON booking.inventory FOR EACH ROW EXECUTE FUNCTION booking.note_inventory_change();
+CREATE TRIGGER inventory_note_change AFTER INSERT OR UPDATE ON booking.inventory FOR EACH ROW EXECUTE FUNCTION booking.note_row_change('forced');
 
 
 --
@@ -8309,13 +8295,6 @@ REVOKE ALL ON FUNCTION booking.make_offer(p_entry booking.waitlist_entries, p_in
 
 
 --
--- Name: FUNCTION note_bucket_crossing(); Type: ACL; Schema: booking; Owner: booking_owner
---
-
-REVOKE ALL ON FUNCTION booking.note_bucket_crossing() FROM PUBLIC;
-
-
---
 -- Name: FUNCTION note_cache_change(p_inventory_id uuid, p_force boolean); Type: ACL; Schema: booking; Owner: booking_owner
 --
 
@@ -8330,10 +8309,10 @@ REVOKE ALL ON FUNCTION booking.note_forced_change(p_inventory_id uuid) FROM PUBL
 
 
 --
--- Name: FUNCTION note_inventory_change(); Type: ACL; Schema: booking; Owner: booking_owner
+-- Name: FUNCTION note_row_change(); Type: ACL; Schema: booking; Owner: booking_owner
 --
 
-REVOKE ALL ON FUNCTION booking.note_inventory_change() FROM PUBLIC;
+REVOKE ALL ON FUNCTION booking.note_row_change() FROM PUBLIC;
 
 
 --

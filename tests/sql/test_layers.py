@@ -134,7 +134,8 @@ def test_calls_between_schemas_go_one_way(db):
 
 
 def test_a_planted_cycle_is_reported(db):
-    """A core function calling booking (the bottom calling up) must fail the check."""
+    """A core function or trigger calling booking (the bottom calling up) and a booking
+    function calling api must fail the check."""
     with connect(db.url) as conn:
         conn.execute(
             "CREATE FUNCTION core.planted_upcall(p_booking_id uuid) RETURNS void LANGUAGE plpgsql AS"
@@ -142,11 +143,16 @@ def test_a_planted_cycle_is_reported(db):
         conn.execute(
             "CREATE FUNCTION booking.planted_api_call() RETURNS jsonb LANGUAGE plpgsql AS"
             " $$ BEGIN RETURN api.health(); END; $$")
+        # A trigger is a call by its table's schema: core's table running a booking function.
+        conn.execute("CREATE TRIGGER planted_trigger AFTER INSERT ON core.error_groups"
+                     " FOR EACH ROW EXECUTE FUNCTION booking.note_row_change('forced')")
         faults = layering_faults(schema_edges(conn))
-    cycles = [f for f in faults if f.startswith("cycle ")]
-    assert any("core -> booking" in f and "core.planted_upcall calls booking.expire_due_bookings" in f
-               for f in cycles), faults
-    assert any(f.startswith("core calls booking, a layer not below its own") for f in faults), faults
+    upcalls = [f for f in faults if f.startswith("core calls booking, a layer not below its own")]
+    assert len(upcalls) == 1, faults
+    assert "core.planted_upcall calls booking.expire_due_bookings" in upcalls[0], upcalls
+    assert "a trigger on core.error_groups runs booking.note_row_change" in upcalls[0], upcalls
+    # booking calls core (booking.announce_changes), so core calling booking is a cycle too.
+    assert any(f.startswith("cycle ") and "core -> booking" in f and "booking -> core" in f for f in faults), faults
     assert any(f.startswith("internal booking calls api") and "booking.planted_api_call calls api.health" in f
                for f in faults), faults
 

@@ -62,26 +62,17 @@ BEGIN
 END;
 $$;
 
-CREATE OR REPLACE FUNCTION booking.note_bucket_crossing()
+CREATE OR REPLACE FUNCTION booking.note_row_change()
 RETURNS trigger
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
+-- AFTER a row of an inventory changed: notes NEW.inventory_id (booking.note_cache_change),
+-- forced when the trigger's argument says so ('forced': a setting changed; 'crossing': a
+-- bucket's free count went to 0 or up from 0, which bumps only if the sold-out state moved).
 BEGIN
-    PERFORM booking.note_cache_change(NEW.inventory_id, p_force => false);
-    RETURN NULL;
-END;
-$$;
-
-CREATE OR REPLACE FUNCTION booking.note_inventory_change()
-RETURNS trigger
-LANGUAGE plpgsql
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    PERFORM booking.note_cache_change(NEW.inventory_id, p_force => true);
+    PERFORM booking.note_cache_change(NEW.inventory_id, p_force => TG_ARGV[0] = 'forced');
     RETURN NULL;
 END;
 $$;
@@ -162,7 +153,7 @@ DROP TRIGGER IF EXISTS buckets_note_crossing ON booking.inventory_buckets;
 CREATE TRIGGER buckets_note_crossing
 AFTER UPDATE OF free ON booking.inventory_buckets
 FOR EACH ROW WHEN ((old.free = 0) <> (new.free = 0))
-EXECUTE FUNCTION booking.note_bucket_crossing();
+EXECUTE FUNCTION booking.note_row_change('crossing');
 DROP TRIGGER IF EXISTS buckets_announce_at_commit ON booking.inventory_buckets;
 CREATE CONSTRAINT TRIGGER buckets_announce_at_commit
 AFTER UPDATE OF free ON booking.inventory_buckets
@@ -174,7 +165,7 @@ EXECUTE FUNCTION booking.announce_changes();
 DROP TRIGGER IF EXISTS inventory_note_change ON booking.inventory;
 CREATE TRIGGER inventory_note_change
 AFTER INSERT OR UPDATE ON booking.inventory
-FOR EACH ROW EXECUTE FUNCTION booking.note_inventory_change();
+FOR EACH ROW EXECUTE FUNCTION booking.note_row_change('forced');
 DROP TRIGGER IF EXISTS inventory_announce_at_commit ON booking.inventory;
 CREATE CONSTRAINT TRIGGER inventory_announce_at_commit
 AFTER INSERT OR UPDATE ON booking.inventory
@@ -187,6 +178,10 @@ CREATE CONSTRAINT TRIGGER cache_notes_announce_at_commit
 AFTER INSERT ON booking.cache_notes
 DEFERRABLE INITIALLY DEFERRED
 FOR EACH ROW EXECUTE FUNCTION booking.announce_changes();
+
+-- One trigger function for both notes (above) since this version: the two it replaces.
+DROP FUNCTION IF EXISTS booking.note_bucket_crossing();
+DROP FUNCTION IF EXISTS booking.note_inventory_change();
 
 -- ---------------------------------------------------------------------------------------
 -- api
