@@ -1515,16 +1515,7 @@ DECLARE
     v_taken boolean := false;
     v_entry_id uuid;
 BEGIN
-    PERFORM core.require(p_inventory_id, 'p_inventory_id');
-    PERFORM core.require_range(p_quantity, 'p_quantity', 1, 100);
-    PERFORM core.require_text(p_holder, 'p_holder', 200);
-    IF p_key IS NOT NULL THEN
-        PERFORM core.require_text(p_key, 'p_key', 255);
-    END IF;
-    SELECT * INTO v_inventory FROM booking.inventory AS i WHERE i.inventory_id = p_inventory_id;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'inventory % not found', p_inventory_id USING ERRCODE = 'RB005';
-    END IF;
+    v_inventory := booking.inventory_for_request(p_inventory_id, p_quantity, p_holder, p_key, 'p_key');
     IF p_key IS NOT NULL THEN
         -- Joins with one (holder, key) run one at a time.
         PERFORM pg_advisory_xact_lock(hashtextextended(p_holder || E'\n' || p_key, 7262));
@@ -1772,16 +1763,7 @@ DECLARE
     v_home smallint;
     v_bucket smallint;
 BEGIN
-    PERFORM core.require(p_inventory_id, 'p_inventory_id');
-    PERFORM core.require_range(p_quantity, 'p_quantity', 1, 100);
-    PERFORM core.require_text(p_holder, 'p_holder', 200);
-    IF p_hold_key IS NOT NULL THEN
-        PERFORM core.require_text(p_hold_key, 'p_hold_key', 255);
-    END IF;
-    SELECT * INTO v_inventory FROM booking.inventory AS i WHERE i.inventory_id = p_inventory_id;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'inventory % not found', p_inventory_id USING ERRCODE = 'RB005';
-    END IF;
+    v_inventory := booking.inventory_for_request(p_inventory_id, p_quantity, p_holder, p_hold_key, 'p_hold_key');
     IF v_inventory.queued THEN
         -- Sold through a waiting room: an admitted ticket (api.place_hold_v2) or RB006.
         PERFORM booking.require_admission(
@@ -3209,25 +3191,6 @@ $$;
 ALTER FUNCTION booking.idle_bucket(p_inventory_id uuid) OWNER TO booking_owner;
 
 --
--- Name: lock_buckets(uuid); Type: FUNCTION; Schema: booking; Owner: booking_owner
---
-
-CREATE FUNCTION booking.lock_buckets(p_inventory_id uuid) RETURNS void
-    LANGUAGE plpgsql
-    AS $$
--- Locks all of an inventory's buckets, in bucket order (the one order every waiter uses).
-BEGIN
-    PERFORM FROM booking.inventory_buckets AS b
-    WHERE b.inventory_id = p_inventory_id
-    ORDER BY b.bucket_no
-    FOR UPDATE;
-END;
-$$;
-
-
-ALTER FUNCTION booking.lock_buckets(p_inventory_id uuid) OWNER TO booking_owner;
-
---
 -- Name: inventory; Type: TABLE; Schema: booking; Owner: booking_owner
 --
 
@@ -3261,6 +3224,55 @@ ALTER TABLE booking.inventory OWNER TO booking_owner;
 
 COMMENT ON COLUMN booking.inventory.queued IS 'True once api.open_queue ran for it: holds then need an admitted queue ticket (api.place_hold_v2), RB006 otherwise.';
 
+
+--
+-- Name: inventory_for_request(uuid, integer, text, text, text); Type: FUNCTION; Schema: booking; Owner: booking_owner
+--
+
+CREATE FUNCTION booking.inventory_for_request(p_inventory_id uuid, p_quantity integer, p_holder text, p_key text, p_key_name text) RETURNS booking.inventory
+    LANGUAGE plpgsql STABLE
+    AS $$
+-- A buyer's request for units (api.place_hold, api.join_waitlist), checked: 22004/22023/22001
+-- for a missing or bad inventory id, quantity (1 to 100), holder or key (named p_key_name
+-- in the message), RB005 for an unknown inventory; else the inventory's row.
+DECLARE
+    v_inventory booking.inventory;
+BEGIN
+    PERFORM core.require(p_inventory_id, 'p_inventory_id');
+    PERFORM core.require_range(p_quantity, 'p_quantity', 1, 100);
+    PERFORM core.require_text(p_holder, 'p_holder', 200);
+    IF p_key IS NOT NULL THEN
+        PERFORM core.require_text(p_key, p_key_name, 255);
+    END IF;
+    SELECT * INTO v_inventory FROM booking.inventory AS i WHERE i.inventory_id = p_inventory_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'inventory % not found', p_inventory_id USING ERRCODE = 'RB005';
+    END IF;
+    RETURN v_inventory;
+END;
+$$;
+
+
+ALTER FUNCTION booking.inventory_for_request(p_inventory_id uuid, p_quantity integer, p_holder text, p_key text, p_key_name text) OWNER TO booking_owner;
+
+--
+-- Name: lock_buckets(uuid); Type: FUNCTION; Schema: booking; Owner: booking_owner
+--
+
+CREATE FUNCTION booking.lock_buckets(p_inventory_id uuid) RETURNS void
+    LANGUAGE plpgsql
+    AS $$
+-- Locks all of an inventory's buckets, in bucket order (the one order every waiter uses).
+BEGIN
+    PERFORM FROM booking.inventory_buckets AS b
+    WHERE b.inventory_id = p_inventory_id
+    ORDER BY b.bucket_no
+    FOR UPDATE;
+END;
+$$;
+
+
+ALTER FUNCTION booking.lock_buckets(p_inventory_id uuid) OWNER TO booking_owner;
 
 --
 -- Name: make_offer(booking.waitlist_entries, booking.inventory); Type: FUNCTION; Schema: booking; Owner: booking_owner
@@ -8278,6 +8290,13 @@ REVOKE ALL ON FUNCTION booking.guard_booking_change() FROM PUBLIC;
 --
 
 REVOKE ALL ON FUNCTION booking.idle_bucket(p_inventory_id uuid) FROM PUBLIC;
+
+
+--
+-- Name: FUNCTION inventory_for_request(p_inventory_id uuid, p_quantity integer, p_holder text, p_key text, p_key_name text); Type: ACL; Schema: booking; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION booking.inventory_for_request(p_inventory_id uuid, p_quantity integer, p_holder text, p_key text, p_key_name text) FROM PUBLIC;
 
 
 --

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 import sys
 
-from tests.pg import connect
+from tests.pg import SQL, connect
 
 SCHEMAS = ("api", "ops", "core", "stripe", "booking", "ledger", "jobs")
 PUBLIC = ("api", "ops")  # the contract's faces: nothing internal may call them
@@ -121,6 +121,29 @@ def layering_faults(edges: dict[tuple[str, str], list[str]]) -> list[str]:
         if state.get(node) is None:
             visit(node, [])
     return faults
+
+
+DEFINED = re.compile(r"^CREATE (?:OR REPLACE )?(?:FUNCTION|PROCEDURE) ([a-z_]+)\.([a-z_0-9]+)\(", re.IGNORECASE | re.MULTILINE)
+
+
+def misplaced_definitions(functions_dir) -> list[str]:
+    """Internal functions defined outside sql/functions/<schema>.sql or <schema>/*.sql."""
+    misplaced = []
+    for path in sorted(functions_dir.glob("**/*.sql")):
+        home = path.relative_to(functions_dir).parts[0].removesuffix(".sql")
+        for schema, name in DEFINED.findall(path.read_text()):
+            if schema.lower() not in PUBLIC and schema.lower() != home:
+                misplaced.append(f"{schema}.{name} in {path.relative_to(functions_dir.parent)}")
+    return misplaced
+
+
+def test_each_schema_has_its_functions_in_the_files_named_for_it(tmp_path):
+    assert misplaced_definitions(SQL / "functions") == []
+    # A booking function in a stripe file is found.
+    (tmp_path / "functions" / "stripe").mkdir(parents=True)
+    (tmp_path / "functions" / "stripe" / "x.sql").write_text(
+        "CREATE OR REPLACE FUNCTION booking.strayed() RETURNS void LANGUAGE sql AS $$ SELECT $$;\n")
+    assert misplaced_definitions(tmp_path / "functions") == ["booking.strayed in functions/stripe/x.sql"]
 
 
 def test_calls_between_schemas_go_one_way(db):

@@ -485,6 +485,33 @@ $$;
 COMMENT ON FUNCTION api.availability(uuid) IS
 'capacity, sold, held (live or booked holds before their deadline) and available, exact at the moment of the call; RB005 unknown inventory.';
 
+CREATE OR REPLACE FUNCTION booking.inventory_for_request(
+    p_inventory_id uuid, p_quantity int, p_holder text, p_key text, p_key_name text
+)
+RETURNS booking.inventory
+LANGUAGE plpgsql
+STABLE
+AS $$
+-- A buyer's request for units (api.place_hold, api.join_waitlist), checked: 22004/22023/22001
+-- for a missing or bad inventory id, quantity (1 to 100), holder or key (named p_key_name
+-- in the message), RB005 for an unknown inventory; else the inventory's row.
+DECLARE
+    v_inventory booking.inventory;
+BEGIN
+    PERFORM core.require(p_inventory_id, 'p_inventory_id');
+    PERFORM core.require_range(p_quantity, 'p_quantity', 1, 100);
+    PERFORM core.require_text(p_holder, 'p_holder', 200);
+    IF p_key IS NOT NULL THEN
+        PERFORM core.require_text(p_key, p_key_name, 255);
+    END IF;
+    SELECT * INTO v_inventory FROM booking.inventory AS i WHERE i.inventory_id = p_inventory_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'inventory % not found', p_inventory_id USING ERRCODE = 'RB005';
+    END IF;
+    RETURN v_inventory;
+END;
+$$;
+
 CREATE OR REPLACE FUNCTION api.place_hold(
     p_inventory_id uuid, p_quantity int, p_holder text, p_hold_key text DEFAULT NULL
 )
@@ -503,16 +530,7 @@ DECLARE
     v_home smallint;
     v_bucket smallint;
 BEGIN
-    PERFORM core.require(p_inventory_id, 'p_inventory_id');
-    PERFORM core.require_range(p_quantity, 'p_quantity', 1, 100);
-    PERFORM core.require_text(p_holder, 'p_holder', 200);
-    IF p_hold_key IS NOT NULL THEN
-        PERFORM core.require_text(p_hold_key, 'p_hold_key', 255);
-    END IF;
-    SELECT * INTO v_inventory FROM booking.inventory AS i WHERE i.inventory_id = p_inventory_id;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'inventory % not found', p_inventory_id USING ERRCODE = 'RB005';
-    END IF;
+    v_inventory := booking.inventory_for_request(p_inventory_id, p_quantity, p_holder, p_hold_key, 'p_hold_key');
     IF v_inventory.queued THEN
         -- Sold through a waiting room: an admitted ticket (api.place_hold_v2) or RB006.
         PERFORM booking.require_admission(
