@@ -7,7 +7,8 @@
 #   the database named by cron.database_name.
 # - sql/migrations/V*.sql, versioned: each runs once, in its own transaction, and is
 #   recorded with its checksum; an applied file that was edited afterwards is refused.
-# - repeatables, re-applied when their checksum changes: sql/functions/*.sql,
+# - repeatables, re-applied when their checksum changes: each schema's functions
+#   (sql/functions/<schema>.sql or sql/functions/<schema>/*.sql) from the bottom layer up,
 #   sql/views/*.sql, sql/grants.sql (whose checksum covers every repeatable, so grants
 #   follow any new function), sql/cron/schedules.sql. All of them are re-applied after
 #   any versioned migration too: one may drop views to change a column they read.
@@ -99,8 +100,23 @@ SQL
     name=${f#"$here"/}
     step versioned "$name" "$(sum "$f")" "$f" owner
   done
-  local repeatables=()
-  for f in "$here"/functions/*.sql "$here"/views/*.sql; do
+  local repeatables=() schema seen=" "
+  # Bottom layer first (docs/DESIGN.md, "Layers"): a LANGUAGE sql body is checked when it
+  # is created, so what it calls must exist by then. A schema not listed comes after them,
+  # in name order, so a new one is never skipped.
+  for schema in jobs core ledger booking stripe api ops; do
+    seen+="$schema "
+    for f in "$here/functions/$schema.sql" "$here/functions/$schema"/*.sql; do
+      [[ -e $f ]] && repeatables+=("$f")
+    done
+  done
+  for f in "$here"/functions/*.sql "$here"/functions/*/*.sql; do
+    schema=${f#"$here"/functions/}
+    schema=${schema%%/*}
+    schema=${schema%.sql}
+    [[ -e $f && $seen != *" $schema "* ]] && repeatables+=("$f")
+  done
+  for f in "$here"/views/*.sql; do
     [[ -e $f ]] && repeatables+=("$f")
   done
   for f in "${repeatables[@]}"; do

@@ -420,18 +420,9 @@ CREATE FUNCTION api.availability(p_inventory_id uuid) RETURNS TABLE(capacity int
     LANGUAGE plpgsql STABLE SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
--- One statement, one snapshot (booking.stock).
 BEGIN
     PERFORM core.require(p_inventory_id, 'p_inventory_id');
-    RETURN QUERY
-    SELECT
-        i.capacity,
-        s.sold::int,
-        (i.capacity - s.sold - s.free - s.dead_units - s.owed)::int,
-        booking.available_units(s.free, s.dead_units, s.owed, s.waits)
-    FROM booking.inventory AS i
-    CROSS JOIN LATERAL booking.stock(i.inventory_id) AS s
-    WHERE i.inventory_id = p_inventory_id;
+    RETURN QUERY SELECT a.capacity, a.sold, a.held, a.available FROM booking.availability(p_inventory_id) AS a;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'inventory % not found', p_inventory_id USING ERRCODE = 'RB005';
     END IF;
@@ -528,7 +519,7 @@ CREATE FUNCTION api.cancel_booking(p_booking_id uuid, p_reason text) RETURNS tex
 BEGIN
     PERFORM core.require(p_booking_id, 'p_booking_id');
     PERFORM core.require_text(p_reason, 'p_reason', 500);
-    RETURN booking.apply_event(p_booking_id, 'cancel', NULL, p_reason);
+    RETURN booking.apply_event(p_booking_id, 'cancel', p_detail => p_reason);
 END;
 $$;
 
@@ -1076,11 +1067,9 @@ BEGIN
     INTO v_result
     FROM booking.bookings AS b
     LEFT JOIN LATERAL (
-        SELECT
-            sum(t.amount) FILTER (WHERE t.kind = 'charge') AS paid,
-            sum(t.amount) FILTER (WHERE t.kind = 'refund') AS refunded
-        FROM ledger.transactions AS t
-        WHERE t.booking_id = b.booking_id
+        SELECT sum(p.paid) AS paid, sum(p.refunded) AS refunded
+        FROM ledger.payment_totals AS p
+        WHERE p.booking_id = b.booking_id
     ) AS l ON true
     WHERE b.booking_id = p_booking_id;
     IF v_result IS NULL THEN
@@ -1527,16 +1516,7 @@ DECLARE
     v_taken boolean := false;
     v_entry_id uuid;
 BEGIN
-    PERFORM core.require(p_inventory_id, 'p_inventory_id');
-    PERFORM core.require_range(p_quantity, 'p_quantity', 1, 100);
-    PERFORM core.require_text(p_holder, 'p_holder', 200);
-    IF p_key IS NOT NULL THEN
-        PERFORM core.require_text(p_key, 'p_key', 255);
-    END IF;
-    SELECT * INTO v_inventory FROM booking.inventory AS i WHERE i.inventory_id = p_inventory_id;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'inventory % not found', p_inventory_id USING ERRCODE = 'RB005';
-    END IF;
+    v_inventory := booking.inventory_for_request(p_inventory_id, p_quantity, p_holder, p_key, 'p_key');
     IF p_key IS NOT NULL THEN
         -- Joins with one (holder, key) run one at a time.
         PERFORM pg_advisory_xact_lock(hashtextextended(p_holder || E'\n' || p_key, 7262));
@@ -1669,50 +1649,11 @@ COMMENT ON FUNCTION api.leave_waitlist(p_entry_id uuid) IS 'Takes an entry off t
 CREATE FUNCTION api.log_error(p_severity text, p_source text, p_message text, p_detail text DEFAULT NULL::text, p_context jsonb DEFAULT '{}'::jsonb, p_sqlstate text DEFAULT NULL::text) RETURNS bigint
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
-    AS $_$
-DECLARE
-    v_fingerprint text;
-    v_error_id bigint;
-    v_correlation_id text := left(current_setting('app.correlation_id', true), 200);
+    AS $$
 BEGIN
-    PERFORM core.require(p_severity, 'p_severity');
-    IF p_severity NOT IN ('debug', 'info', 'warning', 'error', 'critical') THEN
-        RAISE EXCEPTION 'p_severity must be debug, info, warning, error or critical, not %', left(p_severity, 20)
-            USING ERRCODE = '22023';
-    END IF;
-    PERFORM core.require_text(p_source, 'p_source', 100);
-    PERFORM core.require_text(p_message, 'p_message', 2000);
-    IF length(p_detail) > 10000 THEN
-        RAISE EXCEPTION 'p_detail is % characters long, at most 10000 are allowed', length(p_detail)
-            USING ERRCODE = '22001';
-    END IF;
-    PERFORM core.require(p_context, 'p_context');
-    IF jsonb_typeof(p_context) <> 'object' THEN
-        RAISE EXCEPTION 'p_context must be a JSON object' USING ERRCODE = '22023';
-    END IF;
-    IF p_sqlstate IS NOT NULL AND p_sqlstate !~ '^[0-9A-Z]{5}$' THEN
-        RAISE EXCEPTION 'p_sqlstate must be five characters [0-9A-Z]' USING ERRCODE = '22023';
-    END IF;
-    v_fingerprint := core.error_fingerprint(p_source, p_message);
-    INSERT INTO core.error_groups AS g (fingerprint, severity, source, message)
-    VALUES (v_fingerprint, p_severity, p_source, p_message)
-    ON CONFLICT (fingerprint) DO UPDATE
-        SET count = g.count + 1, last_seen = now(), resolved_at = NULL, resolved_by = NULL,
-            severity = CASE WHEN g.severity = 'critical' OR excluded.severity = 'critical' THEN 'critical'
-                            ELSE excluded.severity END;
-    INSERT INTO core.errors (fingerprint, severity, source, message, detail, context, sqlstate, correlation_id)
-    VALUES (v_fingerprint, p_severity, p_source, p_message, p_detail, p_context, p_sqlstate, v_correlation_id)
-    RETURNING error_id INTO v_error_id;
-    IF p_severity = 'critical' THEN
-        -- One alert per group per 10 minutes at most; the worker posts it to ALERT_WEBHOOK_URL.
-        PERFORM jobs.enqueue('alert.notify', jsonb_build_object(
-            'error_id', v_error_id, 'fingerprint', v_fingerprint, 'severity', p_severity, 'source', p_source,
-            'message', p_message, 'correlation_id', v_correlation_id),
-            'alert.notify:' || v_fingerprint || ':' || (extract(EPOCH FROM now())::bigint / 600));
-    END IF;
-    RETURN v_error_id;
+    RETURN core.log_error(p_severity, p_source, p_message, p_detail, p_context, p_sqlstate);
 END;
-$_$;
+$$;
 
 
 ALTER FUNCTION api.log_error(p_severity text, p_source text, p_message text, p_detail text, p_context jsonb, p_sqlstate text) OWNER TO booking_owner;
@@ -1823,16 +1764,7 @@ DECLARE
     v_home smallint;
     v_bucket smallint;
 BEGIN
-    PERFORM core.require(p_inventory_id, 'p_inventory_id');
-    PERFORM core.require_range(p_quantity, 'p_quantity', 1, 100);
-    PERFORM core.require_text(p_holder, 'p_holder', 200);
-    IF p_hold_key IS NOT NULL THEN
-        PERFORM core.require_text(p_hold_key, 'p_hold_key', 255);
-    END IF;
-    SELECT * INTO v_inventory FROM booking.inventory AS i WHERE i.inventory_id = p_inventory_id;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'inventory % not found', p_inventory_id USING ERRCODE = 'RB005';
-    END IF;
+    v_inventory := booking.inventory_for_request(p_inventory_id, p_quantity, p_holder, p_hold_key, 'p_hold_key');
     IF v_inventory.queued THEN
         -- Sold through a waiting room: an admitted ticket (api.place_hold_v2) or RB006.
         PERFORM booking.require_admission(
@@ -2031,7 +1963,7 @@ BEGIN
         SELECT m.problem, m.kind, m.stripe_object_id, m.stripe_amount, m.ledger_amount
         FROM core.reconciliation_mismatches AS m WHERE m.run_id = v_run_id
     LOOP
-        PERFORM api.log_error('critical', 'reconciliation',
+        PERFORM core.log_error('critical', 'reconciliation',
             pg_catalog.format('%s: %s %s (Stripe %s, ledger %s)', v_row.problem, v_row.kind, v_row.stripe_object_id,
                               coalesce(v_row.stripe_amount::text, '-'), coalesce(v_row.ledger_amount::text, '-')),
             NULL, jsonb_build_object('run_id', v_run_id));
@@ -2101,37 +2033,11 @@ COMMENT ON FUNCTION api.record_payment_intent(p_booking_id uuid, p_payment_inten
 CREATE FUNCTION api.record_stripe_event_failure(p_event jsonb, p_sqlstate text, p_message text) RETURNS void
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
-    AS $_$
-DECLARE
-    v_event_id text := p_event ->> 'id';
+    AS $$
 BEGIN
-    PERFORM stripe.check_event(p_event);
-    IF p_sqlstate IS NOT NULL AND p_sqlstate !~ '^[0-9A-Z]{5}$' THEN
-        RAISE EXCEPTION 'p_sqlstate must be five characters [0-9A-Z], got %', left(p_sqlstate, 20)
-            USING ERRCODE = '22023';
-    END IF;
-    INSERT INTO stripe.events AS e (
-        event_id, type, livemode, payload, status, attempts, last_error, last_sqlstate,
-        next_attempt_at, correlation_id
-    )
-    VALUES (
-        v_event_id, p_event ->> 'type', stripe.livemode(p_event), p_event, 'failed', 1,
-        left(coalesce(p_message, 'unknown error'), 2000), p_sqlstate, now() + stripe.retry_delay(1),
-        left(current_setting('app.correlation_id', true), 200)
-    )
-    ON CONFLICT (event_id) DO UPDATE
-        SET attempts = e.attempts + 1,
-            status = CASE WHEN e.attempts + 1 >= stripe.attempts_max() THEN 'dead' ELSE 'failed' END,
-            next_attempt_at = CASE
-                WHEN e.attempts + 1 >= stripe.attempts_max() THEN NULL
-                ELSE now() + stripe.retry_delay(e.attempts + 1)
-            END,
-            last_error = excluded.last_error,
-            last_sqlstate = excluded.last_sqlstate
-        -- A delivery that succeeded meanwhile wins over this failure.
-        WHERE e.status NOT IN ('processed', 'ignored');
+    PERFORM stripe.record_failure(p_event, p_sqlstate, p_message);
 END;
-$_$;
+$$;
 
 
 ALTER FUNCTION api.record_stripe_event_failure(p_event jsonb, p_sqlstate text, p_message text) OWNER TO booking_owner;
@@ -2224,19 +2130,15 @@ CREATE FUNCTION api.refunds_due(p_booking_id uuid, p_payment_intent_id text DEFA
 BEGIN
     PERFORM core.require(p_booking_id, 'p_booking_id');
     RETURN QUERY
-    SELECT t.payment_intent_id,
-           (sum(t.amount) FILTER (WHERE t.kind = 'charge')
-            - coalesce(sum(t.amount) FILTER (WHERE t.kind = 'refund'), 0))::bigint,
-           min(t.currency)::text
-    FROM ledger.transactions AS t
-    WHERE t.booking_id = p_booking_id
-      AND t.kind IN ('charge', 'refund')
-      AND (t.payment_intent_id = p_payment_intent_id
+    SELECT p.payment_intent_id, (sum(p.paid) - sum(p.refunded))::bigint, min(p.currency)::text
+    FROM ledger.payment_totals AS p
+    WHERE p.booking_id = p_booking_id
+      AND (p.paid > 0 OR p.refunded > 0)
+      AND (p.payment_intent_id = p_payment_intent_id
            OR (p_payment_intent_id IS NULL
                AND (SELECT b.status FROM booking.bookings AS b WHERE b.booking_id = p_booking_id) = 'refund_pending'))
-    GROUP BY t.payment_intent_id
-    HAVING sum(t.amount) FILTER (WHERE t.kind = 'charge')
-           > coalesce(sum(t.amount) FILTER (WHERE t.kind = 'refund'), 0);
+    GROUP BY p.payment_intent_id
+    HAVING sum(p.paid) > sum(p.refunded);
 END;
 $$;
 
@@ -2340,7 +2242,7 @@ BEGIN
         UPDATE core.refresh_tokens AS t
         SET revoked_at = clock_timestamp(), revoked_reason = 'reuse detected'
         WHERE t.family_id = v_old.family_id AND t.revoked_at IS NULL;
-        PERFORM api.log_error('critical', 'auth.refresh', 'refresh token reuse detected; token family revoked',
+        PERFORM core.log_error('critical', 'auth.refresh', 'refresh token reuse detected; token family revoked',
                               NULL, jsonb_build_object('user_id', v_old.user_id, 'family_id', v_old.family_id));
         RETURN QUERY SELECT 'reuse_detected'::text, v_old.user_id, v_old.family_id;
         RETURN;
@@ -2634,7 +2536,7 @@ BEGIN
     ELSIF NEW.status = 'refund_pending' AND OLD.status <> 'refund_pending' THEN
         PERFORM booking.give_back_units(NEW.booking_id);
         -- A refund job for every payment the booking received.
-        PERFORM stripe.enqueue_refund(NEW.booking_id, t.payment_intent_id, NEW.last_event)
+        PERFORM booking.enqueue_refund(NEW.booking_id, t.payment_intent_id, NEW.last_event)
         FROM ledger.transactions AS t
         WHERE t.booking_id = NEW.booking_id AND t.kind = 'charge';
     END IF;
@@ -2774,6 +2676,27 @@ $$;
 
 
 ALTER FUNCTION booking.apply_event(p_booking_id uuid, p_event text, p_stripe_event_id text, p_detail text, p_if_allowed boolean) OWNER TO booking_owner;
+
+--
+-- Name: availability(uuid); Type: FUNCTION; Schema: booking; Owner: booking_owner
+--
+
+CREATE FUNCTION booking.availability(p_inventory_id uuid) RETURNS TABLE(capacity integer, sold integer, held integer, available integer)
+    LANGUAGE sql STABLE
+    AS $$
+    -- One statement, one snapshot (booking.stock); no row for an unknown inventory.
+    SELECT
+        i.capacity,
+        s.sold::int,
+        (i.capacity - s.sold - s.free - s.dead_units - s.owed)::int,
+        booking.available_units(s.free, s.dead_units, s.owed, s.waits)
+    FROM booking.inventory AS i
+    CROSS JOIN LATERAL booking.stock(i.inventory_id) AS s
+    WHERE i.inventory_id = p_inventory_id;
+$$;
+
+
+ALTER FUNCTION booking.availability(p_inventory_id uuid) OWNER TO booking_owner;
 
 --
 -- Name: available_units(bigint, bigint, integer, boolean); Type: FUNCTION; Schema: booking; Owner: booking_owner
@@ -2990,6 +2913,28 @@ $$;
 
 
 ALTER FUNCTION booking.end_holds(p_hold_ids uuid[], p_status text) OWNER TO booking_owner;
+
+--
+-- Name: enqueue_refund(uuid, text, text); Type: FUNCTION; Schema: booking; Owner: booking_owner
+--
+
+CREATE FUNCTION booking.enqueue_refund(p_booking_id uuid, p_payment_intent_id text, p_reason text) RETURNS uuid
+    LANGUAGE sql
+    AS $$
+    -- The one place a stripe.refund job is made. Money goes back when the booking enters
+    -- refund_pending (every payment it received: booking.after_booking_change) and when a
+    -- payment is one no booking keeps (paid twice, or no units for it while the booking
+    -- does not enter refund_pending: stripe.on_payment_succeeded). How much the job sends is
+    -- read from the ledger when it runs (api.refunds_due). One job per PaymentIntent, ever:
+    -- two jobs refunding the same payment at once could both see it unrefunded and refund
+    -- it twice.
+    SELECT jobs.enqueue('stripe.refund',
+        jsonb_build_object('booking_id', p_booking_id, 'payment_intent_id', p_payment_intent_id, 'reason', p_reason),
+        'stripe.refund:' || p_payment_intent_id);
+$$;
+
+
+ALTER FUNCTION booking.enqueue_refund(p_booking_id uuid, p_payment_intent_id text, p_reason text) OWNER TO booking_owner;
 
 --
 -- Name: waitlist_join_seq; Type: SEQUENCE; Schema: booking; Owner: booking_owner
@@ -3247,25 +3192,6 @@ $$;
 ALTER FUNCTION booking.idle_bucket(p_inventory_id uuid) OWNER TO booking_owner;
 
 --
--- Name: lock_buckets(uuid); Type: FUNCTION; Schema: booking; Owner: booking_owner
---
-
-CREATE FUNCTION booking.lock_buckets(p_inventory_id uuid) RETURNS void
-    LANGUAGE plpgsql
-    AS $$
--- Locks all of an inventory's buckets, in bucket order (the one order every waiter uses).
-BEGIN
-    PERFORM FROM booking.inventory_buckets AS b
-    WHERE b.inventory_id = p_inventory_id
-    ORDER BY b.bucket_no
-    FOR UPDATE;
-END;
-$$;
-
-
-ALTER FUNCTION booking.lock_buckets(p_inventory_id uuid) OWNER TO booking_owner;
-
---
 -- Name: inventory; Type: TABLE; Schema: booking; Owner: booking_owner
 --
 
@@ -3299,6 +3225,55 @@ ALTER TABLE booking.inventory OWNER TO booking_owner;
 
 COMMENT ON COLUMN booking.inventory.queued IS 'True once api.open_queue ran for it: holds then need an admitted queue ticket (api.place_hold_v2), RB006 otherwise.';
 
+
+--
+-- Name: inventory_for_request(uuid, integer, text, text, text); Type: FUNCTION; Schema: booking; Owner: booking_owner
+--
+
+CREATE FUNCTION booking.inventory_for_request(p_inventory_id uuid, p_quantity integer, p_holder text, p_key text, p_key_name text) RETURNS booking.inventory
+    LANGUAGE plpgsql STABLE
+    AS $$
+-- A buyer's request for units (api.place_hold, api.join_waitlist), checked: 22004/22023/22001
+-- for a missing or bad inventory id, quantity (1 to 100), holder or key (named p_key_name
+-- in the message), RB005 for an unknown inventory; else the inventory's row.
+DECLARE
+    v_inventory booking.inventory;
+BEGIN
+    PERFORM core.require(p_inventory_id, 'p_inventory_id');
+    PERFORM core.require_range(p_quantity, 'p_quantity', 1, 100);
+    PERFORM core.require_text(p_holder, 'p_holder', 200);
+    IF p_key IS NOT NULL THEN
+        PERFORM core.require_text(p_key, p_key_name, 255);
+    END IF;
+    SELECT * INTO v_inventory FROM booking.inventory AS i WHERE i.inventory_id = p_inventory_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'inventory % not found', p_inventory_id USING ERRCODE = 'RB005';
+    END IF;
+    RETURN v_inventory;
+END;
+$$;
+
+
+ALTER FUNCTION booking.inventory_for_request(p_inventory_id uuid, p_quantity integer, p_holder text, p_key text, p_key_name text) OWNER TO booking_owner;
+
+--
+-- Name: lock_buckets(uuid); Type: FUNCTION; Schema: booking; Owner: booking_owner
+--
+
+CREATE FUNCTION booking.lock_buckets(p_inventory_id uuid) RETURNS void
+    LANGUAGE plpgsql
+    AS $$
+-- Locks all of an inventory's buckets, in bucket order (the one order every waiter uses).
+BEGIN
+    PERFORM FROM booking.inventory_buckets AS b
+    WHERE b.inventory_id = p_inventory_id
+    ORDER BY b.bucket_no
+    FOR UPDATE;
+END;
+$$;
+
+
+ALTER FUNCTION booking.lock_buckets(p_inventory_id uuid) OWNER TO booking_owner;
 
 --
 -- Name: make_offer(booking.waitlist_entries, booking.inventory); Type: FUNCTION; Schema: booking; Owner: booking_owner
@@ -3338,23 +3313,6 @@ $$;
 ALTER FUNCTION booking.make_offer(p_entry booking.waitlist_entries, p_inventory booking.inventory) OWNER TO booking_owner;
 
 --
--- Name: note_bucket_crossing(); Type: FUNCTION; Schema: booking; Owner: booking_owner
---
-
-CREATE FUNCTION booking.note_bucket_crossing() RETURNS trigger
-    LANGUAGE plpgsql SECURITY DEFINER
-    SET search_path TO 'pg_catalog', 'pg_temp'
-    AS $$
-BEGIN
-    PERFORM booking.note_cache_change(NEW.inventory_id, false);
-    RETURN NULL;
-END;
-$$;
-
-
-ALTER FUNCTION booking.note_bucket_crossing() OWNER TO booking_owner;
-
---
 -- Name: note_cache_change(uuid, boolean); Type: FUNCTION; Schema: booking; Owner: booking_owner
 --
 
@@ -3390,7 +3348,7 @@ CREATE FUNCTION booking.note_forced_change(p_inventory_id uuid) RETURNS void
 -- booking.cache_notes (no lock: taking the announced row or 'catalog' here, before the
 -- transaction's bucket locks, could deadlock).
 BEGIN
-    PERFORM booking.note_cache_change(p_inventory_id, true);
+    PERFORM booking.note_cache_change(p_inventory_id, p_force => true);
     INSERT INTO booking.cache_notes (inventory_id) VALUES (p_inventory_id);
 END;
 $$;
@@ -3399,21 +3357,24 @@ $$;
 ALTER FUNCTION booking.note_forced_change(p_inventory_id uuid) OWNER TO booking_owner;
 
 --
--- Name: note_inventory_change(); Type: FUNCTION; Schema: booking; Owner: booking_owner
+-- Name: note_row_change(); Type: FUNCTION; Schema: booking; Owner: booking_owner
 --
 
-CREATE FUNCTION booking.note_inventory_change() RETURNS trigger
+CREATE FUNCTION booking.note_row_change() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
+-- AFTER a row of an inventory changed: notes NEW.inventory_id (booking.note_cache_change),
+-- forced when the trigger's argument says so ('forced': a setting changed; 'crossing': a
+-- bucket's free count went to 0 or up from 0, which bumps only if the sold-out state moved).
 BEGIN
-    PERFORM booking.note_cache_change(NEW.inventory_id, true);
+    PERFORM booking.note_cache_change(NEW.inventory_id, p_force => TG_ARGV[0] = 'forced');
     RETURN NULL;
 END;
 $$;
 
 
-ALTER FUNCTION booking.note_inventory_change() OWNER TO booking_owner;
+ALTER FUNCTION booking.note_row_change() OWNER TO booking_owner;
 
 --
 -- Name: purge_ended_holds(interval, integer); Type: FUNCTION; Schema: booking; Owner: booking_owner
@@ -3837,53 +3798,6 @@ $$;
 ALTER PROCEDURE booking.sweep_holds_cron() OWNER TO booking_owner;
 
 --
--- Name: take_more_units(uuid, integer); Type: FUNCTION; Schema: booking; Owner: booking_owner
---
-
-CREATE FUNCTION booking.take_more_units(p_inventory_id uuid, p_units integer) RETURNS smallint
-    LANGUAGE plpgsql
-    AS $$
--- After a miss on idle buckets: wait for one bucket that has enough (one row, holding no
--- other bucket, so no deadlock; a stray lock from a failed recheck is released by the
--- subtransaction's rollback); else, unless sold out, the ordered slow path. Returns the
--- bucket the units came from (or the first of them); RB001 when there are not enough.
-DECLARE
-    v_pick smallint;
-    v_bucket smallint;
-    v_available int;
-BEGIN
-    BEGIN
-        SELECT c.bucket_no INTO v_pick
-        FROM booking.inventory_buckets AS c
-        WHERE c.inventory_id = p_inventory_id AND c.free >= p_units
-        ORDER BY random()
-        LIMIT 1;
-        UPDATE booking.inventory_buckets AS b
-        SET free = b.free - p_units
-        WHERE b.inventory_id = p_inventory_id AND b.bucket_no = v_pick AND b.free >= p_units
-        RETURNING b.bucket_no INTO v_bucket;
-        IF v_bucket IS NULL THEN
-            RAISE EXCEPTION USING ERRCODE = 'RB001';
-        END IF;
-        RETURN v_bucket;
-    EXCEPTION WHEN SQLSTATE 'RB001' THEN
-        NULL;
-    END;
-    -- Sold out as of this snapshot (dead holds counted as available): say so without
-    -- queueing behind other buyers' bucket locks.
-    SELECT a.available INTO v_available FROM api.availability(p_inventory_id) AS a;
-    IF v_available < p_units THEN
-        RAISE EXCEPTION 'not enough available: % requested, % available', p_units, v_available
-            USING ERRCODE = 'RB001';
-    END IF;
-    RETURN booking.take_units_slowly(p_inventory_id, p_units);
-END;
-$$;
-
-
-ALTER FUNCTION booking.take_more_units(p_inventory_id uuid, p_units integer) OWNER TO booking_owner;
-
---
 -- Name: take_units(uuid, integer, integer); Type: FUNCTION; Schema: booking; Owner: booking_owner
 --
 
@@ -3928,7 +3842,7 @@ BEGIN
     EXCEPTION WHEN SQLSTATE 'RB001' THEN
         NULL;
     END;
-    RETURN booking.take_more_units(p_inventory_id, p_units);
+    RETURN booking.take_units_waiting_on_one_bucket(p_inventory_id, p_units);
 END;
 $$;
 
@@ -3936,10 +3850,10 @@ $$;
 ALTER FUNCTION booking.take_units(p_inventory_id uuid, p_units integer, p_bucket_count integer) OWNER TO booking_owner;
 
 --
--- Name: take_units_slowly(uuid, integer); Type: FUNCTION; Schema: booking; Owner: booking_owner
+-- Name: take_units_locking_every_bucket(uuid, integer); Type: FUNCTION; Schema: booking; Owner: booking_owner
 --
 
-CREATE FUNCTION booking.take_units_slowly(p_inventory_id uuid, p_quantity integer) RETURNS smallint
+CREATE FUNCTION booking.take_units_locking_every_bucket(p_inventory_id uuid, p_quantity integer) RETURNS smallint
     LANGUAGE plpgsql
     AS $$
 -- When no single unlocked bucket has p_quantity free: lock every bucket (in order),
@@ -3981,7 +3895,54 @@ END;
 $$;
 
 
-ALTER FUNCTION booking.take_units_slowly(p_inventory_id uuid, p_quantity integer) OWNER TO booking_owner;
+ALTER FUNCTION booking.take_units_locking_every_bucket(p_inventory_id uuid, p_quantity integer) OWNER TO booking_owner;
+
+--
+-- Name: take_units_waiting_on_one_bucket(uuid, integer); Type: FUNCTION; Schema: booking; Owner: booking_owner
+--
+
+CREATE FUNCTION booking.take_units_waiting_on_one_bucket(p_inventory_id uuid, p_units integer) RETURNS smallint
+    LANGUAGE plpgsql
+    AS $$
+-- After a miss on idle buckets: wait for one bucket that has enough (one row, holding no
+-- other bucket, so no deadlock; a stray lock from a failed recheck is released by the
+-- subtransaction's rollback); else, unless sold out, the ordered slow path. Returns the
+-- bucket the units came from (or the first of them); RB001 when there are not enough.
+DECLARE
+    v_pick smallint;
+    v_bucket smallint;
+    v_available int;
+BEGIN
+    BEGIN
+        SELECT c.bucket_no INTO v_pick
+        FROM booking.inventory_buckets AS c
+        WHERE c.inventory_id = p_inventory_id AND c.free >= p_units
+        ORDER BY random()
+        LIMIT 1;
+        UPDATE booking.inventory_buckets AS b
+        SET free = b.free - p_units
+        WHERE b.inventory_id = p_inventory_id AND b.bucket_no = v_pick AND b.free >= p_units
+        RETURNING b.bucket_no INTO v_bucket;
+        IF v_bucket IS NULL THEN
+            RAISE EXCEPTION USING ERRCODE = 'RB001';
+        END IF;
+        RETURN v_bucket;
+    EXCEPTION WHEN SQLSTATE 'RB001' THEN
+        NULL;
+    END;
+    -- Sold out as of this snapshot (dead holds counted as available): say so without
+    -- queueing behind other buyers' bucket locks.
+    SELECT a.available INTO v_available FROM booking.availability(p_inventory_id) AS a;
+    IF v_available < p_units THEN
+        RAISE EXCEPTION 'not enough available: % requested, % available', p_units, v_available
+            USING ERRCODE = 'RB001';
+    END IF;
+    RETURN booking.take_units_locking_every_bucket(p_inventory_id, p_units);
+END;
+$$;
+
+
+ALTER FUNCTION booking.take_units_waiting_on_one_bucket(p_inventory_id uuid, p_units integer) OWNER TO booking_owner;
 
 --
 -- Name: units_returned(booking.bucket_return[]); Type: FUNCTION; Schema: booking; Owner: booking_owner
@@ -4165,6 +4126,62 @@ $$;
 ALTER FUNCTION core.error_fingerprint(p_source text, p_message text) OWNER TO booking_owner;
 
 --
+-- Name: log_error(text, text, text, text, jsonb, text); Type: FUNCTION; Schema: core; Owner: booking_owner
+--
+
+CREATE FUNCTION core.log_error(p_severity text, p_source text, p_message text, p_detail text DEFAULT NULL::text, p_context jsonb DEFAULT '{}'::jsonb, p_sqlstate text DEFAULT NULL::text) RETURNS bigint
+    LANGUAGE plpgsql
+    AS $_$
+-- What api.log_error does, for our own code (a Stripe event not applied, a reconciliation
+-- mismatch): internal functions never call api.* (docs/DESIGN.md, "Layers").
+DECLARE
+    v_fingerprint text;
+    v_error_id bigint;
+    v_correlation_id text := left(current_setting('app.correlation_id', true), 200);
+BEGIN
+    PERFORM core.require(p_severity, 'p_severity');
+    IF p_severity NOT IN ('debug', 'info', 'warning', 'error', 'critical') THEN
+        RAISE EXCEPTION 'p_severity must be debug, info, warning, error or critical, not %', left(p_severity, 20)
+            USING ERRCODE = '22023';
+    END IF;
+    PERFORM core.require_text(p_source, 'p_source', 100);
+    PERFORM core.require_text(p_message, 'p_message', 2000);
+    IF length(p_detail) > 10000 THEN
+        RAISE EXCEPTION 'p_detail is % characters long, at most 10000 are allowed', length(p_detail)
+            USING ERRCODE = '22001';
+    END IF;
+    PERFORM core.require(p_context, 'p_context');
+    IF jsonb_typeof(p_context) <> 'object' THEN
+        RAISE EXCEPTION 'p_context must be a JSON object' USING ERRCODE = '22023';
+    END IF;
+    IF p_sqlstate IS NOT NULL AND p_sqlstate !~ '^[0-9A-Z]{5}$' THEN
+        RAISE EXCEPTION 'p_sqlstate must be five characters [0-9A-Z]' USING ERRCODE = '22023';
+    END IF;
+    v_fingerprint := core.error_fingerprint(p_source, p_message);
+    INSERT INTO core.error_groups AS g (fingerprint, severity, source, message)
+    VALUES (v_fingerprint, p_severity, p_source, p_message)
+    ON CONFLICT (fingerprint) DO UPDATE
+        SET count = g.count + 1, last_seen = now(), resolved_at = NULL, resolved_by = NULL,
+            severity = CASE WHEN g.severity = 'critical' OR excluded.severity = 'critical' THEN 'critical'
+                            ELSE excluded.severity END;
+    INSERT INTO core.errors (fingerprint, severity, source, message, detail, context, sqlstate, correlation_id)
+    VALUES (v_fingerprint, p_severity, p_source, p_message, p_detail, p_context, p_sqlstate, v_correlation_id)
+    RETURNING error_id INTO v_error_id;
+    IF p_severity = 'critical' THEN
+        -- One alert per group per 10 minutes at most; the worker posts it to ALERT_WEBHOOK_URL.
+        PERFORM jobs.enqueue('alert.notify', jsonb_build_object(
+            'error_id', v_error_id, 'fingerprint', v_fingerprint, 'severity', p_severity, 'source', p_source,
+            'message', p_message, 'correlation_id', v_correlation_id),
+            'alert.notify:' || v_fingerprint || ':' || (extract(EPOCH FROM now())::bigint / 600));
+    END IF;
+    RETURN v_error_id;
+END;
+$_$;
+
+
+ALTER FUNCTION core.log_error(p_severity text, p_source text, p_message text, p_detail text, p_context jsonb, p_sqlstate text) OWNER TO booking_owner;
+
+--
 -- Name: prune_cron_history(); Type: FUNCTION; Schema: core; Owner: booking_owner
 --
 
@@ -4272,30 +4289,25 @@ ALTER FUNCTION core.require(p_value anyelement, p_name text) OWNER TO booking_ow
 --
 
 CREATE FUNCTION core.require_interval(p_value interval, p_name text, p_min interval, p_max interval) RETURNS void
-    LANGUAGE plpgsql IMMUTABLE
+    LANGUAGE sql IMMUTABLE
     AS $$
--- 22004 NULL, 22023 outside [p_min, p_max].
-BEGIN
-    IF p_value IS NULL THEN
-        RAISE EXCEPTION '% must not be NULL', p_name USING ERRCODE = '22004';
-    END IF;
-    IF p_value < p_min OR p_value > p_max THEN
-        RAISE EXCEPTION '% must be between % and %, got %', p_name, p_min, p_max, p_value USING ERRCODE = '22023';
-    END IF;
-END;
+    -- core.require_range for intervals. Its callers keep this name: jobs.sql is applied
+    -- before this file, so moving them would leave api.claim_jobs calling an interval range
+    -- check that does not exist yet while a database is being upgraded.
+    SELECT core.require_range(p_value, p_name, p_min, p_max);
 $$;
 
 
 ALTER FUNCTION core.require_interval(p_value interval, p_name text, p_min interval, p_max interval) OWNER TO booking_owner;
 
 --
--- Name: require_range(bigint, text, bigint, bigint); Type: FUNCTION; Schema: core; Owner: booking_owner
+-- Name: require_range(anycompatible, text, anycompatible, anycompatible); Type: FUNCTION; Schema: core; Owner: booking_owner
 --
 
-CREATE FUNCTION core.require_range(p_value bigint, p_name text, p_min bigint, p_max bigint) RETURNS void
+CREATE FUNCTION core.require_range(p_value anycompatible, p_name text, p_min anycompatible, p_max anycompatible) RETURNS void
     LANGUAGE plpgsql IMMUTABLE
     AS $$
--- 22004 NULL, 22023 outside [p_min, p_max].
+-- 22004 NULL, 22023 outside [p_min, p_max] (numbers or intervals: their common type).
 BEGIN
     IF p_value IS NULL THEN
         RAISE EXCEPTION '% must not be NULL', p_name USING ERRCODE = '22004';
@@ -4307,7 +4319,7 @@ END;
 $$;
 
 
-ALTER FUNCTION core.require_range(p_value bigint, p_name text, p_min bigint, p_max bigint) OWNER TO booking_owner;
+ALTER FUNCTION core.require_range(p_value anycompatible, p_name text, p_min anycompatible, p_max anycompatible) OWNER TO booking_owner;
 
 --
 -- Name: require_text(text, text, integer); Type: FUNCTION; Schema: core; Owner: booking_owner
@@ -4899,7 +4911,7 @@ BEGIN
     IF NOT FOUND THEN
         RAISE EXCEPTION 'no stored Stripe event %', p_event_id USING ERRCODE = 'RB005';
     END IF;
-    RETURN stripe.apply_event(p_event_id);
+    RETURN stripe.reapply_stored_event(p_event_id);
 END;
 $$;
 
@@ -4982,38 +4994,52 @@ COMMENT ON FUNCTION ops.retry_job(p_job_id uuid) IS 'Makes a dead or failed job 
 
 
 --
--- Name: apply_event(text); Type: FUNCTION; Schema: stripe; Owner: booking_owner
+-- Name: after_attempt(text, integer); Type: FUNCTION; Schema: stripe; Owner: booking_owner
 --
 
-CREATE FUNCTION stripe.apply_event(p_event_id text) RETURNS text
+CREATE FUNCTION stripe.after_attempt(p_outcome text, p_attempts integer) RETURNS TABLE(status text, processed_at timestamp with time zone, next_attempt_at timestamp with time zone, last_error text)
+    LANGUAGE sql
+    AS $$
+    -- The one rule for an event's row after its p_attempts-th attempt came out as p_outcome
+    -- (processed, ignored, deferred or failed): a deferred or failed event is retried with
+    -- capped exponential backoff (stripe.retry_delay), dead after stripe.attempts_max()
+    -- attempts. last_error is the deferral's reason; a failure brings its own error.
+    SELECT
+        CASE WHEN p_outcome IN ('deferred', 'failed') AND p_attempts >= stripe.attempts_max() THEN 'dead'
+             ELSE p_outcome END,
+        CASE WHEN p_outcome IN ('processed', 'ignored') THEN clock_timestamp() END,
+        CASE WHEN p_outcome IN ('deferred', 'failed') AND p_attempts < stripe.attempts_max()
+             THEN now() + stripe.retry_delay(p_attempts) END,
+        CASE WHEN p_outcome = 'deferred' THEN 'waiting for the payment it depends on' END;
+$$;
+
+
+ALTER FUNCTION stripe.after_attempt(p_outcome text, p_attempts integer) OWNER TO booking_owner;
+
+--
+-- Name: apply_payload(jsonb); Type: FUNCTION; Schema: stripe; Owner: booking_owner
+--
+
+CREATE FUNCTION stripe.apply_payload(p_event jsonb) RETURNS text
     LANGUAGE plpgsql
     AS $$
--- Applies one stored, row-locked event again and records the outcome on its row; a
--- deferred one is retried with backoff, dead after stripe.attempts_max() attempts.
+-- Applies an event (stored or about to be): processed, ignored (not applicable, or another
+-- mode or account than stripe.config), or deferred (it depends on something not booked yet).
 DECLARE
-    v_outcome text;
+    v_config stripe.config;
 BEGIN
-    v_outcome := stripe.outcome_of((SELECT e.payload FROM stripe.events AS e WHERE e.event_id = p_event_id));
-    UPDATE stripe.events
-    SET status = CASE
-            WHEN v_outcome = 'deferred' AND attempts + 1 >= stripe.attempts_max() THEN 'dead'
-            ELSE v_outcome
-        END,
-        attempts = attempts + 1,
-        processed_at = CASE WHEN v_outcome = 'deferred' THEN NULL ELSE clock_timestamp() END,
-        next_attempt_at = CASE
-            WHEN v_outcome = 'deferred' AND attempts + 1 < stripe.attempts_max()
-                THEN now() + stripe.retry_delay(attempts + 1)
-        END,
-        last_error = CASE WHEN v_outcome = 'deferred' THEN 'waiting for the payment it depends on' END,
-        last_sqlstate = NULL
-    WHERE event_id = p_event_id;
-    RETURN v_outcome;
+    SELECT * INTO v_config FROM stripe.config;
+    IF stripe.livemode(p_event) IS DISTINCT FROM v_config.livemode
+        OR (v_config.account_id IS NOT NULL AND p_event ->> 'account' IS NOT NULL
+            AND p_event ->> 'account' <> v_config.account_id) THEN
+        RETURN 'ignored';
+    END IF;
+    RETURN stripe.dispatch(p_event ->> 'id', p_event ->> 'type', p_event #> '{data,object}');
 END;
 $$;
 
 
-ALTER FUNCTION stripe.apply_event(p_event_id text) OWNER TO booking_owner;
+ALTER FUNCTION stripe.apply_payload(p_event jsonb) OWNER TO booking_owner;
 
 --
 -- Name: attempts_max(); Type: FUNCTION; Schema: stripe; Owner: booking_owner
@@ -5129,10 +5155,10 @@ BEGIN
             stripe.money_currency('a payment', p_object -> 'currency', 'RW001')
         );
     ELSIF p_type IN ('payment_intent.payment_failed', 'checkout.session.async_payment_failed') THEN
-        PERFORM booking.apply_event(v_booking.booking_id, 'payment_failed', p_event_id, NULL, true);
+        PERFORM booking.apply_event(v_booking.booking_id, 'payment_failed', p_event_id, p_if_allowed => true);
         RETURN 'processed';
     ELSIF p_type IN ('payment_intent.canceled', 'checkout.session.expired') THEN
-        PERFORM booking.apply_event(v_booking.booking_id, 'payment_canceled', p_event_id, NULL, true);
+        PERFORM booking.apply_event(v_booking.booking_id, 'payment_canceled', p_event_id, p_if_allowed => true);
         RETURN 'processed';
     END IF;
     RETURN 'ignored';  -- a checkout session completed but not paid yet (async methods)
@@ -5141,23 +5167,6 @@ $$;
 
 
 ALTER FUNCTION stripe.dispatch(p_event_id text, p_type text, p_object jsonb) OWNER TO booking_owner;
-
---
--- Name: enqueue_refund(uuid, text, text); Type: FUNCTION; Schema: stripe; Owner: booking_owner
---
-
-CREATE FUNCTION stripe.enqueue_refund(p_booking_id uuid, p_payment_intent_id text, p_reason text) RETURNS uuid
-    LANGUAGE sql
-    AS $$
-    -- One stripe.refund job per PaymentIntent, ever: two jobs refunding the same payment at
-    -- once could both see it unrefunded and refund it twice.
-    SELECT jobs.enqueue('stripe.refund',
-        jsonb_build_object('booking_id', p_booking_id, 'payment_intent_id', p_payment_intent_id, 'reason', p_reason),
-        'stripe.refund:' || p_payment_intent_id);
-$$;
-
-
-ALTER FUNCTION stripe.enqueue_refund(p_booking_id uuid, p_payment_intent_id text, p_reason text) OWNER TO booking_owner;
 
 --
 -- Name: ingest(jsonb); Type: FUNCTION; Schema: stripe; Owner: booking_owner
@@ -5179,23 +5188,19 @@ BEGIN
     IF FOUND THEN
         -- A redelivery of an event that failed or waits is a retry: apply it now.
         IF v_status IN ('failed', 'deferred', 'dead') THEN
-            RETURN stripe.apply_event(v_event_id);
+            RETURN stripe.reapply_stored_event(v_event_id);
         END IF;
         RETURN 'duplicate';
     END IF;
     -- New: apply first, then store it once with its outcome (one write of the row).
-    v_outcome := stripe.outcome_of(p_event);
+    v_outcome := stripe.apply_payload(p_event);
     INSERT INTO stripe.events (
         event_id, type, livemode, payload, status, attempts, processed_at, next_attempt_at, last_error,
         correlation_id
     )
-    VALUES (
-        v_event_id, p_event ->> 'type', stripe.livemode(p_event), p_event, v_outcome, 1,
-        CASE WHEN v_outcome <> 'deferred' THEN clock_timestamp() END,
-        CASE WHEN v_outcome = 'deferred' THEN now() + stripe.retry_delay(1) END,
-        CASE WHEN v_outcome = 'deferred' THEN 'waiting for the payment it depends on' END,
-        left(current_setting('app.correlation_id', true), 200)
-    );
+    SELECT v_event_id, p_event ->> 'type', stripe.livemode(p_event), p_event, a.status, 1,
+           a.processed_at, a.next_attempt_at, a.last_error, left(current_setting('app.correlation_id', true), 200)
+    FROM stripe.after_attempt(v_outcome, 1) AS a;
     RETURN v_outcome;
 END;
 $$;
@@ -5397,7 +5402,7 @@ BEGIN
             RETURN v_refused;
         END IF;
         PERFORM ledger.post_dispute(v_booking_id, v_id, v_pi, v_amount, v_currency, p_event_id);
-        PERFORM booking.apply_event(v_booking_id, 'dispute_opened', p_event_id, NULL, true);
+        PERFORM booking.apply_event(v_booking_id, 'dispute_opened', p_event_id, p_if_allowed => true);
         RETURN 'processed';
     END IF;
     IF NOT EXISTS (SELECT FROM ledger.transactions AS t WHERE t.kind = 'dispute' AND t.stripe_object_id = v_id) THEN
@@ -5409,9 +5414,9 @@ BEGIN
             RETURN v_refused;
         END IF;
         PERFORM ledger.post_dispute_reversal(v_booking_id, v_id, v_pi, v_amount, v_currency, p_event_id);
-        PERFORM booking.apply_event(v_booking_id, 'dispute_won', p_event_id, NULL, true);
+        PERFORM booking.apply_event(v_booking_id, 'dispute_won', p_event_id, p_if_allowed => true);
     ELSIF p_dispute ->> 'status' = 'lost' THEN
-        PERFORM booking.apply_event(v_booking_id, 'dispute_lost', p_event_id, NULL, true);
+        PERFORM booking.apply_event(v_booking_id, 'dispute_lost', p_event_id, p_if_allowed => true);
     ELSE
         RETURN 'ignored';
     END IF;
@@ -5441,9 +5446,8 @@ BEGIN
     SELECT
         EXISTS (SELECT FROM ledger.transactions AS t WHERE t.kind = 'charge' AND t.stripe_object_id = p_payment_intent_id),
         EXISTS (
-            SELECT FROM ledger.transactions AS t
-            JOIN ledger.lines AS l ON l.txn_id = t.txn_id
-            WHERE t.kind = 'charge' AND t.booking_id = v_booking_id AND l.account = 'booking_revenue'
+            SELECT FROM ledger.payment_totals AS p
+            WHERE p.booking_id = v_booking_id AND p.paid > 0 AND NOT p.unallocated
         )
     INTO v_booked, v_paid;
     IF v_booked THEN
@@ -5462,21 +5466,27 @@ BEGIN
     END IF;
     IF v_paid THEN
         -- Paid twice (two PaymentIntents): the second payment goes back.
-        PERFORM ledger.post_charge(v_booking_id, p_payment_intent_id, p_amount, p_currency, true, p_event_id);
-        PERFORM stripe.enqueue_refund(v_booking_id, p_payment_intent_id, 'duplicate_payment');
+        PERFORM ledger.post_charge(v_booking_id, p_payment_intent_id, p_amount, p_currency, p_unallocated => true,
+                                   p_stripe_event_id => p_event_id);
+        PERFORM booking.enqueue_refund(v_booking_id, p_payment_intent_id, 'duplicate_payment');
         RETURN 'processed';
     END IF;
     IF p_booking.status IN ('pending_payment', 'payment_failed', 'expired')
         AND booking.reserve_for_late_payment(v_booking_id) THEN
-        PERFORM ledger.post_charge(v_booking_id, p_payment_intent_id, p_amount, p_currency, false, p_event_id);
+        PERFORM ledger.post_charge(v_booking_id, p_payment_intent_id, p_amount, p_currency, p_unallocated => false,
+                                   p_stripe_event_id => p_event_id);
         PERFORM booking.apply_event(v_booking_id, 'payment_succeeded', p_event_id);
         RETURN 'processed';
     END IF;
     -- No units for it (or the booking was cancelled): keep the money apart, send it back.
-    PERFORM ledger.post_charge(v_booking_id, p_payment_intent_id, p_amount, p_currency, true, p_event_id);
-    -- Entering refund_pending enqueues the refunds itself; in any other case this one goes back.
-    PERFORM booking.apply_event(v_booking_id, 'payment_succeeded_without_capacity', p_event_id, NULL, true);
-    PERFORM stripe.enqueue_refund(v_booking_id, p_payment_intent_id, 'unallocated_payment');
+    PERFORM ledger.post_charge(v_booking_id, p_payment_intent_id, p_amount, p_currency, p_unallocated => true,
+                                   p_stripe_event_id => p_event_id);
+    -- Entering refund_pending enqueues the refund of every payment the booking received
+    -- (booking.after_booking_change); in any other case this one is sent back from here.
+    IF booking.apply_event(v_booking_id, 'payment_succeeded_without_capacity', p_event_id, p_if_allowed => true)
+        IS DISTINCT FROM 'refund_pending' OR p_booking.status = 'refund_pending' THEN
+        PERFORM booking.enqueue_refund(v_booking_id, p_payment_intent_id, 'unallocated_payment');
+    END IF;
     RETURN 'processed';
 END;
 $$;
@@ -5531,21 +5541,18 @@ BEGIN
         RETURN 'processed';
     END IF;
     -- Compare what went back with what came in on the same side (allocated or not).
-    SELECT
-        coalesce(sum(t.amount) FILTER (WHERE t.kind = 'charge'), 0)::bigint,
-        coalesce(sum(t.amount) FILTER (WHERE t.kind = 'refund'), 0)::bigint
+    SELECT coalesce(sum(p.paid), 0)::bigint, coalesce(sum(p.refunded), 0)::bigint
     INTO v_charged, v_refunded
-    FROM ledger.transactions AS t
-    WHERE t.booking_id = v_booking_id AND t.kind IN ('charge', 'refund')
-      AND coalesce(ledger.charge_is_unallocated(t.payment_intent_id), false) = v_unallocated;
+    FROM ledger.payment_totals AS p
+    WHERE p.booking_id = v_booking_id AND coalesce(p.unallocated, false) = v_unallocated;
     IF v_unallocated THEN
         -- Money no booking kept: it only decides the state of a booking waiting for it to go back.
         IF v_refunded >= v_charged AND v_booking.status = 'refund_pending' THEN
-            PERFORM booking.apply_event(v_booking_id, 'full_refund', p_event_id, NULL, true);
+            PERFORM booking.apply_event(v_booking_id, 'full_refund', p_event_id, p_if_allowed => true);
         END IF;
     ELSE
         PERFORM booking.apply_event(
-            v_booking_id, CASE WHEN v_refunded >= v_charged THEN 'full_refund' ELSE 'partial_refund' END, p_event_id, NULL, true);
+            v_booking_id, CASE WHEN v_refunded >= v_charged THEN 'full_refund' ELSE 'partial_refund' END, p_event_id, p_if_allowed => true);
     END IF;
     RETURN 'processed';
 END;
@@ -5555,29 +5562,72 @@ $$;
 ALTER FUNCTION stripe.on_refund(p_event_id text, p_refund jsonb) OWNER TO booking_owner;
 
 --
--- Name: outcome_of(jsonb); Type: FUNCTION; Schema: stripe; Owner: booking_owner
+-- Name: reapply_stored_event(text); Type: FUNCTION; Schema: stripe; Owner: booking_owner
 --
 
-CREATE FUNCTION stripe.outcome_of(p_event jsonb) RETURNS text
+CREATE FUNCTION stripe.reapply_stored_event(p_event_id text) RETURNS text
     LANGUAGE plpgsql
     AS $$
--- Applies an event (stored or about to be): processed, ignored (not applicable, or another
--- mode or account than stripe.config), or deferred (it depends on something not booked yet).
+-- Applies one stored, row-locked event again and records the outcome on its row; a
+-- deferred one is retried with backoff, dead after stripe.attempts_max() attempts.
 DECLARE
-    v_config stripe.config;
+    v_outcome text;
 BEGIN
-    SELECT * INTO v_config FROM stripe.config;
-    IF stripe.livemode(p_event) IS DISTINCT FROM v_config.livemode
-        OR (v_config.account_id IS NOT NULL AND p_event ->> 'account' IS NOT NULL
-            AND p_event ->> 'account' <> v_config.account_id) THEN
-        RETURN 'ignored';
-    END IF;
-    RETURN stripe.dispatch(p_event ->> 'id', p_event ->> 'type', p_event #> '{data,object}');
+    v_outcome := stripe.apply_payload((SELECT e.payload FROM stripe.events AS e WHERE e.event_id = p_event_id));
+    UPDATE stripe.events AS e
+    SET (status, processed_at, next_attempt_at, last_error) = (
+            SELECT a.status, a.processed_at, a.next_attempt_at, a.last_error
+            FROM stripe.after_attempt(v_outcome, e.attempts + 1) AS a
+        ),
+        attempts = e.attempts + 1,
+        last_sqlstate = NULL
+    WHERE e.event_id = p_event_id;
+    RETURN v_outcome;
 END;
 $$;
 
 
-ALTER FUNCTION stripe.outcome_of(p_event jsonb) OWNER TO booking_owner;
+ALTER FUNCTION stripe.reapply_stored_event(p_event_id text) OWNER TO booking_owner;
+
+--
+-- Name: record_failure(jsonb, text, text); Type: FUNCTION; Schema: stripe; Owner: booking_owner
+--
+
+CREATE FUNCTION stripe.record_failure(p_event jsonb, p_sqlstate text, p_message text) RETURNS void
+    LANGUAGE plpgsql
+    AS $_$
+-- A failed attempt at an event (the shim's delivery, or the retry job's), kept with its
+-- payload and error, retried as stripe.after_attempt says.
+DECLARE
+    v_event_id text := p_event ->> 'id';
+BEGIN
+    PERFORM stripe.check_event(p_event);
+    IF p_sqlstate IS NOT NULL AND p_sqlstate !~ '^[0-9A-Z]{5}$' THEN
+        RAISE EXCEPTION 'p_sqlstate must be five characters [0-9A-Z], got %', left(p_sqlstate, 20)
+            USING ERRCODE = '22023';
+    END IF;
+    INSERT INTO stripe.events AS e (
+        event_id, type, livemode, payload, status, attempts, last_error, last_sqlstate,
+        next_attempt_at, correlation_id
+    )
+    SELECT v_event_id, p_event ->> 'type', stripe.livemode(p_event), p_event, a.status, 1,
+           left(coalesce(p_message, 'unknown error'), 2000), p_sqlstate, a.next_attempt_at,
+           left(current_setting('app.correlation_id', true), 200)
+    FROM stripe.after_attempt('failed', 1) AS a
+    ON CONFLICT (event_id) DO UPDATE
+        SET (status, next_attempt_at) = (
+                SELECT a.status, a.next_attempt_at FROM stripe.after_attempt('failed', e.attempts + 1) AS a
+            ),
+            attempts = e.attempts + 1,
+            last_error = excluded.last_error,
+            last_sqlstate = excluded.last_sqlstate
+        -- A delivery that succeeded meanwhile wins over this failure.
+        WHERE e.status NOT IN ('processed', 'ignored');
+END;
+$_$;
+
+
+ALTER FUNCTION stripe.record_failure(p_event jsonb, p_sqlstate text, p_message text) OWNER TO booking_owner;
 
 --
 -- Name: refuse_foreign_currency(text, text, text, bigint, text, booking.bookings); Type: FUNCTION; Schema: stripe; Owner: booking_owner
@@ -5595,7 +5645,7 @@ CREATE FUNCTION stripe.refuse_foreign_currency(p_event_id text, p_kind text, p_o
 -- booking is unchanged, and a critical error (with its alert) tells on-call to settle it
 -- by hand in Stripe. Returns 'ignored'.
 BEGIN
-    PERFORM api.log_error(
+    PERFORM core.log_error(
         'critical', 'stripe.' || p_kind,
         pg_catalog.format('Stripe %s "%s" is in %s but its booking is in %s: not applied; settle it in Stripe',
                           p_kind, p_object_id, p_currency, p_booking.currency),
@@ -5632,7 +5682,7 @@ BEGIN
         IS NOT DISTINCT FROM (p_amount, p_currency, p_booking.booking_id) THEN
         RETURN NULL;
     END IF;
-    PERFORM api.log_error(
+    PERFORM core.log_error(
         'critical', 'stripe.' || p_kind,
         pg_catalog.format('Stripe %s "%s" was booked as %s %s and is now announced as %s %s: not applied',
                           p_kind, p_object_id, v_posted.amount, v_posted.currency, p_amount, p_currency),
@@ -5687,11 +5737,11 @@ BEGIN
         FOR UPDATE SKIP LOCKED
     LOOP
         BEGIN
-            v_outcome := stripe.apply_event(v_id);
+            v_outcome := stripe.reapply_stored_event(v_id);
         EXCEPTION WHEN OTHERS THEN
             GET STACKED DIAGNOSTICS v_sqlstate = RETURNED_SQLSTATE, v_message = MESSAGE_TEXT;
             -- The same record of a failed attempt as the shim makes after a failed delivery.
-            PERFORM api.record_stripe_event_failure(
+            PERFORM stripe.record_failure(
                 (SELECT e.payload FROM stripe.events AS e WHERE e.event_id = v_id), v_sqlstate, v_message);
             v_outcome := 'failed';
         END;
@@ -6137,6 +6187,31 @@ CREATE TABLE ledger.transactions (
 ALTER TABLE ledger.transactions OWNER TO booking_owner;
 
 --
+-- Name: payment_totals; Type: VIEW; Schema: ledger; Owner: booking_owner
+--
+
+CREATE VIEW ledger.payment_totals AS
+ SELECT t.booking_id,
+    t.payment_intent_id,
+    t.currency,
+    (COALESCE(sum((t.amount)::bigint) FILTER (WHERE ((t.kind)::text = 'charge'::text)), (0)::numeric))::bigint AS paid,
+    (COALESCE(sum((t.amount)::bigint) FILTER (WHERE ((t.kind)::text = 'refund'::text)), (0)::numeric))::bigint AS refunded,
+    ((COALESCE(sum((t.amount)::bigint) FILTER (WHERE ((t.kind)::text = 'dispute'::text)), (0)::numeric) - COALESCE(sum((t.amount)::bigint) FILTER (WHERE ((t.kind)::text = 'dispute_reversal'::text)), (0)::numeric)))::bigint AS disputed,
+    ledger.charge_is_unallocated(t.payment_intent_id) AS unallocated
+   FROM ledger.transactions t
+  GROUP BY t.booking_id, t.payment_intent_id, t.currency;
+
+
+ALTER TABLE ledger.payment_totals OWNER TO booking_owner;
+
+--
+-- Name: VIEW payment_totals; Type: COMMENT; Schema: ledger; Owner: booking_owner
+--
+
+COMMENT ON VIEW ledger.payment_totals IS 'Per booking and PaymentIntent: paid (charged), refunded, disputed (open or lost), and whether the charge is money no booking keeps (unallocated; NULL before the charge is booked).';
+
+
+--
 -- Name: transactions_txn_id_seq; Type: SEQUENCE; Schema: ledger; Owner: booking_owner
 --
 
@@ -6207,15 +6282,15 @@ COMMENT ON VIEW ops.booking_history IS 'Every status change of every booking, wi
 --
 
 CREATE VIEW ops.booking_ledger AS
- SELECT transactions.booking_id,
-    transactions.currency,
-    (COALESCE(sum((transactions.amount)::bigint) FILTER (WHERE ((transactions.kind)::text = 'charge'::text)), (0)::numeric))::bigint AS paid,
-    (COALESCE(sum((transactions.amount)::bigint) FILTER (WHERE ((transactions.kind)::text = 'refund'::text)), (0)::numeric))::bigint AS refunded,
-    ((COALESCE(sum((transactions.amount)::bigint) FILTER (WHERE ((transactions.kind)::text = 'dispute'::text)), (0)::numeric) - COALESCE(sum((transactions.amount)::bigint) FILTER (WHERE ((transactions.kind)::text = 'dispute_reversal'::text)), (0)::numeric)))::bigint AS disputed,
-    ((COALESCE(sum((transactions.amount)::bigint) FILTER (WHERE ((transactions.kind)::text = ANY (ARRAY['charge'::text, 'dispute_reversal'::text]))), (0)::numeric) - COALESCE(sum((transactions.amount)::bigint) FILTER (WHERE ((transactions.kind)::text = ANY (ARRAY['refund'::text, 'dispute'::text]))), (0)::numeric)))::bigint AS net
-   FROM ledger.transactions
-  WHERE (transactions.booking_id IS NOT NULL)
-  GROUP BY transactions.booking_id, transactions.currency;
+ SELECT payment_totals.booking_id,
+    payment_totals.currency,
+    (sum(payment_totals.paid))::bigint AS paid,
+    (sum(payment_totals.refunded))::bigint AS refunded,
+    (sum(payment_totals.disputed))::bigint AS disputed,
+    (sum(((payment_totals.paid - payment_totals.refunded) - payment_totals.disputed)))::bigint AS net
+   FROM ledger.payment_totals
+  WHERE (payment_totals.booking_id IS NOT NULL)
+  GROUP BY payment_totals.booking_id, payment_totals.currency;
 
 
 ALTER TABLE ops.booking_ledger OWNER TO booking_owner;
@@ -7537,7 +7612,7 @@ CREATE CONSTRAINT TRIGGER buckets_announce_at_commit AFTER UPDATE OF free ON boo
 -- Name: inventory_buckets buckets_note_crossing; Type: TRIGGER; Schema: booking; Owner: booking_owner
 --
 
-CREATE TRIGGER buckets_note_crossing AFTER UPDATE OF free ON booking.inventory_buckets FOR EACH ROW WHEN ((((old.free)::integer = 0) <> ((new.free)::integer = 0))) EXECUTE FUNCTION booking.note_bucket_crossing();
+CREATE TRIGGER buckets_note_crossing AFTER UPDATE OF free ON booking.inventory_buckets FOR EACH ROW WHEN ((((old.free)::integer = 0) <> ((new.free)::integer = 0))) EXECUTE FUNCTION booking.note_row_change('crossing');
 
 
 --
@@ -7558,7 +7633,7 @@ CREATE CONSTRAINT TRIGGER inventory_announce_at_commit AFTER INSERT OR UPDATE ON
 -- Name: inventory inventory_note_change; Type: TRIGGER; Schema: booking; Owner: booking_owner
 --
 
-CREATE TRIGGER inventory_note_change AFTER INSERT OR UPDATE ON booking.inventory FOR EACH ROW EXECUTE FUNCTION booking.note_inventory_change();
+CREATE TRIGGER inventory_note_change AFTER INSERT OR UPDATE ON booking.inventory FOR EACH ROW EXECUTE FUNCTION booking.note_row_change('forced');
 
 
 --
@@ -8094,6 +8169,13 @@ REVOKE ALL ON FUNCTION booking.apply_event(p_booking_id uuid, p_event text, p_st
 
 
 --
+-- Name: FUNCTION availability(p_inventory_id uuid); Type: ACL; Schema: booking; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION booking.availability(p_inventory_id uuid) FROM PUBLIC;
+
+
+--
 -- Name: FUNCTION available_units(p_free bigint, p_dead_units bigint, p_owed integer, p_waits boolean); Type: ACL; Schema: booking; Owner: booking_owner
 --
 
@@ -8150,6 +8232,13 @@ REVOKE ALL ON FUNCTION booking.end_holds(p_hold_ids uuid[], p_status text) FROM 
 
 
 --
+-- Name: FUNCTION enqueue_refund(p_booking_id uuid, p_payment_intent_id text, p_reason text); Type: ACL; Schema: booking; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION booking.enqueue_refund(p_booking_id uuid, p_payment_intent_id text, p_reason text) FROM PUBLIC;
+
+
+--
 -- Name: FUNCTION entry_state(p_entry booking.waitlist_entries); Type: ACL; Schema: booking; Owner: booking_owner
 --
 
@@ -8192,6 +8281,13 @@ REVOKE ALL ON FUNCTION booking.idle_bucket(p_inventory_id uuid) FROM PUBLIC;
 
 
 --
+-- Name: FUNCTION inventory_for_request(p_inventory_id uuid, p_quantity integer, p_holder text, p_key text, p_key_name text); Type: ACL; Schema: booking; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION booking.inventory_for_request(p_inventory_id uuid, p_quantity integer, p_holder text, p_key text, p_key_name text) FROM PUBLIC;
+
+
+--
 -- Name: FUNCTION lock_buckets(p_inventory_id uuid); Type: ACL; Schema: booking; Owner: booking_owner
 --
 
@@ -8203,13 +8299,6 @@ REVOKE ALL ON FUNCTION booking.lock_buckets(p_inventory_id uuid) FROM PUBLIC;
 --
 
 REVOKE ALL ON FUNCTION booking.make_offer(p_entry booking.waitlist_entries, p_inventory booking.inventory) FROM PUBLIC;
-
-
---
--- Name: FUNCTION note_bucket_crossing(); Type: ACL; Schema: booking; Owner: booking_owner
---
-
-REVOKE ALL ON FUNCTION booking.note_bucket_crossing() FROM PUBLIC;
 
 
 --
@@ -8227,10 +8316,10 @@ REVOKE ALL ON FUNCTION booking.note_forced_change(p_inventory_id uuid) FROM PUBL
 
 
 --
--- Name: FUNCTION note_inventory_change(); Type: ACL; Schema: booking; Owner: booking_owner
+-- Name: FUNCTION note_row_change(); Type: ACL; Schema: booking; Owner: booking_owner
 --
 
-REVOKE ALL ON FUNCTION booking.note_inventory_change() FROM PUBLIC;
+REVOKE ALL ON FUNCTION booking.note_row_change() FROM PUBLIC;
 
 
 --
@@ -8311,13 +8400,6 @@ REVOKE ALL ON PROCEDURE booking.sweep_holds_cron() FROM PUBLIC;
 
 
 --
--- Name: FUNCTION take_more_units(p_inventory_id uuid, p_units integer); Type: ACL; Schema: booking; Owner: booking_owner
---
-
-REVOKE ALL ON FUNCTION booking.take_more_units(p_inventory_id uuid, p_units integer) FROM PUBLIC;
-
-
---
 -- Name: FUNCTION take_units(p_inventory_id uuid, p_units integer, p_bucket_count integer); Type: ACL; Schema: booking; Owner: booking_owner
 --
 
@@ -8325,10 +8407,17 @@ REVOKE ALL ON FUNCTION booking.take_units(p_inventory_id uuid, p_units integer, 
 
 
 --
--- Name: FUNCTION take_units_slowly(p_inventory_id uuid, p_quantity integer); Type: ACL; Schema: booking; Owner: booking_owner
+-- Name: FUNCTION take_units_locking_every_bucket(p_inventory_id uuid, p_quantity integer); Type: ACL; Schema: booking; Owner: booking_owner
 --
 
-REVOKE ALL ON FUNCTION booking.take_units_slowly(p_inventory_id uuid, p_quantity integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION booking.take_units_locking_every_bucket(p_inventory_id uuid, p_quantity integer) FROM PUBLIC;
+
+
+--
+-- Name: FUNCTION take_units_waiting_on_one_bucket(p_inventory_id uuid, p_units integer); Type: ACL; Schema: booking; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION booking.take_units_waiting_on_one_bucket(p_inventory_id uuid, p_units integer) FROM PUBLIC;
 
 
 --
@@ -8388,6 +8477,13 @@ REVOKE ALL ON FUNCTION core.error_fingerprint(p_source text, p_message text) FRO
 
 
 --
+-- Name: FUNCTION log_error(p_severity text, p_source text, p_message text, p_detail text, p_context jsonb, p_sqlstate text); Type: ACL; Schema: core; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION core.log_error(p_severity text, p_source text, p_message text, p_detail text, p_context jsonb, p_sqlstate text) FROM PUBLIC;
+
+
+--
 -- Name: FUNCTION prune_cron_history(); Type: ACL; Schema: core; Owner: booking_owner
 --
 
@@ -8423,10 +8519,10 @@ REVOKE ALL ON FUNCTION core.require_interval(p_value interval, p_name text, p_mi
 
 
 --
--- Name: FUNCTION require_range(p_value bigint, p_name text, p_min bigint, p_max bigint); Type: ACL; Schema: core; Owner: booking_owner
+-- Name: FUNCTION require_range(p_value anycompatible, p_name text, p_min anycompatible, p_max anycompatible); Type: ACL; Schema: core; Owner: booking_owner
 --
 
-REVOKE ALL ON FUNCTION core.require_range(p_value bigint, p_name text, p_min bigint, p_max bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION core.require_range(p_value anycompatible, p_name text, p_min anycompatible, p_max anycompatible) FROM PUBLIC;
 
 
 --
@@ -8589,10 +8685,17 @@ GRANT ALL ON FUNCTION ops.retry_job(p_job_id uuid) TO booking_ops;
 
 
 --
--- Name: FUNCTION apply_event(p_event_id text); Type: ACL; Schema: stripe; Owner: booking_owner
+-- Name: FUNCTION after_attempt(p_outcome text, p_attempts integer); Type: ACL; Schema: stripe; Owner: booking_owner
 --
 
-REVOKE ALL ON FUNCTION stripe.apply_event(p_event_id text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION stripe.after_attempt(p_outcome text, p_attempts integer) FROM PUBLIC;
+
+
+--
+-- Name: FUNCTION apply_payload(p_event jsonb); Type: ACL; Schema: stripe; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION stripe.apply_payload(p_event jsonb) FROM PUBLIC;
 
 
 --
@@ -8614,13 +8717,6 @@ REVOKE ALL ON FUNCTION stripe.check_event(p_event jsonb) FROM PUBLIC;
 --
 
 REVOKE ALL ON FUNCTION stripe.dispatch(p_event_id text, p_type text, p_object jsonb) FROM PUBLIC;
-
-
---
--- Name: FUNCTION enqueue_refund(p_booking_id uuid, p_payment_intent_id text, p_reason text); Type: ACL; Schema: stripe; Owner: booking_owner
---
-
-REVOKE ALL ON FUNCTION stripe.enqueue_refund(p_booking_id uuid, p_payment_intent_id text, p_reason text) FROM PUBLIC;
 
 
 --
@@ -8687,10 +8783,17 @@ REVOKE ALL ON FUNCTION stripe.on_refund(p_event_id text, p_refund jsonb) FROM PU
 
 
 --
--- Name: FUNCTION outcome_of(p_event jsonb); Type: ACL; Schema: stripe; Owner: booking_owner
+-- Name: FUNCTION reapply_stored_event(p_event_id text); Type: ACL; Schema: stripe; Owner: booking_owner
 --
 
-REVOKE ALL ON FUNCTION stripe.outcome_of(p_event jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION stripe.reapply_stored_event(p_event_id text) FROM PUBLIC;
+
+
+--
+-- Name: FUNCTION record_failure(p_event jsonb, p_sqlstate text, p_message text); Type: ACL; Schema: stripe; Owner: booking_owner
+--
+
+REVOKE ALL ON FUNCTION stripe.record_failure(p_event jsonb, p_sqlstate text, p_message text) FROM PUBLIC;
 
 
 --

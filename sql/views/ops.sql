@@ -185,13 +185,11 @@ CREATE OR REPLACE VIEW ops.booking_ledger AS
 SELECT
     booking_id,
     currency,
-    coalesce(sum(amount) FILTER (WHERE kind = 'charge'), 0)::bigint AS paid,
-    coalesce(sum(amount) FILTER (WHERE kind = 'refund'), 0)::bigint AS refunded,
-    (coalesce(sum(amount) FILTER (WHERE kind = 'dispute'), 0)
-    - coalesce(sum(amount) FILTER (WHERE kind = 'dispute_reversal'), 0))::bigint AS disputed,
-    (coalesce(sum(amount) FILTER (WHERE kind IN ('charge', 'dispute_reversal')), 0)
-    - coalesce(sum(amount) FILTER (WHERE kind IN ('refund', 'dispute')), 0))::bigint AS net
-FROM ledger.transactions
+    sum(paid)::bigint AS paid,
+    sum(refunded)::bigint AS refunded,
+    sum(disputed)::bigint AS disputed,
+    sum(paid - refunded - disputed)::bigint AS net
+FROM ledger.payment_totals
 WHERE booking_id IS NOT NULL
 GROUP BY booking_id, currency;
 COMMENT ON VIEW ops.booking_ledger IS 'Per booking: paid, refunded, disputed (open or lost) and what we keep (net).';

@@ -19,7 +19,12 @@ def applied_lines(output: str) -> list[str]:
 
 def all_sql_files() -> list[str]:
     files = [p.relative_to(SQL).as_posix() for p in sorted((SQL / "migrations").glob("V*.sql"))]
-    files += [p.relative_to(SQL).as_posix() for p in sorted((SQL / "functions").glob("*.sql"))]
+    # Each schema's functions, bottom layer first (docs/DESIGN.md, "Layers"), then any other.
+    layers = ["jobs", "core", "ledger", "booking", "stripe", "api", "ops"]
+    functions = [p.relative_to(SQL / "functions") for p in (SQL / "functions").glob("**/*.sql")]
+    assert {p.parts[0].removesuffix(".sql") for p in functions} <= set(layers), "a schema missing from the layers"
+    functions.sort(key=lambda p: (layers.index(p.parts[0].removesuffix(".sql")), p.as_posix()))
+    files += [f"functions/{p.as_posix()}" for p in functions]
     files += [p.relative_to(SQL).as_posix() for p in sorted((SQL / "views").glob("*.sql"))]
     return files + ["grants.sql", "cron/schedules.sql"]
 
@@ -66,11 +71,11 @@ def test_an_applied_versioned_file_that_was_edited_is_refused(blank_db, tmp_path
 def test_a_changed_repeatable_is_reapplied_with_grants_and_nothing_else(blank_db, tmp_path):
     sql_dir = copy_of_sql(tmp_path)
     migrate(blank_db.url, sql_dir=sql_dir)
-    health = sql_dir / "functions" / "health.sql"
+    health = sql_dir / "functions" / "api" / "health.sql"
     health.write_text(health.read_text().replace("'{\"status\": ok|degraded", "'{\"status\" (edited): ok|degraded"))
 
     out = migrate(blank_db.url, sql_dir=sql_dir)
-    assert [line.split()[-1] for line in applied_lines(out.stdout)] == ["functions/health.sql", "grants.sql"]
+    assert [line.split()[-1] for line in applied_lines(out.stdout)] == ["functions/api/health.sql", "grants.sql"]
     assert "(edited)" in blank_db.one("SELECT obj_description('api.health()'::regprocedure)")
 
 

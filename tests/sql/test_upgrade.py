@@ -19,15 +19,17 @@ from tests.pg import ROOT, SQL, connect, migrate, start_cluster, url_for
 from tests.stripe_events import event, payment_intent
 
 PREVIOUS_RELEASE = "e446ce8"
+# The last commit with every function file flat in sql/functions (before issue 13's layers).
+FLAT_FUNCTION_FILES = "297b410"
 
 
-def previous_release_sql(target) -> None:
+def previous_release_sql(target, commit: str = PREVIOUS_RELEASE) -> None:
     """sql/ of the previous release, from git (git archive, as the README's CI note says)."""
-    have = subprocess.run(["git", "-C", str(ROOT), "cat-file", "-e", f"{PREVIOUS_RELEASE}^{{commit}}"],
+    have = subprocess.run(["git", "-C", str(ROOT), "cat-file", "-e", f"{commit}^{{commit}}"],
                           capture_output=True)
     if have.returncode != 0:
-        pytest.skip(f"commit {PREVIOUS_RELEASE} is not in this clone (a shallow clone?): fetch the full history")
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", PREVIOUS_RELEASE, "sql"],
+        pytest.skip(f"commit {commit} is not in this clone (a shallow clone?): fetch the full history")
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit, "sql"],
                              capture_output=True, check=True, timeout=60).stdout
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         tar.extractall(target)
@@ -190,4 +192,24 @@ def test_an_embedded_cluster_of_the_previous_make_run_upgrades_by_migrating(own_
         connect(url_for(admin, admin.rsplit("/", 1)[1], "booking_shim")).close()
 
     assert_each_login_does_its_duty_and_no_other(admin, booking, paid)
+    assert_schema_is_a_fresh_builds(admin)
+
+
+def test_flat_function_files_upgrade_to_the_schema_folders(own_cluster, tmp_path):
+    """A database migrated with every function file flat in sql/functions: their files are
+    gone (functions/holds.sql is functions/booking/holds.sql, ...) and some functions were
+    renamed (stripe.outcome_of, stripe.apply_event, booking.take_more_units, ...). The current
+    migrator applies the files under their new names and drops the old functions; a re-run
+    has nothing to do, and the schema is a fresh build's (no old name left behind)."""
+    admin = own_cluster
+    previous_release_sql(tmp_path, FLAT_FUNCTION_FILES)
+    old = migrate(admin, sql_dir=tmp_path / "sql")
+    assert "applying repeatable functions/holds.sql" in old.stdout
+    with connect(admin) as conn:
+        assert conn.execute("SELECT to_regprocedure('stripe.outcome_of(jsonb)') IS NOT NULL").fetchone()[0]
+    new = migrate(admin)
+    assert "applying repeatable functions/booking/holds.sql" in new.stdout
+    assert "nothing to apply" in migrate(admin).stdout
+    with connect(admin) as conn:
+        assert conn.execute("SELECT to_regprocedure('stripe.outcome_of(jsonb)') IS NULL").fetchone()[0]
     assert_schema_is_a_fresh_builds(admin)

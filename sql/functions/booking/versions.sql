@@ -30,18 +30,6 @@
 -- touching a bucket (a hold key reused after its hold died, a late payment converting an
 -- expired booked hold) note the inventory as forced (booking.note_forced_change).
 
-CREATE OR REPLACE FUNCTION core.bump_cache_version(p_namespace text)
-RETURNS bigint
-LANGUAGE sql
-AS $$
-    -- The row lock lasts until commit: two bumps of one namespace take turns, so versions
-    -- are in commit order and a reader never sees one go backwards.
-    INSERT INTO core.cache_versions AS v (namespace, version)
-    VALUES (p_namespace, 1)
-    ON CONFLICT (namespace) DO UPDATE SET version = v.version + 1
-    RETURNING v.version;
-$$;
-
 CREATE OR REPLACE FUNCTION booking.note_cache_change(p_inventory_id uuid, p_force boolean)
 RETURNS void
 LANGUAGE plpgsql
@@ -69,31 +57,22 @@ AS $$
 -- booking.cache_notes (no lock: taking the announced row or 'catalog' here, before the
 -- transaction's bucket locks, could deadlock).
 BEGIN
-    PERFORM booking.note_cache_change(p_inventory_id, true);
+    PERFORM booking.note_cache_change(p_inventory_id, p_force => true);
     INSERT INTO booking.cache_notes (inventory_id) VALUES (p_inventory_id);
 END;
 $$;
 
-CREATE OR REPLACE FUNCTION booking.note_bucket_crossing()
+CREATE OR REPLACE FUNCTION booking.note_row_change()
 RETURNS trigger
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
+-- AFTER a row of an inventory changed: notes NEW.inventory_id (booking.note_cache_change),
+-- forced when the trigger's argument says so ('forced': a setting changed; 'crossing': a
+-- bucket's free count went to 0 or up from 0, which bumps only if the sold-out state moved).
 BEGIN
-    PERFORM booking.note_cache_change(NEW.inventory_id, false);
-    RETURN NULL;
-END;
-$$;
-
-CREATE OR REPLACE FUNCTION booking.note_inventory_change()
-RETURNS trigger
-LANGUAGE plpgsql
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    PERFORM booking.note_cache_change(NEW.inventory_id, true);
+    PERFORM booking.note_cache_change(NEW.inventory_id, p_force => TG_ARGV[0] = 'forced');
     RETURN NULL;
 END;
 $$;
@@ -174,7 +153,7 @@ DROP TRIGGER IF EXISTS buckets_note_crossing ON booking.inventory_buckets;
 CREATE TRIGGER buckets_note_crossing
 AFTER UPDATE OF free ON booking.inventory_buckets
 FOR EACH ROW WHEN ((old.free = 0) <> (new.free = 0))
-EXECUTE FUNCTION booking.note_bucket_crossing();
+EXECUTE FUNCTION booking.note_row_change('crossing');
 DROP TRIGGER IF EXISTS buckets_announce_at_commit ON booking.inventory_buckets;
 CREATE CONSTRAINT TRIGGER buckets_announce_at_commit
 AFTER UPDATE OF free ON booking.inventory_buckets
@@ -186,7 +165,7 @@ EXECUTE FUNCTION booking.announce_changes();
 DROP TRIGGER IF EXISTS inventory_note_change ON booking.inventory;
 CREATE TRIGGER inventory_note_change
 AFTER INSERT OR UPDATE ON booking.inventory
-FOR EACH ROW EXECUTE FUNCTION booking.note_inventory_change();
+FOR EACH ROW EXECUTE FUNCTION booking.note_row_change('forced');
 DROP TRIGGER IF EXISTS inventory_announce_at_commit ON booking.inventory;
 CREATE CONSTRAINT TRIGGER inventory_announce_at_commit
 AFTER INSERT OR UPDATE ON booking.inventory
@@ -199,6 +178,10 @@ CREATE CONSTRAINT TRIGGER cache_notes_announce_at_commit
 AFTER INSERT ON booking.cache_notes
 DEFERRABLE INITIALLY DEFERRED
 FOR EACH ROW EXECUTE FUNCTION booking.announce_changes();
+
+-- One trigger function for both notes (above) since this version: the two it replaces.
+DROP FUNCTION IF EXISTS booking.note_bucket_crossing();
+DROP FUNCTION IF EXISTS booking.note_inventory_change();
 
 -- ---------------------------------------------------------------------------------------
 -- api

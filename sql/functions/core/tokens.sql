@@ -66,7 +66,7 @@ BEGIN
         UPDATE core.refresh_tokens AS t
         SET revoked_at = clock_timestamp(), revoked_reason = 'reuse detected'
         WHERE t.family_id = v_old.family_id AND t.revoked_at IS NULL;
-        PERFORM api.log_error('critical', 'auth.refresh', 'refresh token reuse detected; token family revoked',
+        PERFORM core.log_error('critical', 'auth.refresh', 'refresh token reuse detected; token family revoked',
                               NULL, jsonb_build_object('user_id', v_old.user_id, 'family_id', v_old.family_id));
         RETURN QUERY SELECT 'reuse_detected'::text, v_old.user_id, v_old.family_id;
         RETURN;

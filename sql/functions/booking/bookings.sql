@@ -76,7 +76,7 @@ BEGIN
     ELSIF NEW.status = 'refund_pending' AND OLD.status <> 'refund_pending' THEN
         PERFORM booking.give_back_units(NEW.booking_id);
         -- A refund job for every payment the booking received.
-        PERFORM stripe.enqueue_refund(NEW.booking_id, t.payment_intent_id, NEW.last_event)
+        PERFORM booking.enqueue_refund(NEW.booking_id, t.payment_intent_id, NEW.last_event)
         FROM ledger.transactions AS t
         WHERE t.booking_id = NEW.booking_id AND t.kind = 'charge';
     END IF;
@@ -84,6 +84,22 @@ BEGIN
     -- the hold sweeper (or a buyer short of units) gives their units back.
     RETURN NULL;
 END;
+$$;
+
+CREATE OR REPLACE FUNCTION booking.enqueue_refund(p_booking_id uuid, p_payment_intent_id text, p_reason text)
+RETURNS uuid
+LANGUAGE sql
+AS $$
+    -- The one place a stripe.refund job is made. Money goes back when the booking enters
+    -- refund_pending (every payment it received: booking.after_booking_change) and when a
+    -- payment is one no booking keeps (paid twice, or no units for it while the booking
+    -- does not enter refund_pending: stripe.on_payment_succeeded). How much the job sends is
+    -- read from the ledger when it runs (api.refunds_due). One job per PaymentIntent, ever:
+    -- two jobs refunding the same payment at once could both see it unrefunded and refund
+    -- it twice.
+    SELECT jobs.enqueue('stripe.refund',
+        jsonb_build_object('booking_id', p_booking_id, 'payment_intent_id', p_payment_intent_id, 'reason', p_reason),
+        'stripe.refund:' || p_payment_intent_id);
 $$;
 
 CREATE OR REPLACE FUNCTION booking.confirmation_message(
@@ -281,6 +297,67 @@ BEGIN
 END;
 $$;
 
+-- A payment that came late (stripe.on_payment_succeeded asks before it confirms).
+
+CREATE OR REPLACE FUNCTION booking.retake_expired_holds(p_booking_id uuid)
+RETURNS boolean
+LANGUAGE plpgsql
+AS $$
+-- For each of the booking's holds that was swept or reclaimed, the same quantity is taken
+-- again if it is available (the caller has locked the hold rows). True when all could be
+-- taken; false, and nothing taken, otherwise (the block is a subtransaction).
+DECLARE
+    v_hold record;
+    v_bucket smallint;
+BEGIN
+    FOR v_hold IN
+        SELECT h.hold_id, h.inventory_id, h.quantity, h.holder
+        FROM booking.holds AS h
+        WHERE h.booking_id = p_booking_id AND h.status = 'expired'
+        ORDER BY h.hold_id
+    LOOP
+        v_bucket := booking.take_units(
+            v_hold.inventory_id, v_hold.quantity,
+            (SELECT i.bucket_count FROM booking.inventory AS i WHERE i.inventory_id = v_hold.inventory_id));
+        INSERT INTO booking.holds (inventory_id, bucket_no, quantity, holder, status, expires_at, booking_id)
+        VALUES (v_hold.inventory_id, v_bucket, v_hold.quantity, v_hold.holder, 'booked', clock_timestamp(),
+                p_booking_id);
+    END LOOP;
+    RETURN true;
+EXCEPTION WHEN SQLSTATE 'RB001' THEN
+    RETURN false;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION booking.reserve_for_late_payment(p_booking_id uuid)
+RETURNS boolean
+LANGUAGE plpgsql
+AS $$
+-- A payment arrived for a booking whose deadline may have passed. Holds still 'booked'
+-- keep their units (nobody reclaimed them: their rows are locked here); the units of the
+-- expired ones are taken again if they are there. True when the booking holds all its
+-- units now; false (and nothing taken) otherwise. The usual case, a payment in time,
+-- locks the rows and opens no subtransaction.
+DECLARE
+    v_expired boolean;
+BEGIN
+    -- All the hold rows first, in one statement: taking units takes bucket locks, and
+    -- whoever holds bucket locks must not then wait for a hold row (holds.sql, lock order).
+    SELECT coalesce(bool_or(l.status = 'expired'), false) INTO v_expired
+    FROM (
+        SELECT h.status
+        FROM booking.holds AS h
+        WHERE h.booking_id = p_booking_id AND h.status IN ('booked', 'expired')
+        ORDER BY h.hold_id
+        FOR UPDATE
+    ) AS l;
+    IF NOT v_expired THEN
+        RETURN true;
+    END IF;
+    RETURN booking.retake_expired_holds(p_booking_id);
+END;
+$$;
+
 -- ---------------------------------------------------------------------------------------
 -- api
 
@@ -409,7 +486,7 @@ AS $$
 BEGIN
     PERFORM core.require(p_booking_id, 'p_booking_id');
     PERFORM core.require_text(p_reason, 'p_reason', 500);
-    RETURN booking.apply_event(p_booking_id, 'cancel', NULL, p_reason);
+    RETURN booking.apply_event(p_booking_id, 'cancel', p_detail => p_reason);
 END;
 $$;
 COMMENT ON FUNCTION api.cancel_booking(uuid, text) IS
@@ -458,11 +535,9 @@ BEGIN
     INTO v_result
     FROM booking.bookings AS b
     LEFT JOIN LATERAL (
-        SELECT
-            sum(t.amount) FILTER (WHERE t.kind = 'charge') AS paid,
-            sum(t.amount) FILTER (WHERE t.kind = 'refund') AS refunded
-        FROM ledger.transactions AS t
-        WHERE t.booking_id = b.booking_id
+        SELECT sum(p.paid) AS paid, sum(p.refunded) AS refunded
+        FROM ledger.payment_totals AS p
+        WHERE p.booking_id = b.booking_id
     ) AS l ON true
     WHERE b.booking_id = p_booking_id;
     IF v_result IS NULL THEN

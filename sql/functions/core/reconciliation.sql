@@ -65,7 +65,7 @@ BEGIN
         SELECT m.problem, m.kind, m.stripe_object_id, m.stripe_amount, m.ledger_amount
         FROM core.reconciliation_mismatches AS m WHERE m.run_id = v_run_id
     LOOP
-        PERFORM api.log_error('critical', 'reconciliation',
+        PERFORM core.log_error('critical', 'reconciliation',
             pg_catalog.format('%s: %s %s (Stripe %s, ledger %s)', v_row.problem, v_row.kind, v_row.stripe_object_id,
                               coalesce(v_row.stripe_amount::text, '-'), coalesce(v_row.ledger_amount::text, '-')),
             NULL, jsonb_build_object('run_id', v_run_id));

@@ -3,8 +3,10 @@
 -- safe to run again: the ledger takes each Stripe object once, and a status only moves
 -- along booking.booking_transitions.
 
--- Signatures replaced by a later version of this file (CREATE OR REPLACE would add an overload).
+-- Signatures replaced by a later version of this file (CREATE OR REPLACE would add an overload),
+-- and functions moved to a lower layer (stripe.enqueue_refund is booking.enqueue_refund).
 DROP FUNCTION IF EXISTS stripe.booking_for(jsonb, text);
+DROP FUNCTION IF EXISTS stripe.enqueue_refund(uuid, text, text);
 DROP FUNCTION IF EXISTS stripe.on_payment_succeeded(text, uuid, text, bigint, text);
 
 CREATE OR REPLACE FUNCTION stripe.lock_booking_for(p_object jsonb, p_payment_intent_id text)
@@ -40,76 +42,6 @@ BEGIN
     FOR UPDATE;
     RETURN v_booking;
 END;
-$$;
-
-CREATE OR REPLACE FUNCTION booking.retake_expired_holds(p_booking_id uuid)
-RETURNS boolean
-LANGUAGE plpgsql
-AS $$
--- For each of the booking's holds that was swept or reclaimed, the same quantity is taken
--- again if it is available (the caller has locked the hold rows). True when all could be
--- taken; false, and nothing taken, otherwise (the block is a subtransaction).
-DECLARE
-    v_hold record;
-    v_bucket smallint;
-BEGIN
-    FOR v_hold IN
-        SELECT h.hold_id, h.inventory_id, h.quantity, h.holder
-        FROM booking.holds AS h
-        WHERE h.booking_id = p_booking_id AND h.status = 'expired'
-        ORDER BY h.hold_id
-    LOOP
-        v_bucket := booking.take_units(
-            v_hold.inventory_id, v_hold.quantity,
-            (SELECT i.bucket_count FROM booking.inventory AS i WHERE i.inventory_id = v_hold.inventory_id));
-        INSERT INTO booking.holds (inventory_id, bucket_no, quantity, holder, status, expires_at, booking_id)
-        VALUES (v_hold.inventory_id, v_bucket, v_hold.quantity, v_hold.holder, 'booked', clock_timestamp(),
-                p_booking_id);
-    END LOOP;
-    RETURN true;
-EXCEPTION WHEN SQLSTATE 'RB001' THEN
-    RETURN false;
-END;
-$$;
-
-CREATE OR REPLACE FUNCTION booking.reserve_for_late_payment(p_booking_id uuid)
-RETURNS boolean
-LANGUAGE plpgsql
-AS $$
--- A payment arrived for a booking whose deadline may have passed. Holds still 'booked'
--- keep their units (nobody reclaimed them: their rows are locked here); the units of the
--- expired ones are taken again if they are there. True when the booking holds all its
--- units now; false (and nothing taken) otherwise. The usual case, a payment in time,
--- locks the rows and opens no subtransaction.
-DECLARE
-    v_expired boolean;
-BEGIN
-    -- All the hold rows first, in one statement: taking units takes bucket locks, and
-    -- whoever holds bucket locks must not then wait for a hold row (holds.sql, lock order).
-    SELECT coalesce(bool_or(l.status = 'expired'), false) INTO v_expired
-    FROM (
-        SELECT h.status
-        FROM booking.holds AS h
-        WHERE h.booking_id = p_booking_id AND h.status IN ('booked', 'expired')
-        ORDER BY h.hold_id
-        FOR UPDATE
-    ) AS l;
-    IF NOT v_expired THEN
-        RETURN true;
-    END IF;
-    RETURN booking.retake_expired_holds(p_booking_id);
-END;
-$$;
-
-CREATE OR REPLACE FUNCTION stripe.enqueue_refund(p_booking_id uuid, p_payment_intent_id text, p_reason text)
-RETURNS uuid
-LANGUAGE sql
-AS $$
-    -- One stripe.refund job per PaymentIntent, ever: two jobs refunding the same payment at
-    -- once could both see it unrefunded and refund it twice.
-    SELECT jobs.enqueue('stripe.refund',
-        jsonb_build_object('booking_id', p_booking_id, 'payment_intent_id', p_payment_intent_id, 'reason', p_reason),
-        'stripe.refund:' || p_payment_intent_id);
 $$;
 
 CREATE OR REPLACE FUNCTION stripe.money_amount(p_what text, p_value jsonb, p_errcode text)
@@ -174,7 +106,7 @@ AS $$
 -- booking is unchanged, and a critical error (with its alert) tells on-call to settle it
 -- by hand in Stripe. Returns 'ignored'.
 BEGIN
-    PERFORM api.log_error(
+    PERFORM core.log_error(
         'critical', 'stripe.' || p_kind,
         pg_catalog.format('Stripe %s "%s" is in %s but its booking is in %s: not applied; settle it in Stripe',
                           p_kind, p_object_id, p_currency, p_booking.currency),
@@ -207,7 +139,7 @@ BEGIN
         IS NOT DISTINCT FROM (p_amount, p_currency, p_booking.booking_id) THEN
         RETURN NULL;
     END IF;
-    PERFORM api.log_error(
+    PERFORM core.log_error(
         'critical', 'stripe.' || p_kind,
         pg_catalog.format('Stripe %s "%s" was booked as %s %s and is now announced as %s %s: not applied',
                           p_kind, p_object_id, v_posted.amount, v_posted.currency, p_amount, p_currency),
@@ -238,9 +170,8 @@ BEGIN
     SELECT
         EXISTS (SELECT FROM ledger.transactions AS t WHERE t.kind = 'charge' AND t.stripe_object_id = p_payment_intent_id),
         EXISTS (
-            SELECT FROM ledger.transactions AS t
-            JOIN ledger.lines AS l ON l.txn_id = t.txn_id
-            WHERE t.kind = 'charge' AND t.booking_id = v_booking_id AND l.account = 'booking_revenue'
+            SELECT FROM ledger.payment_totals AS p
+            WHERE p.booking_id = v_booking_id AND p.paid > 0 AND NOT p.unallocated
         )
     INTO v_booked, v_paid;
     IF v_booked THEN
@@ -259,21 +190,27 @@ BEGIN
     END IF;
     IF v_paid THEN
         -- Paid twice (two PaymentIntents): the second payment goes back.
-        PERFORM ledger.post_charge(v_booking_id, p_payment_intent_id, p_amount, p_currency, true, p_event_id);
-        PERFORM stripe.enqueue_refund(v_booking_id, p_payment_intent_id, 'duplicate_payment');
+        PERFORM ledger.post_charge(v_booking_id, p_payment_intent_id, p_amount, p_currency, p_unallocated => true,
+                                   p_stripe_event_id => p_event_id);
+        PERFORM booking.enqueue_refund(v_booking_id, p_payment_intent_id, 'duplicate_payment');
         RETURN 'processed';
     END IF;
     IF p_booking.status IN ('pending_payment', 'payment_failed', 'expired')
         AND booking.reserve_for_late_payment(v_booking_id) THEN
-        PERFORM ledger.post_charge(v_booking_id, p_payment_intent_id, p_amount, p_currency, false, p_event_id);
+        PERFORM ledger.post_charge(v_booking_id, p_payment_intent_id, p_amount, p_currency, p_unallocated => false,
+                                   p_stripe_event_id => p_event_id);
         PERFORM booking.apply_event(v_booking_id, 'payment_succeeded', p_event_id);
         RETURN 'processed';
     END IF;
     -- No units for it (or the booking was cancelled): keep the money apart, send it back.
-    PERFORM ledger.post_charge(v_booking_id, p_payment_intent_id, p_amount, p_currency, true, p_event_id);
-    -- Entering refund_pending enqueues the refunds itself; in any other case this one goes back.
-    PERFORM booking.apply_event(v_booking_id, 'payment_succeeded_without_capacity', p_event_id, NULL, true);
-    PERFORM stripe.enqueue_refund(v_booking_id, p_payment_intent_id, 'unallocated_payment');
+    PERFORM ledger.post_charge(v_booking_id, p_payment_intent_id, p_amount, p_currency, p_unallocated => true,
+                                   p_stripe_event_id => p_event_id);
+    -- Entering refund_pending enqueues the refund of every payment the booking received
+    -- (booking.after_booking_change); in any other case this one is sent back from here.
+    IF booking.apply_event(v_booking_id, 'payment_succeeded_without_capacity', p_event_id, p_if_allowed => true)
+        IS DISTINCT FROM 'refund_pending' OR p_booking.status = 'refund_pending' THEN
+        PERFORM booking.enqueue_refund(v_booking_id, p_payment_intent_id, 'unallocated_payment');
+    END IF;
     RETURN 'processed';
 END;
 $$;
@@ -322,21 +259,18 @@ BEGIN
         RETURN 'processed';
     END IF;
     -- Compare what went back with what came in on the same side (allocated or not).
-    SELECT
-        coalesce(sum(t.amount) FILTER (WHERE t.kind = 'charge'), 0)::bigint,
-        coalesce(sum(t.amount) FILTER (WHERE t.kind = 'refund'), 0)::bigint
+    SELECT coalesce(sum(p.paid), 0)::bigint, coalesce(sum(p.refunded), 0)::bigint
     INTO v_charged, v_refunded
-    FROM ledger.transactions AS t
-    WHERE t.booking_id = v_booking_id AND t.kind IN ('charge', 'refund')
-      AND coalesce(ledger.charge_is_unallocated(t.payment_intent_id), false) = v_unallocated;
+    FROM ledger.payment_totals AS p
+    WHERE p.booking_id = v_booking_id AND coalesce(p.unallocated, false) = v_unallocated;
     IF v_unallocated THEN
         -- Money no booking kept: it only decides the state of a booking waiting for it to go back.
         IF v_refunded >= v_charged AND v_booking.status = 'refund_pending' THEN
-            PERFORM booking.apply_event(v_booking_id, 'full_refund', p_event_id, NULL, true);
+            PERFORM booking.apply_event(v_booking_id, 'full_refund', p_event_id, p_if_allowed => true);
         END IF;
     ELSE
         PERFORM booking.apply_event(
-            v_booking_id, CASE WHEN v_refunded >= v_charged THEN 'full_refund' ELSE 'partial_refund' END, p_event_id, NULL, true);
+            v_booking_id, CASE WHEN v_refunded >= v_charged THEN 'full_refund' ELSE 'partial_refund' END, p_event_id, p_if_allowed => true);
     END IF;
     RETURN 'processed';
 END;
@@ -373,7 +307,7 @@ BEGIN
             RETURN v_refused;
         END IF;
         PERFORM ledger.post_dispute(v_booking_id, v_id, v_pi, v_amount, v_currency, p_event_id);
-        PERFORM booking.apply_event(v_booking_id, 'dispute_opened', p_event_id, NULL, true);
+        PERFORM booking.apply_event(v_booking_id, 'dispute_opened', p_event_id, p_if_allowed => true);
         RETURN 'processed';
     END IF;
     IF NOT EXISTS (SELECT FROM ledger.transactions AS t WHERE t.kind = 'dispute' AND t.stripe_object_id = v_id) THEN
@@ -385,9 +319,9 @@ BEGIN
             RETURN v_refused;
         END IF;
         PERFORM ledger.post_dispute_reversal(v_booking_id, v_id, v_pi, v_amount, v_currency, p_event_id);
-        PERFORM booking.apply_event(v_booking_id, 'dispute_won', p_event_id, NULL, true);
+        PERFORM booking.apply_event(v_booking_id, 'dispute_won', p_event_id, p_if_allowed => true);
     ELSIF p_dispute ->> 'status' = 'lost' THEN
-        PERFORM booking.apply_event(v_booking_id, 'dispute_lost', p_event_id, NULL, true);
+        PERFORM booking.apply_event(v_booking_id, 'dispute_lost', p_event_id, p_if_allowed => true);
     ELSE
         RETURN 'ignored';
     END IF;
@@ -456,10 +390,10 @@ BEGIN
             stripe.money_currency('a payment', p_object -> 'currency', 'RW001')
         );
     ELSIF p_type IN ('payment_intent.payment_failed', 'checkout.session.async_payment_failed') THEN
-        PERFORM booking.apply_event(v_booking.booking_id, 'payment_failed', p_event_id, NULL, true);
+        PERFORM booking.apply_event(v_booking.booking_id, 'payment_failed', p_event_id, p_if_allowed => true);
         RETURN 'processed';
     ELSIF p_type IN ('payment_intent.canceled', 'checkout.session.expired') THEN
-        PERFORM booking.apply_event(v_booking.booking_id, 'payment_canceled', p_event_id, NULL, true);
+        PERFORM booking.apply_event(v_booking.booking_id, 'payment_canceled', p_event_id, p_if_allowed => true);
         RETURN 'processed';
     END IF;
     RETURN 'ignored';  -- a checkout session completed but not paid yet (async methods)
@@ -548,19 +482,15 @@ AS $$
 BEGIN
     PERFORM core.require(p_booking_id, 'p_booking_id');
     RETURN QUERY
-    SELECT t.payment_intent_id,
-           (sum(t.amount) FILTER (WHERE t.kind = 'charge')
-            - coalesce(sum(t.amount) FILTER (WHERE t.kind = 'refund'), 0))::bigint,
-           min(t.currency)::text
-    FROM ledger.transactions AS t
-    WHERE t.booking_id = p_booking_id
-      AND t.kind IN ('charge', 'refund')
-      AND (t.payment_intent_id = p_payment_intent_id
+    SELECT p.payment_intent_id, (sum(p.paid) - sum(p.refunded))::bigint, min(p.currency)::text
+    FROM ledger.payment_totals AS p
+    WHERE p.booking_id = p_booking_id
+      AND (p.paid > 0 OR p.refunded > 0)
+      AND (p.payment_intent_id = p_payment_intent_id
            OR (p_payment_intent_id IS NULL
                AND (SELECT b.status FROM booking.bookings AS b WHERE b.booking_id = p_booking_id) = 'refund_pending'))
-    GROUP BY t.payment_intent_id
-    HAVING sum(t.amount) FILTER (WHERE t.kind = 'charge')
-           > coalesce(sum(t.amount) FILTER (WHERE t.kind = 'refund'), 0);
+    GROUP BY p.payment_intent_id
+    HAVING sum(p.paid) > sum(p.refunded);
 END;
 $$;
 COMMENT ON FUNCTION api.refunds_due(uuid, text) IS

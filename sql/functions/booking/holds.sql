@@ -137,7 +137,13 @@ AS $$
     ) AS d;
 $$;
 
-CREATE OR REPLACE FUNCTION booking.take_units_slowly(p_inventory_id uuid, p_quantity int)
+-- Taking units, three tiers: booking.take_units tries the buckets nobody is using,
+-- booking.take_units_waiting_on_one_bucket then waits for one that has enough, and
+-- booking.take_units_locking_every_bucket (below) locks them all. Earlier names:
+DROP FUNCTION IF EXISTS booking.take_more_units(uuid, int);
+DROP FUNCTION IF EXISTS booking.take_units_slowly(uuid, int);
+
+CREATE OR REPLACE FUNCTION booking.take_units_locking_every_bucket(p_inventory_id uuid, p_quantity int)
 RETURNS smallint
 LANGUAGE plpgsql
 AS $$
@@ -193,7 +199,7 @@ BEGIN
 END;
 $$;
 
-CREATE OR REPLACE FUNCTION booking.take_more_units(p_inventory_id uuid, p_units int)
+CREATE OR REPLACE FUNCTION booking.take_units_waiting_on_one_bucket(p_inventory_id uuid, p_units int)
 RETURNS smallint
 LANGUAGE plpgsql
 AS $$
@@ -225,12 +231,12 @@ BEGIN
     END;
     -- Sold out as of this snapshot (dead holds counted as available): say so without
     -- queueing behind other buyers' bucket locks.
-    SELECT a.available INTO v_available FROM api.availability(p_inventory_id) AS a;
+    SELECT a.available INTO v_available FROM booking.availability(p_inventory_id) AS a;
     IF v_available < p_units THEN
         RAISE EXCEPTION 'not enough available: % requested, % available', p_units, v_available
             USING ERRCODE = 'RB001';
     END IF;
-    RETURN booking.take_units_slowly(p_inventory_id, p_units);
+    RETURN booking.take_units_locking_every_bucket(p_inventory_id, p_units);
 END;
 $$;
 
@@ -277,7 +283,7 @@ BEGIN
     EXCEPTION WHEN SQLSTATE 'RB001' THEN
         NULL;
     END;
-    RETURN booking.take_more_units(p_inventory_id, p_units);
+    RETURN booking.take_units_waiting_on_one_bucket(p_inventory_id, p_units);
 END;
 $$;
 
@@ -445,17 +451,12 @@ AS $$
     SELECT (p_free + CASE WHEN p_waits THEN 0 ELSE p_dead_units + p_owed END)::int;
 $$;
 
-CREATE OR REPLACE FUNCTION api.availability(p_inventory_id uuid)
+CREATE OR REPLACE FUNCTION booking.availability(p_inventory_id uuid)
 RETURNS TABLE (capacity int, sold int, held int, available int)
-LANGUAGE plpgsql
+LANGUAGE sql
 STABLE
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
 AS $$
--- One statement, one snapshot (booking.stock).
-BEGIN
-    PERFORM core.require(p_inventory_id, 'p_inventory_id');
-    RETURN QUERY
+    -- One statement, one snapshot (booking.stock); no row for an unknown inventory.
     SELECT
         i.capacity,
         s.sold::int,
@@ -464,6 +465,18 @@ BEGIN
     FROM booking.inventory AS i
     CROSS JOIN LATERAL booking.stock(i.inventory_id) AS s
     WHERE i.inventory_id = p_inventory_id;
+$$;
+
+CREATE OR REPLACE FUNCTION api.availability(p_inventory_id uuid)
+RETURNS TABLE (capacity int, sold int, held int, available int)
+LANGUAGE plpgsql
+STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM core.require(p_inventory_id, 'p_inventory_id');
+    RETURN QUERY SELECT a.capacity, a.sold, a.held, a.available FROM booking.availability(p_inventory_id) AS a;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'inventory % not found', p_inventory_id USING ERRCODE = 'RB005';
     END IF;
@@ -471,6 +484,33 @@ END;
 $$;
 COMMENT ON FUNCTION api.availability(uuid) IS
 'capacity, sold, held (live or booked holds before their deadline) and available, exact at the moment of the call; RB005 unknown inventory.';
+
+CREATE OR REPLACE FUNCTION booking.inventory_for_request(
+    p_inventory_id uuid, p_quantity int, p_holder text, p_key text, p_key_name text
+)
+RETURNS booking.inventory
+LANGUAGE plpgsql
+STABLE
+AS $$
+-- A buyer's request for units (api.place_hold, api.join_waitlist), checked: 22004/22023/22001
+-- for a missing or bad inventory id, quantity (1 to 100), holder or key (named p_key_name
+-- in the message), RB005 for an unknown inventory; else the inventory's row.
+DECLARE
+    v_inventory booking.inventory;
+BEGIN
+    PERFORM core.require(p_inventory_id, 'p_inventory_id');
+    PERFORM core.require_range(p_quantity, 'p_quantity', 1, 100);
+    PERFORM core.require_text(p_holder, 'p_holder', 200);
+    IF p_key IS NOT NULL THEN
+        PERFORM core.require_text(p_key, p_key_name, 255);
+    END IF;
+    SELECT * INTO v_inventory FROM booking.inventory AS i WHERE i.inventory_id = p_inventory_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'inventory % not found', p_inventory_id USING ERRCODE = 'RB005';
+    END IF;
+    RETURN v_inventory;
+END;
+$$;
 
 CREATE OR REPLACE FUNCTION api.place_hold(
     p_inventory_id uuid, p_quantity int, p_holder text, p_hold_key text DEFAULT NULL
@@ -490,16 +530,7 @@ DECLARE
     v_home smallint;
     v_bucket smallint;
 BEGIN
-    PERFORM core.require(p_inventory_id, 'p_inventory_id');
-    PERFORM core.require_range(p_quantity, 'p_quantity', 1, 100);
-    PERFORM core.require_text(p_holder, 'p_holder', 200);
-    IF p_hold_key IS NOT NULL THEN
-        PERFORM core.require_text(p_hold_key, 'p_hold_key', 255);
-    END IF;
-    SELECT * INTO v_inventory FROM booking.inventory AS i WHERE i.inventory_id = p_inventory_id;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'inventory % not found', p_inventory_id USING ERRCODE = 'RB005';
-    END IF;
+    v_inventory := booking.inventory_for_request(p_inventory_id, p_quantity, p_holder, p_hold_key, 'p_hold_key');
     IF v_inventory.queued THEN
         -- Sold through a waiting room: an admitted ticket (api.place_hold_v2) or RB006.
         PERFORM booking.require_admission(

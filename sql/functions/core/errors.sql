@@ -12,15 +12,15 @@ AS $$
         '[0-9]+', '#', 'g'), 'UTF8')), 'hex');
 $$;
 
-CREATE OR REPLACE FUNCTION api.log_error(
+CREATE OR REPLACE FUNCTION core.log_error(
     p_severity text, p_source text, p_message text, p_detail text DEFAULT NULL,
     p_context jsonb DEFAULT '{}', p_sqlstate text DEFAULT NULL
 )
 RETURNS bigint
 LANGUAGE plpgsql
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
 AS $$
+-- What api.log_error does, for our own code (a Stripe event not applied, a reconciliation
+-- mismatch): internal functions never call api.* (docs/DESIGN.md, "Layers").
 DECLARE
     v_fingerprint text;
     v_error_id bigint;
@@ -62,6 +62,20 @@ BEGIN
             'alert.notify:' || v_fingerprint || ':' || (extract(EPOCH FROM now())::bigint / 600));
     END IF;
     RETURN v_error_id;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION api.log_error(
+    p_severity text, p_source text, p_message text, p_detail text DEFAULT NULL,
+    p_context jsonb DEFAULT '{}', p_sqlstate text DEFAULT NULL
+)
+RETURNS bigint
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RETURN core.log_error(p_severity, p_source, p_message, p_detail, p_context, p_sqlstate);
 END;
 $$;
 COMMENT ON FUNCTION api.log_error(text, text, text, text, jsonb, text) IS

@@ -1,5 +1,11 @@
 -- Stripe events: stored once by id and applied in the same transaction.
 
+-- Names an earlier version of this file used: stripe.outcome_of is stripe.apply_payload, and
+-- stripe.apply_event (a stored event, not booking.apply_event's transition) is
+-- stripe.reapply_stored_event.
+DROP FUNCTION IF EXISTS stripe.outcome_of(jsonb);
+DROP FUNCTION IF EXISTS stripe.apply_event(text);
+
 CREATE OR REPLACE FUNCTION stripe.check_event(p_event jsonb)
 RETURNS void
 LANGUAGE plpgsql
@@ -58,7 +64,24 @@ AS $$
     SELECT 20;
 $$;
 
-CREATE OR REPLACE FUNCTION stripe.outcome_of(p_event jsonb)
+CREATE OR REPLACE FUNCTION stripe.after_attempt(p_outcome text, p_attempts int)
+RETURNS TABLE (status text, processed_at timestamptz, next_attempt_at timestamptz, last_error text)
+LANGUAGE sql
+AS $$
+    -- The one rule for an event's row after its p_attempts-th attempt came out as p_outcome
+    -- (processed, ignored, deferred or failed): a deferred or failed event is retried with
+    -- capped exponential backoff (stripe.retry_delay), dead after stripe.attempts_max()
+    -- attempts. last_error is the deferral's reason; a failure brings its own error.
+    SELECT
+        CASE WHEN p_outcome IN ('deferred', 'failed') AND p_attempts >= stripe.attempts_max() THEN 'dead'
+             ELSE p_outcome END,
+        CASE WHEN p_outcome IN ('processed', 'ignored') THEN clock_timestamp() END,
+        CASE WHEN p_outcome IN ('deferred', 'failed') AND p_attempts < stripe.attempts_max()
+             THEN now() + stripe.retry_delay(p_attempts) END,
+        CASE WHEN p_outcome = 'deferred' THEN 'waiting for the payment it depends on' END;
+$$;
+
+CREATE OR REPLACE FUNCTION stripe.apply_payload(p_event jsonb)
 RETURNS text
 LANGUAGE plpgsql
 AS $$
@@ -77,7 +100,7 @@ BEGIN
 END;
 $$;
 
-CREATE OR REPLACE FUNCTION stripe.apply_event(p_event_id text)
+CREATE OR REPLACE FUNCTION stripe.reapply_stored_event(p_event_id text)
 RETURNS text
 LANGUAGE plpgsql
 AS $$
@@ -86,21 +109,15 @@ AS $$
 DECLARE
     v_outcome text;
 BEGIN
-    v_outcome := stripe.outcome_of((SELECT e.payload FROM stripe.events AS e WHERE e.event_id = p_event_id));
-    UPDATE stripe.events
-    SET status = CASE
-            WHEN v_outcome = 'deferred' AND attempts + 1 >= stripe.attempts_max() THEN 'dead'
-            ELSE v_outcome
-        END,
-        attempts = attempts + 1,
-        processed_at = CASE WHEN v_outcome = 'deferred' THEN NULL ELSE clock_timestamp() END,
-        next_attempt_at = CASE
-            WHEN v_outcome = 'deferred' AND attempts + 1 < stripe.attempts_max()
-                THEN now() + stripe.retry_delay(attempts + 1)
-        END,
-        last_error = CASE WHEN v_outcome = 'deferred' THEN 'waiting for the payment it depends on' END,
+    v_outcome := stripe.apply_payload((SELECT e.payload FROM stripe.events AS e WHERE e.event_id = p_event_id));
+    UPDATE stripe.events AS e
+    SET (status, processed_at, next_attempt_at, last_error) = (
+            SELECT a.status, a.processed_at, a.next_attempt_at, a.last_error
+            FROM stripe.after_attempt(v_outcome, e.attempts + 1) AS a
+        ),
+        attempts = e.attempts + 1,
         last_sqlstate = NULL
-    WHERE event_id = p_event_id;
+    WHERE e.event_id = p_event_id;
     RETURN v_outcome;
 END;
 $$;
@@ -128,11 +145,11 @@ BEGIN
         FOR UPDATE SKIP LOCKED
     LOOP
         BEGIN
-            v_outcome := stripe.apply_event(v_id);
+            v_outcome := stripe.reapply_stored_event(v_id);
         EXCEPTION WHEN OTHERS THEN
             GET STACKED DIAGNOSTICS v_sqlstate = RETURNED_SQLSTATE, v_message = MESSAGE_TEXT;
             -- The same record of a failed attempt as the shim makes after a failed delivery.
-            PERFORM api.record_stripe_event_failure(
+            PERFORM stripe.record_failure(
                 (SELECT e.payload FROM stripe.events AS e WHERE e.event_id = v_id), v_sqlstate, v_message);
             v_outcome := 'failed';
         END;
@@ -154,7 +171,7 @@ BEGIN
     IF NOT FOUND THEN
         RAISE EXCEPTION 'no stored Stripe event %', p_event_id USING ERRCODE = 'RB005';
     END IF;
-    RETURN stripe.apply_event(p_event_id);
+    RETURN stripe.reapply_stored_event(p_event_id);
 END;
 $$;
 COMMENT ON FUNCTION ops.replay_stripe_event(text) IS
@@ -177,23 +194,19 @@ BEGIN
     IF FOUND THEN
         -- A redelivery of an event that failed or waits is a retry: apply it now.
         IF v_status IN ('failed', 'deferred', 'dead') THEN
-            RETURN stripe.apply_event(v_event_id);
+            RETURN stripe.reapply_stored_event(v_event_id);
         END IF;
         RETURN 'duplicate';
     END IF;
     -- New: apply first, then store it once with its outcome (one write of the row).
-    v_outcome := stripe.outcome_of(p_event);
+    v_outcome := stripe.apply_payload(p_event);
     INSERT INTO stripe.events (
         event_id, type, livemode, payload, status, attempts, processed_at, next_attempt_at, last_error,
         correlation_id
     )
-    VALUES (
-        v_event_id, p_event ->> 'type', stripe.livemode(p_event), p_event, v_outcome, 1,
-        CASE WHEN v_outcome <> 'deferred' THEN clock_timestamp() END,
-        CASE WHEN v_outcome = 'deferred' THEN now() + stripe.retry_delay(1) END,
-        CASE WHEN v_outcome = 'deferred' THEN 'waiting for the payment it depends on' END,
-        left(current_setting('app.correlation_id', true), 200)
-    );
+    SELECT v_event_id, p_event ->> 'type', stripe.livemode(p_event), p_event, a.status, 1,
+           a.processed_at, a.next_attempt_at, a.last_error, left(current_setting('app.correlation_id', true), 200)
+    FROM stripe.after_attempt(v_outcome, 1) AS a;
     RETURN v_outcome;
 END;
 $$;
@@ -272,12 +285,12 @@ $$;
 COMMENT ON FUNCTION api.ingest_stripe_events(jsonb, text[]) IS
 'Group commit of verified Stripe events (a JSON array): each stored once by id and applied as by api.ingest_stripe_event, all in one transaction, outcomes in the order given; any error rolls back all of them. 22023 unless an array of 1 to 100 events (and NULL or one correlation id each).';
 
-CREATE OR REPLACE FUNCTION api.record_stripe_event_failure(p_event jsonb, p_sqlstate text, p_message text)
+CREATE OR REPLACE FUNCTION stripe.record_failure(p_event jsonb, p_sqlstate text, p_message text)
 RETURNS void
 LANGUAGE plpgsql
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
 AS $$
+-- A failed attempt at an event (the shim's delivery, or the retry job's), kept with its
+-- payload and error, retried as stripe.after_attempt says.
 DECLARE
     v_event_id text := p_event ->> 'id';
 BEGIN
@@ -290,22 +303,29 @@ BEGIN
         event_id, type, livemode, payload, status, attempts, last_error, last_sqlstate,
         next_attempt_at, correlation_id
     )
-    VALUES (
-        v_event_id, p_event ->> 'type', stripe.livemode(p_event), p_event, 'failed', 1,
-        left(coalesce(p_message, 'unknown error'), 2000), p_sqlstate, now() + stripe.retry_delay(1),
-        left(current_setting('app.correlation_id', true), 200)
-    )
+    SELECT v_event_id, p_event ->> 'type', stripe.livemode(p_event), p_event, a.status, 1,
+           left(coalesce(p_message, 'unknown error'), 2000), p_sqlstate, a.next_attempt_at,
+           left(current_setting('app.correlation_id', true), 200)
+    FROM stripe.after_attempt('failed', 1) AS a
     ON CONFLICT (event_id) DO UPDATE
-        SET attempts = e.attempts + 1,
-            status = CASE WHEN e.attempts + 1 >= stripe.attempts_max() THEN 'dead' ELSE 'failed' END,
-            next_attempt_at = CASE
-                WHEN e.attempts + 1 >= stripe.attempts_max() THEN NULL
-                ELSE now() + stripe.retry_delay(e.attempts + 1)
-            END,
+        SET (status, next_attempt_at) = (
+                SELECT a.status, a.next_attempt_at FROM stripe.after_attempt('failed', e.attempts + 1) AS a
+            ),
+            attempts = e.attempts + 1,
             last_error = excluded.last_error,
             last_sqlstate = excluded.last_sqlstate
         -- A delivery that succeeded meanwhile wins over this failure.
         WHERE e.status NOT IN ('processed', 'ignored');
+END;
+$$;
+CREATE OR REPLACE FUNCTION api.record_stripe_event_failure(p_event jsonb, p_sqlstate text, p_message text)
+RETURNS void
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM stripe.record_failure(p_event, p_sqlstate, p_message);
 END;
 $$;
 COMMENT ON FUNCTION api.record_stripe_event_failure(jsonb, text, text) IS

@@ -220,16 +220,7 @@ DECLARE
     v_taken boolean := false;
     v_entry_id uuid;
 BEGIN
-    PERFORM core.require(p_inventory_id, 'p_inventory_id');
-    PERFORM core.require_range(p_quantity, 'p_quantity', 1, 100);
-    PERFORM core.require_text(p_holder, 'p_holder', 200);
-    IF p_key IS NOT NULL THEN
-        PERFORM core.require_text(p_key, 'p_key', 255);
-    END IF;
-    SELECT * INTO v_inventory FROM booking.inventory AS i WHERE i.inventory_id = p_inventory_id;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'inventory % not found', p_inventory_id USING ERRCODE = 'RB005';
-    END IF;
+    v_inventory := booking.inventory_for_request(p_inventory_id, p_quantity, p_holder, p_key, 'p_key');
     IF p_key IS NOT NULL THEN
         -- Joins with one (holder, key) run one at a time.
         PERFORM pg_advisory_xact_lock(hashtextextended(p_holder || E'\n' || p_key, 7262));
