@@ -49,7 +49,7 @@ def version_trigger_calls(url: str, defines: dict[str, str]) -> tuple[int, int]:
         with connect(url) as conn:
             return int(conn.execute(
                 "SELECT coalesce(sum(calls), 0) FROM pg_stat_user_functions WHERE schemaname = 'booking'"
-                " AND funcname IN ('note_bucket_crossing', 'note_inventory_change', 'announce_changes')"
+                " AND funcname IN ('note_row_change', 'announce_changes')"
             ).fetchone()[0])
 
     with connect(url) as conn:
