@@ -7,6 +7,9 @@ each login can do its own duty and no other, the queued e-mail job carries its m
 from __future__ import annotations
 
 import io
+import os
+import re
+import shlex
 import subprocess
 import tarfile
 import uuid
@@ -182,12 +185,16 @@ def test_an_embedded_cluster_of_the_previous_make_run_upgrades_by_migrating(own_
     with connect(admin) as conn:
         assert conn.execute("SELECT rolcanlogin FROM pg_roles WHERE rolname = 'booking_shim'").fetchone()[0] is False
         assert conn.execute("SELECT pg_has_role('booking_shim', 'booking_app', 'MEMBER')").fetchone()[0] is False
+    # run.sh's own create_logins call (scripts/lib/serve-common.sh), run against this cluster.
     run_sh = (ROOT / "scripts" / "run.sh").read_text()
-    logins_sql = run_sh.split("<<'SQL'\n", 1)[1].split("\nSQL\n", 1)[0]
-    assert "GRANT booking_shim TO shim_login" in logins_sql
-    result = subprocess.run(["psql", admin, "-X", "-q", "-v", "ON_ERROR_STOP=1"], input=logins_sql, text=True,
-                            capture_output=True, timeout=60)
+    call = re.search(r'^create_logins "\$admin_url"(?:[^\n]*\\\n)*[^\n]*$', run_sh, re.M).group(0)
+    assert "shim_login:booking_shim" in call, call
+    script = f"source scripts/lib/serve-common.sh\nadmin_url={shlex.quote(admin)}\n{call}\n"
+    result = subprocess.run(["bash", "-c", script], cwd=ROOT, text=True, capture_output=True, timeout=60,
+                            env=dict(os.environ, RUN_STATE_DIR=str(tmp_path / "run-state")))
     assert result.returncode == 0, result.stderr
+    with connect(admin) as conn:
+        assert conn.execute("SELECT pg_has_role('shim_login', 'booking_shim', 'MEMBER')").fetchone()[0]
     with pytest.raises(psycopg.OperationalError, match="not permitted to log in"):
         connect(url_for(admin, admin.rsplit("/", 1)[1], "booking_shim")).close()
 
