@@ -4,7 +4,7 @@ api.ingest_stripe_events), each run N times by one client against a fresh migrat
 database in a cluster of its own (fsync on, like the benches).
 
     .venv/bin/python -m tests.bench.profile_calls [--calls N] [--cases A,B] [--explain] [--perf] [--micro]
-        [--waits SECONDS [--clients N]] [--setting NAME=VALUE] [--apply FILE.sql] [--skip-counts]
+        [--waits SECONDS [--clients N] [--runs A,B]] [--decompose SECONDS] [--setting NAME=VALUE] [--apply FILE.sql] [--skip-counts]
 
 For each case, per call: transaction ids assigned (the top transaction plus every
 subtransaction that wrote: an EXCEPTION block that was entered and wrote a row), WAL
@@ -31,6 +31,7 @@ import collections
 import os
 import random
 import re
+import resource
 import subprocess
 import threading
 import time
@@ -55,9 +56,9 @@ PROFILE_SETTINGS = (
 )
 
 BASELINE_SETUP = """
-CREATE TABLE bench_counter (id int PRIMARY KEY, free int NOT NULL CHECK (free >= 0));
-INSERT INTO bench_counter SELECT g, 2000000000 FROM generate_series(1, 200) AS g;
-CREATE TABLE bench_holds (
+CREATE TABLE IF NOT EXISTS bench_counter (id int PRIMARY KEY, free int NOT NULL CHECK (free >= 0));
+INSERT INTO bench_counter SELECT g, 2000000000 FROM generate_series(1, 200) AS g ON CONFLICT DO NOTHING;
+CREATE TABLE IF NOT EXISTS bench_holds (
     hold_id uuid PRIMARY KEY DEFAULT gen_random_uuid(), inventory_id int NOT NULL, quantity int NOT NULL,
     holder text NOT NULL, status text NOT NULL DEFAULT 'live', expires_at timestamptz NOT NULL
 );
@@ -408,8 +409,34 @@ def micro(url: str) -> None:
           ["piece", "us per iteration", "us, less the empty loop"], rows)
 
 
-def sample_waits(url: str, script: str, clients: int, seconds: int, defines: dict[str, str]) -> tuple[float, collections.Counter, int]:
-    """Runs pgbench; samples the wait events of its sessions at 10 Hz meanwhile."""
+def cluster_cpu_s(url: str) -> float:
+    """CPU seconds used so far by the cluster's processes: the postmaster's own and its
+    reaped children's (every backend that has exited), plus each live child's."""
+    with connect(url) as conn:
+        data_dir = conn.execute("SELECT current_setting('data_directory')").fetchone()[0]
+    with open(os.path.join(data_dir, "postmaster.pid")) as f:
+        postmaster = int(f.readline())
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def fields(pid):
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()
+
+    total = sum(int(x) for x in fields(postmaster)[11:15])  # utime stime cutime cstime
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                f = fields(pid)
+                if int(f[1]) == postmaster:
+                    total += int(f[11]) + int(f[12])
+            except (OSError, IndexError):
+                pass  # exited meanwhile
+    return total / tick
+
+
+def sample_waits(url: str, script: str, clients: int, seconds: int, defines: dict[str, str]) -> tuple[float, collections.Counter, int, float, float]:
+    """Runs pgbench; samples the wait events of its sessions at 10 Hz meanwhile. Returns
+    (tps, wait events, samples, the cluster's CPU us per transaction, pgbench's)."""
     u = urlparse(url)
     path = f"/tmp/profile_calls_{os.getpid()}.sql"
     with open(path, "w") as f:
@@ -434,19 +461,53 @@ def sample_waits(url: str, script: str, clients: int, seconds: int, defines: dic
                 samples += 1
                 time.sleep(0.1)
 
+    def perf_of_sessions():
+        """perf of this cluster's pgbench sessions for half the run, by library and by symbol."""
+        time.sleep(seconds / 4)
+        with connect(url) as conn:
+            pids = [str(p) for (p,) in conn.execute(
+                "SELECT pid FROM pg_stat_activity WHERE application_name = 'pgbench'").fetchall()]
+        data = f"/tmp/profile_calls_{os.getpid()}.perf"
+        subprocess.run(["perf", "record", "-q", "-e", "cpu-clock", "-F", "1000", "-p", ",".join(pids), "-o", data,
+                        "--", "sleep", str(seconds / 2)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for sort, limit in (("dso", "1"), ("dso,symbol", "0.7")):
+            report = subprocess.run(["perf", "report", "-i", data, "--stdio", "--no-children", "--sort", sort,
+                                     "--percent-limit", limit], capture_output=True, text=True).stdout
+            perf_lines.append(f"perf record -e cpu-clock of the {len(pids)} sessions, by {sort} (>= {limit}%):")
+            perf_lines.extend("  " + x.strip() for x in report.splitlines() if x.strip() and not x.startswith("#"))
+        os.unlink(data)
+
+    perf_lines: list[str] = []
+    perf_thread = threading.Thread(target=perf_of_sessions) if PERF[0] and ":inv" in script else None
     thread = threading.Thread(target=sampler)
+    cpu = cluster_cpu_s(url)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
     thread.start()
+    if perf_thread:
+        perf_thread.start()
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=dict(os.environ, PGAPPNAME="pgbench"))
     finally:
         stop.set()
         thread.join()
+        if perf_thread:
+            perf_thread.join()
         os.unlink(path)
+    if perf_lines:
+        print("\n" + "\n".join(perf_lines))
+    time.sleep(0.5)  # pgbench's backends have exited and been reaped
+    cpu = cluster_cpu_s(url) - cpu
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    pgbench_cpu = after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime
     tps = float(re.search(r"tps = ([0-9.]+) \(without", out.stdout).group(1))
-    return tps, waits, samples
+    transactions = int(re.search(r"number of transactions actually processed: (\d+)", out.stdout).group(1))
+    return tps, waits, samples, cpu / transactions * 1e6, pgbench_cpu / transactions * 1e6
 
 
-def waits(url: str, seconds: int, clients: int) -> None:
+WAIT_RUNS = ("place_hold", "own_inventory", "own_row", "hot_row")
+
+
+def waits(url: str, seconds: int, clients: int, which: set[str]) -> None:
     inventory = new_inventory(url, f"profile-waits-{clients}")
     with connect(url) as conn:
         conn.execute("CREATE TABLE IF NOT EXISTS bench_inventories (n int PRIMARY KEY, inventory_id uuid NOT NULL)")
@@ -459,14 +520,141 @@ def waits(url: str, seconds: int, clients: int) -> None:
             ("baseline: each client its own counter row", OWN_ROW_SCRIPT, {}),
             ("baseline: one hot counter row", HOT_ROW_SCRIPT, {})]
     results = []
-    for label, script, defines in runs:
+    for key, (label, script, defines) in zip(WAIT_RUNS, runs):
+        if key not in which:
+            continue
         results.append((label, *sample_waits(url, script, clients, seconds, defines)))
-    names = sorted({w for _, _, c, _ in results for w in c}, key=lambda w: -sum(c[w] for _, _, c, _ in results))
-    rows = [[w, *(f"{c[w] / max(1, s):.1f}" for _, _, c, s in results)] for w in names]
-    rows.append(["tps (load-dependent)", *(f"{t:,.0f}" for _, t, _, _ in results)])
+    names = sorted({w for r in results for w in r[2]}, key=lambda w: -sum(r[2][w] for r in results))
+    rows = [[w, *(f"{c[w] / max(1, s):.1f}" for _, _, c, s, _, _ in results)] for w in names]
+    rows.append(["tps (load-dependent)", *(f"{r[1]:,.0f}" for r in results)])
+    rows.append(["cluster CPU us per transaction (all its processes)", *(f"{r[4]:,.0f}" for r in results)])
+    rows.append(["pgbench CPU us per transaction", *(f"{r[5]:,.0f}" for r in results)])
+    rows.append(["2 cores / (cluster + pgbench CPU): tps if CPU-bound",
+                 *(f"{2e6 / (r[4] + r[5]):,.0f}" for r in results)])
     table(f"{clients} pgbench clients, {seconds} s each: mean active sessions in each wait event "
           "(pg_stat_activity sampled at 10 Hz; depends on the load on the machine)",
           ["wait event", *(label for label, *_ in results)], rows)
+    print(f"load average after: {os.getloadavg()}")
+
+
+# What place_hold's CPU per transaction is made of, one layer at a time, each a pgbench
+# script (32 clients): from the no-contention baseline to the real function.
+ONE_STATEMENT_HOLD = """
+WITH i AS (
+    SELECT x.inventory_id, x.hold_ttl, x.unit_amount, x.bucket_count FROM booking.inventory AS x
+    WHERE x.inventory_id = {inv} AND NOT x.queued
+), b AS (
+    UPDATE booking.inventory_buckets AS b SET free = b.free - {q}
+    WHERE b.inventory_id = {inv}
+      AND b.bucket_no = (
+          SELECT c.bucket_no FROM booking.inventory_buckets AS c
+          WHERE c.inventory_id = {inv} AND c.free >= {q}
+            AND c.bucket_no >= (SELECT floor(random() * i.bucket_count) FROM i)
+          ORDER BY c.bucket_no LIMIT 1
+          FOR UPDATE SKIP LOCKED)
+    RETURNING b.bucket_no
+)
+INSERT INTO booking.holds AS h (inventory_id, bucket_no, quantity, holder, expires_at, unit_amount)
+SELECT i.inventory_id, b.bucket_no, {q}, {holder}, clock_timestamp() + i.hold_ttl, i.unit_amount FROM i, b
+RETURNING h.hold_id, h.expires_at"""
+DECOMPOSE_SETUP = f"""
+CREATE TABLE IF NOT EXISTS bench_holds_shaped (LIKE booking.holds INCLUDING ALL);
+CREATE TABLE IF NOT EXISTS bench_holds_two_fewer (LIKE booking.holds INCLUDING ALL);
+CREATE TABLE IF NOT EXISTS bench_holds_pkey_only (LIKE booking.holds INCLUDING ALL);
+DO $d$
+DECLARE r record;
+BEGIN
+    -- V0012's created_at index and the older open-deadline index; then every index but the key.
+    FOR r IN SELECT indexname FROM pg_indexes WHERE tablename = 'bench_holds_two_fewer'
+             AND (indexdef ~ '\(created_at\)' OR indexdef ~ '\(expires_at\) WHERE')
+             UNION ALL
+             SELECT indexname FROM pg_indexes WHERE tablename = 'bench_holds_pkey_only' AND indexname !~ 'pkey' LOOP
+        EXECUTE format('DROP INDEX %I', r.indexname);
+    END LOOP;
+END $d$;
+CREATE OR REPLACE FUNCTION booking.bench_hold_plain(p_inventory_id uuid, p_quantity int, p_holder text)
+RETURNS TABLE (hold_id uuid, expires_at timestamptz) LANGUAGE plpgsql AS $f$
+BEGIN
+    RETURN QUERY {ONE_STATEMENT_HOLD.format(inv="p_inventory_id", q="p_quantity", holder="p_holder")};
+END $f$;
+CREATE OR REPLACE FUNCTION booking.bench_hold_keyed(p_inventory_id uuid, p_quantity int, p_holder text, p_bucket int)
+RETURNS TABLE (hold_id uuid, expires_at timestamptz) LANGUAGE plpgsql AS $f$
+BEGIN
+    RETURN QUERY
+    WITH b AS (
+        UPDATE booking.inventory_buckets AS b SET free = b.free - p_quantity
+        WHERE b.inventory_id = p_inventory_id AND b.bucket_no = p_bucket AND b.free >= p_quantity
+        RETURNING b.bucket_no
+    )
+    INSERT INTO booking.holds AS h (inventory_id, bucket_no, quantity, holder, expires_at, unit_amount)
+    SELECT p_inventory_id, b.bucket_no, p_quantity, p_holder, clock_timestamp() + interval '15 minutes', 5000 FROM b
+    RETURNING h.hold_id, h.expires_at;
+END $f$;
+CREATE OR REPLACE FUNCTION booking.bench_hold_definer(p_inventory_id uuid, p_quantity int, p_holder text)
+RETURNS TABLE (hold_id uuid, expires_at timestamptz) LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan AS $f$
+BEGIN
+    RETURN QUERY {ONE_STATEMENT_HOLD.format(inv="p_inventory_id", q="p_quantity", holder="p_holder")};
+END $f$;
+CREATE OR REPLACE FUNCTION booking.bench_hold_subtransaction(p_inventory_id uuid, p_quantity int, p_holder text)
+RETURNS TABLE (hold_id uuid, expires_at timestamptz) LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan AS $f$
+BEGIN
+    BEGIN
+        RETURN QUERY {ONE_STATEMENT_HOLD.format(inv="p_inventory_id", q="p_quantity", holder="p_holder")};
+    EXCEPTION WHEN SQLSTATE 'RB001' THEN NULL;
+    END;
+END $f$;
+"""
+DECOMPOSE = [
+    ("baseline: own counter row + insert into a 6-column, 1-index table", OWN_ROW_SCRIPT),
+    ("own counter row + insert into a copy of booking.holds (LIKE INCLUDING ALL: its 7 indexes, domains, defaults)",
+     """\\set q random(1, 4)
+\\set id :client_id + 1
+WITH taken AS (UPDATE bench_counter SET free = free - :q WHERE id = :id AND free >= :q RETURNING id)
+INSERT INTO bench_holds_shaped (inventory_id, bucket_no, quantity, holder, expires_at, unit_amount)
+SELECT CAST(:inv AS uuid), 0, :q, 'bench', clock_timestamp() + interval '15 minutes', 5000 FROM taken;
+"""),
+    ("... the same without holds_created_at_idx and holds_open_deadline_idx (2 of the 4 index entries a hold makes)",
+     """\\set q random(1, 4)
+\\set id :client_id + 1
+WITH taken AS (UPDATE bench_counter SET free = free - :q WHERE id = :id AND free >= :q RETURNING id)
+INSERT INTO bench_holds_two_fewer (inventory_id, bucket_no, quantity, holder, expires_at, unit_amount)
+SELECT CAST(:inv AS uuid), 0, :q, 'bench', clock_timestamp() + interval '15 minutes', 5000 FROM taken;
+"""),
+    ("... the same with the primary key only (booking.holds' 13 columns, domains, defaults)",
+     """\\set q random(1, 4)
+\\set id :client_id + 1
+WITH taken AS (UPDATE bench_counter SET free = free - :q WHERE id = :id AND free >= :q RETURNING id)
+INSERT INTO bench_holds_pkey_only (inventory_id, bucket_no, quantity, holder, expires_at, unit_amount)
+SELECT CAST(:inv AS uuid), 0, :q, 'bench', clock_timestamp() + interval '15 minutes', 5000 FROM taken;
+"""),
+    ("that statement sent by pgbench (prepared; custom plans: planned at every call)",
+     "\\set q random(1, 4)\n" + ONE_STATEMENT_HOLD.format(inv="CAST(:inv AS uuid)", q=":q", holder="'bench'") + ";\n"),
+    ("plpgsql, one statement: the client's own bucket by key (no SKIP LOCKED, no inventory read) + insert into booking.holds",
+     "\\set q random(1, 4)\n\\set b :client_id % 64\nSELECT * FROM booking.bench_hold_keyed(:inv, :q, 'bench', :b);\n"),
+    ("plpgsql, one statement: inventory read, SKIP LOCKED bucket, insert (RETURN QUERY)",
+     "\\set q random(1, 4)\nSELECT * FROM booking.bench_hold_plain(:inv, :q, 'bench');\n"),
+    ("... SECURITY DEFINER with api.*'s two SET clauses",
+     "\\set q random(1, 4)\nSELECT * FROM booking.bench_hold_definer(:inv, :q, 'bench');\n"),
+    ("... and the statement in an EXCEPTION block (a subtransaction)",
+     "\\set q random(1, 4)\nSELECT * FROM booking.bench_hold_subtransaction(:inv, :q, 'bench');\n"),
+    ("api.place_hold as it is", PLACE_HOLD_SCRIPT),
+]
+
+
+def decompose(url: str, seconds: int, clients: int) -> None:
+    with connect(url) as conn:
+        conn.execute(DECOMPOSE_SETUP)
+        conn.execute("ANALYZE")
+    rows = []
+    for label, script in DECOMPOSE:
+        inventory = new_inventory(url, f"decompose-{len(rows)}")
+        tps, _, _, cpu, client_cpu = sample_waits(url, script, clients, seconds, {"inv": inventory})
+        rows.append([label, f"{cpu:,.0f}", f"{client_cpu:,.0f}", f"{tps:,.0f}"])
+    table(f"place_hold's CPU one layer at a time: {clients} pgbench clients, {seconds} s each (CPU us per "
+          "transaction varies with the machine's load by about 15%, tps much more)",
+          ["script", "cluster CPU us/tx", "pgbench CPU us/tx", "tps (load-dependent)"], rows)
     print(f"load average after: {os.getloadavg()}")
 
 
@@ -476,9 +664,13 @@ def main() -> None:
     parser.add_argument("--waits", type=int, default=0, metavar="SECONDS",
                         help="also sample wait events during SECONDS-long pgbench runs (load-dependent)")
     parser.add_argument("--clients", type=int, default=32, help="pgbench clients for --waits")
+    parser.add_argument("--runs", default=",".join(WAIT_RUNS),
+                        help=f"which --waits runs, comma-separated (default: {','.join(WAIT_RUNS)})")
     parser.add_argument("--skip-counts", action="store_true", help="only the --waits runs")
     parser.add_argument("--cases", default="baselines,place_hold,create_booking,ingest",
                         help="which cases to count, comma-separated (default: all)")
+    parser.add_argument("--decompose", type=int, default=0, metavar="SECONDS",
+                        help="place_hold's CPU per transaction one layer at a time, pgbench runs of SECONDS")
     parser.add_argument("--micro", action="store_true",
                         help="also measure pieces of a call alone (exception blocks, SET clauses, JSON building)")
     parser.add_argument("--setting", action="append", default=[], metavar="NAME=VALUE",
@@ -507,11 +699,14 @@ def main() -> None:
             profile(url, url_for(pg.url(), "postgres"), args.calls, args.explain, set(args.cases.split(",")))
         if args.micro:
             micro(url)
+        if args.decompose:
+            with connect(url) as conn:
+                conn.execute(BASELINE_SETUP)
+            decompose(url, args.decompose, args.clients)
         if args.waits:
-            if args.skip_counts:
-                with connect(url) as conn:
-                    conn.execute(BASELINE_SETUP)
-            waits(url, args.waits, args.clients)
+            with connect(url) as conn:
+                conn.execute(BASELINE_SETUP)
+            waits(url, args.waits, args.clients, set(args.runs.split(",")))
         with connect(url) as conn:
             broken = [conn.execute(f"SELECT count(*) FROM ops.{v}").fetchone()[0]
                       for v in ("oversold_inventory", "ledger_imbalances", "broken_rows")]
