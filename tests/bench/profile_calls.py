@@ -91,6 +91,10 @@ SELECT inventory_id AS inv FROM bench_inventories WHERE n = :n \\gset
 SELECT * FROM api.place_hold(:inv, :q, 'bench');
 """
 
+HOLD_THEN_BOOKING_SCRIPT = """SELECT hold_id AS h FROM api.place_hold(:inv, 1, 'bench') \\gset
+SELECT api.create_booking(NULL, 'bench', ARRAY[:h::uuid]);
+"""
+
 # The WAL by relation and record type, for the records of this database between two LSNs.
 WAL_BY_RELATION = """
 WITH r AS (
@@ -504,7 +508,7 @@ def sample_waits(url: str, script: str, clients: int, seconds: int, defines: dic
     return tps, waits, samples, cpu / transactions * 1e6, pgbench_cpu / transactions * 1e6
 
 
-WAIT_RUNS = ("place_hold", "own_inventory", "own_row", "hot_row")
+WAIT_RUNS = ("place_hold", "own_inventory", "own_row", "hot_row", "hold_then_booking")
 
 
 def waits(url: str, seconds: int, clients: int, which: set[str]) -> None:
@@ -518,12 +522,27 @@ def waits(url: str, seconds: int, clients: int, which: set[str]) -> None:
     runs = [("api.place_hold, one inventory", PLACE_HOLD_SCRIPT, {"inv": inventory}),
             ("api.place_hold, each client its own inventory", OWN_INVENTORY_SCRIPT, {}),
             ("baseline: each client its own counter row", OWN_ROW_SCRIPT, {}),
-            ("baseline: one hot counter row", HOT_ROW_SCRIPT, {})]
+            ("baseline: one hot counter row", HOT_ROW_SCRIPT, {}),
+            # As tests/bench/bookings_bench.py: two transactions, the hold then its booking.
+            ("api.place_hold then api.create_booking", HOLD_THEN_BOOKING_SCRIPT, {"inv": inventory})]
     results = []
+    pgss_url = url.rsplit("/", 1)[0] + "/postgres"
     for key, (label, script, defines) in zip(WAIT_RUNS, runs):
         if key not in which:
             continue
+        with connect(pgss_url) as conn:
+            conn.execute("SELECT pg_stat_statements_reset()")
         results.append((label, *sample_waits(url, script, clients, seconds, defines)))
+        with connect(pgss_url) as conn:
+            top = conn.execute(
+                """SELECT regexp_replace(query, '\\s+', ' ', 'g'), calls, total_exec_time / calls,
+                          shared_blks_hit::float8 / calls, rows::float8 / calls
+                   FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname = 'bench')
+                     AND calls > 0 AND query !~* 'pg_stat|pg_backend_pid|current_setting'
+                   ORDER BY total_exec_time DESC LIMIT 8""").fetchall()
+        table(f"{label}: statements by total time during the run (pg_stat_statements; ms depend on load)",
+              ["statement", "calls", "mean ms", "blks hit/call", "rows/call"],
+              [[q[:100], f"{c:,}", f"{m:.3f}", f"{h:.1f}", f"{r:.1f}"] for q, c, m, h, r in top])
     names = sorted({w for r in results for w in r[2]}, key=lambda w: -sum(r[2][w] for r in results))
     rows = [[w, *(f"{c[w] / max(1, s):.1f}" for _, _, c, s, _, _ in results)] for w in names]
     rows.append(["tps (load-dependent)", *(f"{r[1]:,.0f}" for r in results)])
@@ -664,8 +683,8 @@ def main() -> None:
     parser.add_argument("--waits", type=int, default=0, metavar="SECONDS",
                         help="also sample wait events during SECONDS-long pgbench runs (load-dependent)")
     parser.add_argument("--clients", type=int, default=32, help="pgbench clients for --waits")
-    parser.add_argument("--runs", default=",".join(WAIT_RUNS),
-                        help=f"which --waits runs, comma-separated (default: {','.join(WAIT_RUNS)})")
+    parser.add_argument("--runs", default=",".join(WAIT_RUNS[:4]),
+                        help=f"which --waits runs, comma-separated, of {','.join(WAIT_RUNS)} (default: the first four)")
     parser.add_argument("--skip-counts", action="store_true", help="only the --waits runs")
     parser.add_argument("--cases", default="baselines,place_hold,create_booking,ingest",
                         help="which cases to count, comma-separated (default: all)")
