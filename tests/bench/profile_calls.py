@@ -14,11 +14,18 @@ functions and triggers run (pg_stat_user_functions, track_functions = all), and 
 statement the call ran, nested ones included (pg_stat_statements, track = all): calls,
 rows, plans, shared buffers hit and dirtied, WAL. Only the "ms" columns depend on load.
 
---waits SECONDS also samples pg_stat_activity at 10 Hz while pgbench runs 32 clients of
-api.place_hold on one inventory, then on one inventory each (the same code without
-contention; each transaction also reads its inventory id), then the two baselines of
-tests/bench/holds_bench.py (one hot counter row; each client its own counter row), and
-tabulates the wait events (these figures do depend on the load on the machine).
+--waits SECONDS also samples pg_stat_activity at 10 Hz during pgbench runs (--clients,
+default 32) and tabulates the wait events. It prints each run's CPU per transaction (every
+process of the cluster, from /proc, and pgbench's) and its statements by total time. The
+--runs are: place_hold (one inventory), own_inventory (one inventory per client; each
+transaction also reads its inventory id), own_row and hot_row (the two baselines of
+issue 14: each client its own counter row, or one hot row, plus a hold insert), and
+hold_then_booking (bookings_bench's script). Every figure here depends on the load on
+the machine, and CPU per transaction depends on it least.
+
+--decompose SECONDS runs pgbench scripts that build place_hold up one layer at a time,
+from the baseline to the real function. --micro measures pieces of a call alone
+(exception blocks, SET clauses, create_booking's JSON).
 
 --apply FILE.sql runs a SQL file as superuser after the migrations: a variant of a
 function to measure in this throwaway cluster (never a change to sql/).
@@ -685,7 +692,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=32, help="pgbench clients for --waits")
     parser.add_argument("--runs", default=",".join(WAIT_RUNS[:4]),
                         help=f"which --waits runs, comma-separated, of {','.join(WAIT_RUNS)} (default: the first four)")
-    parser.add_argument("--skip-counts", action="store_true", help="only the --waits runs")
+    parser.add_argument("--skip-counts", action="store_true", help="no per-call tables (only --micro, --decompose, --waits)")
     parser.add_argument("--cases", default="baselines,place_hold,create_booking,ingest",
                         help="which cases to count, comma-separated (default: all)")
     parser.add_argument("--decompose", type=int, default=0, metavar="SECONDS",
