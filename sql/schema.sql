@@ -2557,8 +2557,8 @@ CREATE FUNCTION booking.announce_changes() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
--- At commit, once for all the inventories noted by the transaction (the first of its
--- deferred events does the work; the others find nothing pending). See the top of the file.
+-- At commit, once for all the inventories noted by the transaction (its one booking.cache_notes
+-- row's deferred event; an event that finds nothing pending does nothing). See the top of the file.
 DECLARE
     v_pending text := current_setting('booking.cache_pending', true);
     v_ids uuid[];
@@ -3326,14 +3326,19 @@ CREATE FUNCTION booking.note_cache_change(p_inventory_id uuid, p_force boolean) 
     AS $$
 -- Notes the inventory for booking.announce_changes at commit. p_force: bump whatever the
 -- sold-out state (its settings changed, or its availability changed with no bucket
--- crossing 0). The setting is local to the transaction (and to a subtransaction that
--- rolls back, like the trigger events it goes with).
+-- crossing 0). The first note of a transaction queues the commit-time announcement with a
+-- row of booking.cache_notes (no lock: taking the announced row or 'catalog' here, before
+-- the transaction's bucket locks, could deadlock). The setting and the row are local to
+-- the transaction, and go together with a subtransaction that rolls back.
 DECLARE
     v_pending text := coalesce(current_setting('booking.cache_pending', true), '');
     v_entry text := p_inventory_id::text || CASE WHEN p_force THEN '+' ELSE '' END;
 BEGIN
     IF strpos(v_pending, v_entry) = 0 THEN
         PERFORM set_config('booking.cache_pending', v_pending || ',' || v_entry, true);
+        IF v_pending = '' THEN
+            INSERT INTO booking.cache_notes (inventory_id) VALUES (p_inventory_id);
+        END IF;
     END IF;
 END;
 $$;
@@ -3349,12 +3354,9 @@ CREATE FUNCTION booking.note_forced_change(p_inventory_id uuid) RETURNS void
     LANGUAGE plpgsql
     AS $$
 -- For a change no trigger sees (a dead hold's units consumed without a bucket crossing 0):
--- notes the inventory as forced, and queues the commit-time announcement with a row of
--- booking.cache_notes (no lock: taking the announced row or 'catalog' here, before the
--- transaction's bucket locks, could deadlock).
+-- notes the inventory as forced.
 BEGIN
     PERFORM booking.note_cache_change(p_inventory_id, p_force => true);
-    INSERT INTO booking.cache_notes (inventory_id) VALUES (p_inventory_id);
 END;
 $$;
 
@@ -7607,13 +7609,6 @@ CREATE TRIGGER bookings_guard BEFORE INSERT OR UPDATE ON booking.bookings FOR EA
 
 
 --
--- Name: inventory_buckets buckets_announce_at_commit; Type: TRIGGER; Schema: booking; Owner: booking_owner
---
-
-CREATE CONSTRAINT TRIGGER buckets_announce_at_commit AFTER UPDATE OF free ON booking.inventory_buckets DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN ((((old.free)::integer = 0) <> ((new.free)::integer = 0))) EXECUTE FUNCTION booking.announce_changes();
-
-
---
 -- Name: inventory_buckets buckets_note_crossing; Type: TRIGGER; Schema: booking; Owner: booking_owner
 --
 
@@ -7625,13 +7620,6 @@ CREATE TRIGGER buckets_note_crossing AFTER UPDATE OF free ON booking.inventory_b
 --
 
 CREATE CONSTRAINT TRIGGER cache_notes_announce_at_commit AFTER INSERT ON booking.cache_notes DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION booking.announce_changes();
-
-
---
--- Name: inventory inventory_announce_at_commit; Type: TRIGGER; Schema: booking; Owner: booking_owner
---
-
-CREATE CONSTRAINT TRIGGER inventory_announce_at_commit AFTER INSERT OR UPDATE ON booking.inventory DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION booking.announce_changes();
 
 
 --

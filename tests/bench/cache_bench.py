@@ -28,9 +28,8 @@ CATALOG_SIZE = 100  # inventories the search returns, 64 buckets each
 PRICE_CHANGES_PER_SECOND = 5  # bumps during the spike: the cache must miss now and then
 VERSION_TRIGGERS = (
     ("booking.inventory_buckets", "buckets_note_crossing"),
-    ("booking.inventory_buckets", "buckets_announce_at_commit"),
     ("booking.inventory", "inventory_note_change"),
-    ("booking.inventory", "inventory_announce_at_commit"),
+    ("booking.cache_notes", "cache_notes_announce_at_commit"),
 )
 
 

@@ -166,7 +166,10 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=7)
     args = parser.parse_args()
-    with bench_cluster() as url:
+    # The million holds and 100,000 errors are planted with INSERTs (the api would take an
+    # hour), charges without their ledger lines among them: the invariant views are not
+    # empty here by construction, and nothing this bench times writes anything.
+    with bench_cluster(check_invariants_at_end=False) as url:
         print("building the data:", flush=True)
         build(url)
         ops_url = url_for(url, "bench", "ops_login")
