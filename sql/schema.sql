@@ -1792,7 +1792,7 @@ BEGIN
             PERFORM booking.end_holds(ARRAY[v_existing.hold_id], 'expired');
             -- Units counted as available (the hold was dead) become held with no bucket
             -- crossing 0: the sold-out state may change, so announce at commit.
-            PERFORM booking.note_forced_change(p_inventory_id);
+            PERFORM booking.note_cache_change(p_inventory_id, p_force => true);
             v_home := v_existing.bucket_no;
             v_needed := greatest(p_quantity - v_existing.quantity, 0);
             IF v_existing.quantity > p_quantity THEN
@@ -2812,7 +2812,7 @@ BEGIN
         IF v_row.was_dead THEN
             -- A late payment: units counted as available (the hold was past its deadline)
             -- are sold with no bucket crossing 0; the sold-out state may change.
-            PERFORM booking.note_forced_change(v_row.inventory_id);
+            PERFORM booking.note_cache_change(v_row.inventory_id, p_force => true);
         END IF;
         v_bucket := booking.idle_bucket(v_row.inventory_id);
         UPDATE booking.inventory_buckets
@@ -3345,23 +3345,6 @@ $$;
 
 
 ALTER FUNCTION booking.note_cache_change(p_inventory_id uuid, p_force boolean) OWNER TO booking_owner;
-
---
--- Name: note_forced_change(uuid); Type: FUNCTION; Schema: booking; Owner: booking_owner
---
-
-CREATE FUNCTION booking.note_forced_change(p_inventory_id uuid) RETURNS void
-    LANGUAGE plpgsql
-    AS $$
--- For a change no trigger sees (a dead hold's units consumed without a bucket crossing 0):
--- notes the inventory as forced.
-BEGIN
-    PERFORM booking.note_cache_change(p_inventory_id, p_force => true);
-END;
-$$;
-
-
-ALTER FUNCTION booking.note_forced_change(p_inventory_id uuid) OWNER TO booking_owner;
 
 --
 -- Name: note_row_change(); Type: FUNCTION; Schema: booking; Owner: booking_owner
@@ -8299,13 +8282,6 @@ REVOKE ALL ON FUNCTION booking.make_offer(p_entry booking.waitlist_entries, p_in
 --
 
 REVOKE ALL ON FUNCTION booking.note_cache_change(p_inventory_id uuid, p_force boolean) FROM PUBLIC;
-
-
---
--- Name: FUNCTION note_forced_change(p_inventory_id uuid); Type: ACL; Schema: booking; Owner: booking_owner
---
-
-REVOKE ALL ON FUNCTION booking.note_forced_change(p_inventory_id uuid) FROM PUBLIC;
 
 
 --

@@ -103,6 +103,15 @@ def pgbench(url: str, script: str, clients: int, seconds: int, *, defines: dict[
 def pgbench_run(url: str, script: str, clients: int, seconds: int, *,
                 defines: dict[str, str] | None = None) -> tuple[float, float]:
     """Runs a pgbench custom script; returns (transactions per second, mean latency in ms)."""
+    out = pgbench_output(url, script, clients, seconds, defines=defines)
+    return (float(re.search(r"tps = ([0-9.]+) \(without initial connection time\)", out).group(1)),
+            float(re.search(r"latency average = ([0-9.]+) ms", out).group(1)))
+
+
+def pgbench_output(url: str, script: str, clients: int, seconds: int, *,
+                   defines: dict[str, str] | None = None, app: str = "bench") -> str:
+    """Runs a pgbench custom script (prepared statements, its sessions named `app` in
+    pg_stat_activity); returns what it printed. A failed transaction fails the run."""
     u = urlparse(url)
     with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as f:
         f.write(script)
@@ -112,15 +121,13 @@ def pgbench_run(url: str, script: str, clients: int, seconds: int, *,
                "-T", str(seconds), "-h", u.hostname, "-p", str(u.port), "-U", u.username, u.path.lstrip("/")]
         for key, value in (defines or {}).items():
             cmd += ["-D", f"{key}={value}"]
-        out = subprocess.run(cmd, capture_output=True, text=True, check=False, env=dict(os.environ, PGAPPNAME="bench"))
+        out = subprocess.run(cmd, capture_output=True, text=True, check=False, env=dict(os.environ, PGAPPNAME=app))
         if out.returncode != 0:
             raise RuntimeError(f"pgbench failed: {out.stderr[-2000:]}")
-        match = re.search(r"tps = ([0-9.]+) \(without initial connection time\)", out.stdout)
-        latency = re.search(r"latency average = ([0-9.]+) ms", out.stdout)
         failed = re.search(r"number of failed transactions: (\d+)", out.stdout)
         if failed and int(failed.group(1)):
             raise RuntimeError(f"pgbench: {failed.group(1)} failed transactions")
-        return float(match.group(1)), float(latency.group(1))
+        return out.stdout
     finally:
         os.unlink(path)
 

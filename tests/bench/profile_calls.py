@@ -42,11 +42,11 @@ import resource
 import subprocess
 import threading
 import time
-from urllib.parse import urlparse
 
 from psycopg.types.json import Jsonb
 
-from tests.bench.common import PGBENCH, make_bookings, payment_event, table
+from tests.bench.common import make_bookings, payment_event, pgbench_output, table
+from tests.bench.holds_bench import new_inventory
 from tests.pg import connect, migrate, start_cluster, url_for
 
 PROFILE_SETTINGS = (
@@ -252,11 +252,6 @@ def run_calls(url: str, sql: str, params_list: list, explain: bool = False, reco
         return elapsed / len(params_list) * 1000
 
 
-def new_inventory(url: str, sku: str) -> str:
-    with connect(url) as conn:
-        return str(conn.execute("SELECT api.create_inventory(%s, 10000000, 5000, 'usd')", (sku,)).fetchone()[0])
-
-
 def place_holds(url: str, inventory: str, n: int) -> list[str]:
     with connect(url) as conn:
         return [str(h) for (h,) in conn.execute(
@@ -448,14 +443,6 @@ def cluster_cpu_s(url: str) -> float:
 def sample_waits(url: str, script: str, clients: int, seconds: int, defines: dict[str, str]) -> tuple[float, collections.Counter, int, float, float]:
     """Runs pgbench; samples the wait events of its sessions at 10 Hz meanwhile. Returns
     (tps, wait events, samples, the cluster's CPU us per transaction, pgbench's)."""
-    u = urlparse(url)
-    path = f"/tmp/profile_calls_{os.getpid()}.sql"
-    with open(path, "w") as f:
-        f.write(script)
-    cmd = [PGBENCH, "-n", "-M", "prepared", "-f", path, "-c", str(clients), "-j", "2", "-T", str(seconds),
-           "-h", u.hostname, "-p", str(u.port), "-U", u.username, u.path.lstrip("/")]
-    for k, v in defines.items():
-        cmd += ["-D", f"{k}={v}"]
     waits: collections.Counter = collections.Counter()
     samples = 0
     stop = threading.Event()
@@ -497,21 +484,20 @@ def sample_waits(url: str, script: str, clients: int, seconds: int, defines: dic
     if perf_thread:
         perf_thread.start()
     try:
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=dict(os.environ, PGAPPNAME="pgbench"))
+        out = pgbench_output(url, script, clients, seconds, defines=defines, app="pgbench")
     finally:
         stop.set()
         thread.join()
         if perf_thread:
             perf_thread.join()
-        os.unlink(path)
     if perf_lines:
         print("\n" + "\n".join(perf_lines))
     time.sleep(0.5)  # pgbench's backends have exited and been reaped
     cpu = cluster_cpu_s(url) - cpu
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     pgbench_cpu = after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime
-    tps = float(re.search(r"tps = ([0-9.]+) \(without", out.stdout).group(1))
-    transactions = int(re.search(r"number of transactions actually processed: (\d+)", out.stdout).group(1))
+    tps = float(re.search(r"tps = ([0-9.]+) \(without", out).group(1))
+    transactions = int(re.search(r"number of transactions actually processed: (\d+)", out).group(1))
     return tps, waits, samples, cpu / transactions * 1e6, pgbench_cpu / transactions * 1e6
 
 

@@ -116,6 +116,8 @@ def console_errors(driver) -> list[dict]:
 
 def test_the_console_in_chromium(migrated, browser, tmp_path):
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
 
     with database_from_template(migrated) as db:
         inventories = plant(db)
@@ -128,6 +130,9 @@ def test_the_console_in_chromium(migrated, browser, tmp_path):
             browser.get(base + "/ops/login")
             browser.find_element(By.NAME, "token").send_keys(TOKEN)
             browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+            # click() returns once the form is sent, not once the redirect has loaded: on a
+            # loaded machine current_url was still /ops/login. Wait for it (30 s at most).
+            WebDriverWait(browser, 30).until(expected_conditions.url_to_be(base + "/ops"))
             assert browser.current_url == base + "/ops"
             assert browser.find_element(By.TAG_NAME, "h1").text == "booking-core on-call console"
             errors = browser.find_element(By.ID, "open-errors")

@@ -164,7 +164,7 @@ BEGIN
         IF v_row.was_dead THEN
             -- A late payment: units counted as available (the hold was past its deadline)
             -- are sold with no bucket crossing 0; the sold-out state may change.
-            PERFORM booking.note_forced_change(v_row.inventory_id);
+            PERFORM booking.note_cache_change(v_row.inventory_id, p_force => true);
         END IF;
         v_bucket := booking.idle_bucket(v_row.inventory_id);
         UPDATE booking.inventory_buckets

@@ -558,7 +558,7 @@ BEGIN
             PERFORM booking.end_holds(ARRAY[v_existing.hold_id], 'expired');
             -- Units counted as available (the hold was dead) become held with no bucket
             -- crossing 0: the sold-out state may change, so announce at commit.
-            PERFORM booking.note_forced_change(p_inventory_id);
+            PERFORM booking.note_cache_change(p_inventory_id, p_force => true);
             v_home := v_existing.bucket_no;
             v_needed := greatest(p_quantity - v_existing.quantity, 0);
             IF v_existing.quantity > p_quantity THEN

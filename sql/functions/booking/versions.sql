@@ -32,7 +32,7 @@
 -- sold_out may stay true until the sweep (or the next transaction that reclaims it) moves
 -- the units back to a bucket, which bumps. Paths that consume a dead hold's units without
 -- touching a bucket (a hold key reused after its hold died, a late payment converting an
--- expired booked hold) note the inventory as forced (booking.note_forced_change).
+-- expired booked hold) note the inventory as forced (booking.note_cache_change, p_force).
 
 CREATE OR REPLACE FUNCTION booking.note_cache_change(p_inventory_id uuid, p_force boolean)
 RETURNS void
@@ -57,16 +57,9 @@ BEGIN
 END;
 $$;
 
-CREATE OR REPLACE FUNCTION booking.note_forced_change(p_inventory_id uuid)
-RETURNS void
-LANGUAGE plpgsql
-AS $$
--- For a change no trigger sees (a dead hold's units consumed without a bucket crossing 0):
--- notes the inventory as forced.
-BEGIN
-    PERFORM booking.note_cache_change(p_inventory_id, p_force => true);
-END;
-$$;
+-- booking.note_forced_change(id) was note_cache_change(id, p_force => true) and nothing else
+-- once the first note queues the announcement itself: its callers call that.
+DROP FUNCTION IF EXISTS booking.note_forced_change(uuid);
 
 CREATE OR REPLACE FUNCTION booking.note_row_change()
 RETURNS trigger
